@@ -1,0 +1,76 @@
+"""``ExperimentRunner``: the seed project's runner, keyword for keyword, on the new core.
+
+Users of the seed project move over by changing one import; ``run()`` returns the results
+DataFrame and ``save_results(filename)`` writes it as CSV.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .api import run_experiment
+from .config import make_config
+from .experiment import ExperimentResult
+
+
+class ExperimentRunner:
+    """Runs one IMP experiment configured with the seed project's keyword names."""
+
+    def __init__(
+        self,
+        dataset: str | None = None,
+        model_name: str = "lenet_fc",
+        pruning_type: str = "magnitude",
+        pruning_scope: str = "layerwise",
+        reinit_method: str = "rewind",
+        pruning_rate: float | None = None,
+        num_rounds: int | None = None,
+        iterations: int | None = None,
+        learning_rate: float | None = None,
+        batch_size: int | None = None,
+        device: str = "auto",
+        results_dir: str | Path = "results",
+        **extra: object,
+    ):
+        self.config = make_config(
+            dataset=dataset,
+            model=model_name,
+            prune=pruning_type,
+            scope=pruning_scope,
+            reinit=reinit_method,
+            rate=pruning_rate,
+            rounds=num_rounds,
+            iterations=iterations,
+            lr=learning_rate,
+            batch_size=batch_size,
+            device=device,
+            **extra,
+        )
+        self.results_dir = Path(results_dir)
+        self.result: ExperimentResult | None = None
+
+    def run(self, progress: bool = True) -> pd.DataFrame:
+        from . import rundir
+        from .experiment import Experiment
+
+        name = Experiment(self.config).config.run_name()
+        out = rundir.default_run_dir(name, self.results_dir)
+        self.result = run_experiment(self.config, out=out, progress=progress)
+        return self.result.results
+
+    @property
+    def results(self) -> pd.DataFrame:
+        if self.result is None:
+            raise RuntimeError("call run() first")
+        return self.result.results
+
+    def save_results(self, filename: str | Path) -> Path:
+        """Write the results table as CSV; a bare file name goes into ``results_dir``."""
+        path = Path(filename)
+        if not path.is_absolute() and path.parent == Path("."):
+            path = self.results_dir / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.results.to_csv(path, index=False)
+        return path

