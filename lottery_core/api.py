@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from . import checkpoint, rundir
-from .config import ExperimentConfig, make_config
+from .config import ExperimentConfig, make_config, resolve
 from .errors import LotteryError
 from .experiment import Experiment, ExperimentResult
-from .plugins import Plugins
+from .group import GroupResult, continue_group, is_group, run_group
+from .plugins import Plugins, get_plugins
 
 
 def run_experiment(
@@ -37,18 +39,63 @@ def run_experiment(
     return experiment.run(Path(target), progress=progress)
 
 
+def run_trials(
+    config: ExperimentConfig | None = None,
+    *,
+    trials: int = 1,
+    controls: bool = False,
+    out: Path | str | None = None,
+    progress: bool = True,
+    plugins: Plugins | None = None,
+    **overrides: Any,
+) -> GroupResult:
+    """Run ``trials`` seeded trials of an experiment and, with ``controls``, its random-reinit
+    and random-pruning controls branching off the same dense round; returns all rows and the
+    per-round aggregate (mean, std, min, max)."""
+    if config is None:
+        config = make_config(**overrides)
+    elif overrides:
+        config = make_config(**{**config.model_dump(exclude_none=True), **overrides})
+    resolved = resolve(config, plugins or get_plugins())
+    target = Path(out) if out is not None else resolved.out
+    if target is None:
+        suffix = f"-trials{trials}" + ("-controls" if controls else "")
+        target = rundir.default_run_dir(resolved.run_name() + suffix)
+    return run_group(
+        config, Path(target), trials=trials, controls=controls, progress=progress, plugins=plugins
+    )
+
+
 def resume_experiment(
     run_dir: Path | str, *, progress: bool = True, plugins: Plugins | None = None
-) -> ExperimentResult:
-    """Continue a stopped run from its last finished round, in the same folder."""
+) -> ExperimentResult | GroupResult:
+    """Continue a stopped run (or trials/controls folder) from its last finished round."""
     run_dir = Path(run_dir)
+    if is_group(run_dir):
+        return continue_group(run_dir, progress=progress, plugins=plugins)
+    if not (run_dir / checkpoint.FILENAME).exists() and (run_dir / "config.json").exists():
+        return _restart(run_dir, progress, plugins)
     raw = checkpoint.read(run_dir)
     try:
         config = ExperimentConfig(**raw["config"])
     except Exception as exc:  # a checkpoint from a different config schema
-        raise LotteryError(f"the checkpoint in {str(run_dir)!r} has an unusable config: {exc}") from None
+        raise LotteryError(
+            f"the checkpoint in {str(run_dir)!r} has an unusable config: {exc}"
+        ) from None
     experiment = Experiment(config, plugins=plugins)
     state = checkpoint.restore(experiment, raw)
     if state.next_round >= (experiment.config.rounds or 0):
         raise LotteryError(f"{str(run_dir)!r} is already complete ({state.next_round} rounds)")
     return experiment.run(run_dir, state=state, progress=progress)
+
+
+def _restart(run_dir: Path, progress: bool, plugins: Plugins | None) -> ExperimentResult:
+    """A run stopped before its first round finished: start it again in the same folder."""
+    try:
+        config = ExperimentConfig(**json.loads((run_dir / "config.json").read_text())["config"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LotteryError(f"{str(run_dir)!r} has no usable config.json: {exc}") from None
+    for child in run_dir.iterdir():
+        if child.is_file():
+            child.unlink()
+    return Experiment(config, plugins=plugins).run(run_dir, progress=progress)

@@ -71,12 +71,15 @@ def read(run_dir: Path) -> dict[str, Any]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise LotteryError(f"{str(path)!r} is corrupt or unreadable ({type(exc).__name__})") from None
+        raise LotteryError(
+            f"{str(path)!r} is corrupt or unreadable ({type(exc).__name__})"
+        ) from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise LotteryError(f"{str(path)!r} is not a lottery checkpoint")
     if raw.get("version") != VERSION:
         raise LotteryError(
-            f"{str(path)!r} has checkpoint version {raw.get('version')}; this lottery reads {VERSION}"
+            f"{str(path)!r} has checkpoint version {raw.get('version')}; "
+            f"this lottery reads version {VERSION}"
         )
     return raw
 
@@ -91,7 +94,9 @@ def restore(experiment: Experiment, raw: dict[str, Any]) -> RunState:
     try:
         experiment.model.load_state_dict({k: v.to(device) for k, v in raw["model"].items()})
     except RuntimeError as exc:
-        raise LotteryError(f"checkpoint does not fit model {experiment.config.model!r}: {exc}") from None
+        raise LotteryError(
+            f"checkpoint does not fit model {experiment.config.model!r}: {exc}"
+        ) from None
     from . import masks
 
     for layer in experiment.layers:

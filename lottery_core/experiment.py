@@ -10,6 +10,7 @@ checkpointed after every round so a run can be resumed losing at most the round 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from . import checkpoint, masks, rundir
 from .config import ExperimentConfig, resolve
-from .errors import LotteryError
+from .errors import Interrupted, LotteryError, RunFailed
 from .plugins import Plugins, get_plugins
 from .progress import Progress
 from .specs import DataRequest, DatasetSplits, ReinitContext
@@ -52,6 +53,18 @@ class RunState:
     masks: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     rewind_state: dict[str, torch.Tensor] = field(default_factory=dict)
     initial_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def copy(self, next_round: int | None = None) -> RunState:
+        """An independent copy (tables and rewind weights), e.g. for a control to branch from."""
+        return RunState(
+            next_round=self.next_round if next_round is None else next_round,
+            records=[dict(r) for r in self.records],
+            history=[dict(r) for r in self.history],
+            layers=[dict(r) for r in self.layers],
+            masks=dict(self.masks),
+            rewind_state={k: v.clone() for k, v in self.rewind_state.items()},
+            initial_state=self.initial_state,
+        )
 
 
 def derive_seeds(seed: int) -> dict[str, int]:
@@ -140,7 +153,7 @@ class Experiment:
         return {name: p.detach().clone() for name, p in self.parameters().items()}
 
     def fresh_parameters(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """A new initialisation keyed like this model's parameters (``weight`` → ``weight_orig``)."""
+        """A fresh initialisation keyed like this model's parameters (weights as weight_orig)."""
         seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
         fresh = dict(self.fresh_model(seed).named_parameters())
         pruned = {f"{layer.name}.weight" for layer in self.layers}
@@ -215,21 +228,15 @@ class Experiment:
             return extra
 
         started = time.perf_counter()
-        try:
-            outcome = train_round(
-                self.model,
-                self.data,
-                settings,
-                data_seed=self.seeds["data_order"],
-                on_evaluation=on_evaluation,
-                on_iteration=on_iteration if rewind_at else None,
-                progress=progress.advance,
-            )
-        except NonFiniteLoss as exc:
-            raise LotteryError(
-                f"round {round_index}: the loss became {exc.value} by iteration {exc.iteration}; "
-                f"rounds before it are saved (resume would repeat this round; lower --lr)"
-            ) from None
+        outcome = train_round(
+            self.model,
+            self.data,
+            settings,
+            data_seed=self.seeds["data_order"],
+            on_evaluation=on_evaluation,
+            on_iteration=on_iteration if rewind_at else None,
+            progress=progress.advance,
+        )
         counts = masks.remaining_counts(self.layers)
         record = {
             "round": round_index,
@@ -243,11 +250,15 @@ class Experiment:
             "iterations": settings.iterations - settings.start_iteration,
             "time_s": time.perf_counter() - started,
         }
-        for extra in hook.on_round_end(round_index=round_index, record=dict(record), model=self.model):
+        for extra in hook.on_round_end(
+            round_index=round_index, record=dict(record), model=self.model
+        ):
             record.update(extra or {})
         state.history.extend({"round": round_index, **row} for row in outcome.history)
         state.layers.extend(self.layer_rows(round_index))
-        state.masks[round_index] = {k: v.bool().cpu() for k, v in masks.current_masks(self.layers).items()}
+        state.masks[round_index] = {
+            k: v.bool().cpu() for k, v in masks.current_masks(self.layers).items()
+        }
         return record
 
     def layer_rows(self, round_index: int) -> list[dict]:
@@ -286,27 +297,53 @@ class Experiment:
         state: RunState | None = None,
         progress: bool = True,
         stop_after: int | None = None,
+        on_trained: Callable[[int, RunState], None] | None = None,
     ) -> ExperimentResult:
-        """Run (or continue) every round, writing the run folder after each one."""
+        """Run (or continue) every round, writing the run folder after each one.
+
+        ``on_trained(round, state)`` is called after a round trains and before it is pruned
+        (controls branch off the dense round through it).
+        """
         if state is None:
             state = self.start()
         rounds = self.config.rounds
         assert rounds is not None
-        if run_dir is not None and state.next_round == 0:
+        if run_dir is not None and not (run_dir / checkpoint.FILENAME).exists():
             rundir.create(run_dir)
             self.plugins.hook.on_experiment_start(config=self.config, run_dir=run_dir)
             self.write_config(run_dir)
         todo = range(state.next_round, rounds if stop_after is None else min(rounds, stop_after))
         total = sum(self.settings(r).iterations - self.settings(r).start_iteration for r in todo)
-        with Progress(total, enabled=progress) as bar:
-            for round_index in todo:
-                state.records.append(self.train(state, round_index, bar))
-                if round_index + 1 < rounds:
-                    self.prune(round_index + 1)
-                    self.reinitialise(state, round_index + 1)
-                state.next_round = round_index + 1
-                if run_dir is not None:
-                    self.write_round(run_dir, state)
+        round_index = state.next_round
+        try:
+            with Progress(total, enabled=progress) as bar:
+                for round_index in todo:
+                    state.records.append(self.train(state, round_index, bar))
+                    if on_trained is not None:
+                        on_trained(round_index, state)
+                    if round_index + 1 < rounds:
+                        self.prune(round_index + 1)
+                        self.reinitialise(state, round_index + 1)
+                    state.next_round = round_index + 1
+                    if run_dir is not None:
+                        self.write_round(run_dir, state)
+        except KeyboardInterrupt:
+            raise Interrupted(run_dir, state.next_round) from None
+        except NonFiniteLoss as exc:
+            saved = (
+                f"rounds 0-{state.next_round - 1} are saved in {run_dir}"
+                if (run_dir is not None and state.next_round > 0)
+                else "no round had finished"
+            )
+            raise RunFailed(
+                f"round {round_index}: the loss became {exc.value} at iteration {exc.iteration}; "
+                f"{saved}; try a lower --lr"
+            ) from None
+        except torch.cuda.OutOfMemoryError:
+            raise RunFailed(
+                f"round {round_index}: out of memory on {self.device}; rounds before it are "
+                f"saved; try a smaller --batch-size or --device cpu"
+            ) from None
         result = self.result(state, run_dir)
         if run_dir is not None and state.next_round >= rounds:
             self.plugins.hook.on_experiment_end(results=result.results, run_dir=run_dir)
@@ -336,6 +373,8 @@ class Experiment:
                     "val": int(self.data.val_x.shape[0]),
                     "test": int(self.data.test_x.shape[0]),
                 },
+                "input_shape": list(self.data.input_shape),
+                "num_classes": self.data.num_classes,
                 "device": str(self.device),
                 "versions": versions(),
                 "plugins": {
@@ -383,7 +422,9 @@ def check_rewound(
     mask_of = {f"{layer.name}.weight_orig": layer.mask for layer in layers}
     for name, value in parameters.items():
         expected = rewind_state[name]
-        survivors = mask_of[name] > 0 if name in mask_of else torch.ones_like(value, dtype=torch.bool)
+        survivors = (
+            mask_of[name] > 0 if name in mask_of else torch.ones_like(value, dtype=torch.bool)
+        )
         if not torch.equal(value.detach()[survivors], expected[survivors]):
             raise RuntimeError(f"invariant broken: {name} differs from its rewind value")
 

@@ -138,7 +138,7 @@ def apply_masks(layers: list[PrunableLayer], new_masks: dict[str, torch.Tensor])
 @torch.no_grad()
 def refresh_weight(layer: PrunableLayer) -> None:
     """Recompute ``weight`` now, as the forward pre-hook would, so it is never stale."""
-    setattr(layer.module, "weight", layer.weight_orig * layer.mask)
+    layer.module.weight = layer.weight_orig * layer.mask
 
 
 def remaining_counts(layers: list[PrunableLayer]) -> dict[str, tuple[int, int]]:

@@ -113,7 +113,8 @@ class Plugins:
 def _collect(manager: pluggy.PluginManager, hook_name: str, registry: Registry) -> Registry:
     """Call one registration hook plugin by plugin, so each registered name keeps its source."""
     caller = getattr(manager.hook, hook_name)
-    for impl in reversed(caller.get_hookimpls()):  # registration order
+    for impl in caller.get_hookimpls():
+
         def register(item: Any, _source: str = impl.plugin_name) -> None:
             registry.add(item, _source)
 
@@ -141,7 +142,7 @@ def build_manager(
             if not manager.is_registered(module):
                 manager.register(module, name=name)
         for plugin in extra or []:
-            manager.register(plugin)
+            manager.register(plugin, name=getattr(plugin, "__name__", type(plugin).__name__))
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
         raise LotteryError(f"plugin {exc.plugin!r} is invalid: {exc}") from exc

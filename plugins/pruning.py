@@ -24,8 +24,7 @@ def random_scores(
 ) -> dict[str, torch.Tensor]:
     """Uniform random scores drawn from the seeded generator: the random-pruning control."""
     return {
-        name: torch.rand(w.shape, generator=generator).to(w.device)
-        for name, w in weights.items()
+        name: torch.rand(w.shape, generator=generator).to(w.device) for name, w in weights.items()
     }
 
 

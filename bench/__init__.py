@@ -1,0 +1,7 @@
+"""Speed benchmark of the training step, run as ``python -m bench`` (see ``bench/__main__.py``).
+
+It compares, on this machine and in one run, the framework's own round loop with a bare PyTorch
+loop and with the usual torchvision ``DataLoader`` loop, against the machine's compute floor, and
+reports the share of a round spent evaluating and the peak memory of a default run. It prints
+ratios of medians over interleaved repeats, never a single absolute timing.
+"""

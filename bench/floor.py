@@ -1,0 +1,114 @@
+"""The compute floor: a step's floating-point work against this machine's measured matmul rate.
+
+Two floors are reported. The hardware floor divides the step's matmul/convolution FLOPs
+(forward and backward, counted by ``torch.utils.flop_counter``) by the best dense float32 matmul
+rate measured here on large matrices. The kernel floor replays the step's own matmul and
+convolution calls, with their real shapes, back to back: what the step would cost with no Python,
+no autograd bookkeeping and no elementwise work (masking, ReLU, loss, Adam), which is memory-bound
+and not counted in either floor.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
+from torch.utils.flop_counter import FlopCounterMode
+
+from .steps import num_threads, thread_choices
+
+aten = torch.ops.aten
+HEAVY = {
+    aten.mm.default,
+    aten.addmm.default,
+    aten.bmm.default,
+    aten.convolution.default,
+    aten.convolution_backward.default,
+}
+
+
+def step_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Matmul and convolution FLOPs of one forward + backward pass on the batch ``x``."""
+    model = copy.deepcopy(model)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops()
+
+
+class _Recorder(TorchDispatchMode):
+    """Keeps every matmul/convolution call (operator, cloned arguments) made under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in HEAVY:
+            keep = tree_map(lambda a: a.detach().clone() if isinstance(a, torch.Tensor) else a, args)
+            self.calls.append((func, keep, dict(kwargs)))
+        return func(*args, **kwargs)
+
+
+def kernel_replay_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> float:
+    """Median seconds to rerun one step's matmul/convolution calls, best thread count."""
+    model = copy.deepcopy(model)
+    recorder = _Recorder()
+    with recorder:
+        F.cross_entropy(model(x), y).backward()
+    calls = recorder.calls
+
+    def replay() -> None:
+        for func, args, kwargs in calls:
+            func(*args, **kwargs)
+
+    inner = _inner_count(replay)
+    best = float("inf")
+    for threads in thread_choices():
+        with num_threads(threads):
+            replay()
+            samples = [_timed(replay, inner) for _ in range(repeats)]
+        best = min(best, statistics.median(samples))
+    return best
+
+
+def matmul_rate(size: int, repeats: int) -> float:
+    """Best-thread-count median FLOP/s of a dense float32 ``size`` x ``size`` matmul."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator)
+    b = torch.randn(size, size, generator=generator)
+    out = torch.empty(size, size)
+
+    def mm() -> None:
+        torch.mm(a, b, out=out)
+
+    inner = _inner_count(mm)
+    best = 0.0
+    for threads in thread_choices():
+        with num_threads(threads):
+            mm()
+            samples = [_timed(mm, inner) for _ in range(repeats)]
+        best = max(best, 2 * size**3 / statistics.median(samples))
+    return best
+
+
+def _inner_count(fn, target_s: float = 0.05) -> int:
+    """How many calls of ``fn`` make one sample last about ``target_s``."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-6)
+    return max(1, int(target_s / once))
+
+
+def _timed(fn, inner: int) -> float:
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - start) / inner

@@ -1,0 +1,202 @@
+"""The timed loops: the framework's own round loop, a bare PyTorch loop, a DataLoader loop.
+
+Every runner does a fixed number of training steps per call and returns seconds per step.
+``interleave`` calls the runners in rotating order, repeatedly, so slow drifts of a shared
+machine hit every variant alike; ratios are taken between runs of the same repeat.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from lottery_core.config import make_config
+from lottery_core.experiment import Experiment, RunState
+from lottery_core.masks import remaining_percent
+from lottery_core.progress import Progress
+from lottery_core.specs import DatasetSplits
+
+Runner = Callable[[], float]
+BATCH = 60
+
+
+@contextmanager
+def num_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads (None: leave as is), then restore."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def thread_choices() -> list[int]:
+    """The thread counts a fair baseline may pick the better of: one, and the default."""
+    return sorted({1, torch.get_num_threads()})
+
+
+# -- the framework -----------------------------------------------------------------------
+
+
+class FrameworkStep:
+    """An ``Experiment`` whose rounds last ``steps`` iterations, timed through ``train``."""
+
+    def __init__(self, model: str, dataset: str, data: DatasetSplits, steps: int):
+        config = make_config(
+            model=model, dataset=dataset, iterations=steps, eval_every=steps, rounds=100,
+            device="cpu", seed=0, batch_size=BATCH,
+        )
+        self.steps = steps
+        self.experiment = Experiment(config, data=data)
+        self.state: RunState = self.experiment.start()
+        self.pruned = 0
+        self.progress = Progress(steps, enabled=False)
+
+    def prune_until(self, rounds: int) -> float:
+        """Prune with the framework's own strategy until ``rounds`` prunings are done; returns
+        the percentage of weights remaining."""
+        while self.pruned < rounds:
+            self.pruned += 1
+            self.experiment.prune(self.pruned)
+        return remaining_percent(self.experiment.layers)
+
+    def __call__(self) -> float:
+        start = time.perf_counter()
+        self.experiment.train(self.state, 1, self.progress)
+        return (time.perf_counter() - start) / self.steps
+
+
+# -- the bare baseline ---------------------------------------------------------------------
+
+
+class MaskedLinear(nn.Module):
+    """``F.linear`` with the mask multiplied in by hand."""
+
+    def __init__(self, source: nn.Module):
+        super().__init__()
+        self.weight = nn.Parameter(source.weight_orig.detach().clone())
+        self.bias = nn.Parameter(source.bias.detach().clone())
+        self.register_buffer("mask", source.weight_mask.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class MaskedConv2d(MaskedLinear):
+    """``F.conv2d`` with the mask multiplied in by hand."""
+
+    def __init__(self, source: nn.Conv2d):
+        super().__init__(source)
+        self.options = (source.stride, source.padding, source.dilation, source.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.mask, self.bias, *self.options)
+
+
+def bare_copy(model: nn.Module) -> nn.Sequential:
+    """A plain ``nn.Sequential`` with the same weights and masks as the framework's model."""
+    children: list[nn.Module] = []
+    for child in model.children():
+        if isinstance(child, nn.Conv2d):
+            children.append(MaskedConv2d(child))
+        elif isinstance(child, nn.Linear):
+            children.append(MaskedLinear(child))
+        else:
+            children.append(copy.deepcopy(child))
+    return nn.Sequential(*children)
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+    loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def bare_runner(model: nn.Module, data: DatasetSplits, steps: int, lr: float, threads: int) -> Runner:
+    """The textbook loop over in-memory tensors: a permutation per epoch, index, step (Adam)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    x, y, n = data.train_x, data.train_y, data.train_x.shape[0]
+    generator = torch.Generator().manual_seed(0)
+
+    def run() -> float:
+        with num_threads(threads):
+            start = time.perf_counter()
+            done = 0
+            while done < steps:
+                order = torch.randperm(n, generator=generator)
+                for i in range(min(n // BATCH, steps - done)):
+                    index = order[i * BATCH : (i + 1) * BATCH]
+                    _step(model, optimizer, x[index], y[index])
+                    done += 1
+            return (time.perf_counter() - start) / steps
+
+    return run
+
+
+def dataloader_runner(
+    model: nn.Module, dataset: Dataset, steps: int, lr: float, workers: int, threads: int
+) -> Runner:
+    """The usual loop: a torchvision dataset with transforms, through a shuffling DataLoader.
+
+    Workers persist across epochs and calls, and each call first takes one untimed batch, so
+    worker start-up is not charged to the loop.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loader = DataLoader(
+        dataset, batch_size=BATCH, shuffle=True, drop_last=True, num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+
+    def forever() -> Iterator:
+        while True:
+            yield from loader
+
+    stream = forever()
+
+    def run() -> float:
+        with num_threads(threads):
+            next(stream)
+            start = time.perf_counter()
+            for _ in range(steps):
+                x, y = next(stream)
+                _step(model, optimizer, x, y)
+            return (time.perf_counter() - start) / steps
+
+    return run
+
+
+# -- timing ----------------------------------------------------------------------------------
+
+
+def interleave(runners: dict[str, Runner], repeats: int) -> dict[str, list[float]]:
+    """Seconds per step of each runner, ``repeats`` times, in rotating order after a warm-up."""
+    for run in runners.values():
+        run()
+    names = list(runners)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(runners[name]())
+    return times
+
+
+def best_of(times: dict[str, list[float]], names: list[str]) -> list[float]:
+    """Per repeat, the fastest of several variants of one baseline (its fairest setting)."""
+    return [min(values) for values in zip(*(times[n] for n in names), strict=True)]
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """The median over repeats of the ratio between runs of the same repeat."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))

@@ -1,0 +1,224 @@
+"""Export a round's winning ticket, or a plain pruned model, from a run folder.
+
+A *ticket* is what the hypothesis is about: a sparse mask plus the weights to train it from.
+``export_ticket`` writes round K's masks (the ones the network trained with in round K) and the
+starting weights from the checkpoint, with the model name, its input shape and class count, so
+:func:`load_ticket` can rebuild a ready-to-train network from the file alone.
+
+With ``pruned=True`` the export is instead an ordinary ``nn.Module`` whose pruned weights are
+zero and whose pruning re-parametrisation is removed, for people who want to use it with plain
+PyTorch (``torch.load(path, weights_only=False)``, no lottery import needed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from . import checkpoint, masks, rundir
+from .errors import LotteryError
+
+FORMAT = "lottery-ticket"
+VERSION = 1
+
+
+def _round_masks(raw: dict[str, Any], round_index: int, run_dir: Path) -> dict[str, torch.Tensor]:
+    available = sorted(int(r) for r in raw["masks"])
+    packed = {int(r): layer_masks for r, layer_masks in raw["masks"].items()}
+    if round_index not in packed:
+        listed = ", ".join(map(str, available)) or "none"
+        raise LotteryError(
+            f"{str(run_dir)!r} has no round {round_index}; finished rounds: {listed}"
+        )
+    return {name: checkpoint.unpack_mask(p) for name, p in packed[round_index].items()}
+
+
+def _data_info(run_dir: Path) -> dict[str, Any]:
+    """Input shape, class count and data source from ``config.json`` (``None`` if unrecorded)."""
+    try:
+        meta = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    shape = meta.get("input_shape")
+    return {
+        "input_shape": list(shape) if shape is not None else None,
+        "num_classes": meta.get("num_classes"),
+        "data_source": meta.get("data_source", ""),
+    }
+
+
+def ticket_from_run(run_dir: Path, round_index: int) -> dict[str, Any]:
+    """The ticket of round ``round_index`` as the dict that ``export_ticket`` saves.
+
+    The starting weights are those round K trained from under rewinding: the initial weights
+    for round 0, the rewind state (iteration 0, or k with late rewinding) for later rounds.
+    Runs made with another reinit policy (``random``, ``none``) trained round K from other
+    weights, which the checkpoint does not keep; their ticket still starts from the rewind
+    state, i.e. it tests their mask as a winning ticket, and says so in ``note``.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / "runs").is_dir():
+        raise LotteryError(
+            f"{str(run_dir)!r} is a trials/controls folder; export one of its runs, "
+            f"e.g. {str(run_dir / 'runs' / 'imp' / 'trial_0')!r}"
+        )
+    raw = checkpoint.read(run_dir)
+    round_masks = _round_masks(raw, round_index, run_dir)
+    config = raw["config"]
+    start = raw["initial_state"] if round_index == 0 else raw["rewind_state"]
+    note = ""
+    if config.get("reinit") != "rewind" and round_index > 0:
+        note = (
+            f"this run reinitialised survivors with {config.get('reinit')!r}; the ticket starts "
+            "from the rewind state (the original initialisation), not from the weights round "
+            f"{round_index} trained from"
+        )
+    kept = sum(int(m.sum()) for m in round_masks.values())
+    total = sum(m.numel() for m in round_masks.values())
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "round": round_index,
+        "model": config["model"],
+        **_data_info(run_dir),
+        "masks": round_masks,
+        "weights": {k: v.clone() for k, v in start.items()},
+        "start_iteration": config.get("rewind_iter", 0) if round_index > 0 else 0,
+        "remaining": 100.0 * kept / total,
+        "config": config,
+        "note": note,
+    }
+
+
+def _build(ticket: dict[str, Any], source: str) -> nn.Module:
+    """A fresh model of the ticket's architecture, built by its registered ModelSpec."""
+    from .plugins import get_plugins
+
+    if ticket.get("input_shape") is None or ticket.get("num_classes") is None:
+        raise LotteryError(
+            f"{source} records no input_shape/num_classes (its run predates them), so the model "
+            "cannot be built; pass model= an unpruned module of the same architecture"
+        )
+    spec = get_plugins().models.get(ticket["model"])
+    return spec.build(tuple(ticket["input_shape"]), int(ticket["num_classes"]))
+
+
+@torch.no_grad()
+def apply_ticket(model: nn.Module, ticket: dict[str, Any], source: str = "the ticket") -> nn.Module:
+    """Put the ticket's masks (``prune.custom_from_mask``) and starting weights into ``model``."""
+    layers = masks.prunable_layers(model)
+    ticket_masks: dict[str, torch.Tensor] = ticket["masks"]
+    names = [layer.name for layer in layers]
+    if sorted(names) != sorted(ticket_masks):
+        raise LotteryError(
+            f"{source} does not fit this model: its masks are for layers "
+            f"{sorted(ticket_masks)}, the model's prunable layers are {sorted(names)}"
+        )
+    for layer in layers:
+        mask = ticket_masks[layer.name].to(layer.module.weight.device)
+        if mask.shape != layer.module.weight.shape:
+            raise LotteryError(
+                f"{source} does not fit this model: layer {layer.name} has shape "
+                f"{tuple(layer.module.weight.shape)}, the mask {tuple(mask.shape)}"
+            )
+        if prune.is_pruned(layer.module):
+            layer.mask.copy_(mask)
+        else:
+            prune.custom_from_mask(layer.module, "weight", mask)
+    weights: dict[str, torch.Tensor] = ticket["weights"]
+    parameters = dict(model.named_parameters())
+    if set(parameters) != set(weights):
+        raise LotteryError(
+            f"{source} does not fit this model: parameters {sorted(set(parameters) ^ set(weights))}"
+            " are in one but not the other"
+        )
+    for name, parameter in parameters.items():
+        if parameter.shape != weights[name].shape:
+            raise LotteryError(f"{source} does not fit this model: {name} differs in shape")
+        parameter.copy_(weights[name])
+    for layer in layers:
+        masks.refresh_weight(layer)
+    return model
+
+
+def load_ticket(path: Path, model: nn.Module | None = None) -> nn.Module:
+    """A network ready to train as the ticket in ``path``: masks applied, starting weights loaded.
+
+    Without ``model``, a fresh one is built with the model plugin named in the ticket. Pruning
+    stays a ``torch.nn.utils.prune`` re-parametrisation (``weight_orig`` * ``weight_mask``), so
+    training keeps pruned weights at zero. Also reads a run's own ``ticket.pt`` (pass ``model``:
+    it records no input shape).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LotteryError(f"{str(path)!r} does not exist")
+    try:
+        ticket = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a foreign or corrupt file
+        raise LotteryError(
+            f"{str(path)!r} is not a readable ticket ({type(exc).__name__})"
+        ) from None
+    if not isinstance(ticket, dict) or not {"masks", "weights", "model"} <= set(ticket):
+        raise LotteryError(f"{str(path)!r} is not a lottery ticket")
+    if model is None:
+        model = _build(ticket, repr(str(path)))
+    return apply_ticket(model, ticket, repr(str(path)))
+
+
+def pruned_model(ticket: dict[str, Any], source: str) -> nn.Module:
+    """A plain module: ticket weights times mask, with ``prune.remove`` baking the zeros in."""
+    model = apply_ticket(_build(ticket, source), ticket, source)
+    for layer in masks.prunable_layers(model):
+        prune.remove(layer.module, "weight")
+    return model.eval()
+
+
+def export_ticket(
+    run_dir: Path, round_index: int, out: Path, pruned: bool = False
+) -> dict[str, Any]:
+    """Write round ``round_index`` of ``run_dir`` to ``out`` as a ticket or a pruned model.
+
+    Ticket (default): a ``torch.save`` dict with ``masks`` {layer: bool tensor}, ``weights``
+    {parameter name as in the pruned model, e.g. ``1.weight_orig``, ``1.bias``: tensor},
+    ``model``, ``input_shape``, ``num_classes``, ``start_iteration``, ``remaining``, ``config``
+    and ``data_source``; read it with :func:`load_ticket`.
+
+    ``pruned=True``: the whole ``nn.Module`` (``torch.save(model)``) with the re-parametrisation
+    removed and pruned weights zero. Its weights are the ticket's *starting* weights times the
+    mask (the checkpoint keeps only the latest trained weights, not round K's), so it is the
+    untrained ticket in plain PyTorch: ``torch.load(out, weights_only=False)``.
+
+    Returns ``path``, ``bytes`` (size on disk), ``nonzero`` (nonzero prunable weights),
+    ``total`` (prunable weights), ``remaining`` (percent kept by the mask), ``round``, ``kind``
+    and ``note`` (non-empty when the run did not rewind).
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise LotteryError(f"{str(out)!r} is a folder; give a file name such as ticket_r3.pt")
+    ticket = ticket_from_run(Path(run_dir), round_index)
+    source = f"run {str(run_dir)!r}"
+    if pruned:
+        model = pruned_model(ticket, source)
+        weights = [layer.module.weight for layer in masks.prunable_layers(model)]
+        rundir.write_torch(out, model)
+    else:
+        weights = [
+            ticket["weights"][f"{name}.weight_orig"] * mask
+            for name, mask in ticket["masks"].items()
+        ]
+        rundir.write_torch(out, ticket)
+    return {
+        "path": str(out),
+        "kind": "pruned model" if pruned else "ticket",
+        "round": round_index,
+        "bytes": out.stat().st_size,
+        "nonzero": sum(int(torch.count_nonzero(w)) for w in weights),
+        "total": sum(m.numel() for m in ticket["masks"].values()),
+        "remaining": ticket["remaining"],
+        "note": ticket["note"],
+    }

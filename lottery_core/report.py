@@ -1,0 +1,569 @@
+"""Reports: what a reader of one or more runs wants to know, as Markdown and figures.
+
+The question a lottery-ticket experiment answers is "how sparse can the network get and still
+match the dense one?", so the report opens with that verdict for every series, then backs it
+with the per-round numbers, the per-layer sparsity and the paper's figures (accuracy and
+early-stopping iteration against weights remaining, validation curves per round).
+
+A *series* is one curve of a figure: a single run folder, or one experiment (``imp``,
+``reinit-random``, ``prune-random``...) of a trials/controls group folder, whose trials are
+averaged with a min/max band as in the paper. Everything is read from the files a run writes,
+so a report can be made while a long run is still going.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from . import rundir
+from .errors import LotteryError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+METRICS = ("ES", "val", "test")
+STATS = ("mean", "std", "min", "max")
+MAIN_EXPERIMENT = "imp"
+FIGURES = {
+    "accuracy.png": "Test accuracy at early stopping",
+    "early_stop.png": "Early-stopping iteration",
+    "validation.png": "Validation accuracy during training, one curve per round",
+}
+
+
+# -- reading run folders -------------------------------------------------------------------
+
+
+@dataclass
+class Trial:
+    """One run folder's tables and its ``config.json``."""
+
+    folder: Path
+    meta: dict[str, Any]
+    results: pd.DataFrame
+    history: pd.DataFrame
+    layers: pd.DataFrame
+
+
+@dataclass
+class Series:
+    """One curve: the trials of one experiment, from one folder given by the user."""
+
+    label: str
+    folder: Path
+    experiment: str | None
+    trials: list[Trial] = field(default_factory=list)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.trials[0].meta.get("config", {})
+
+    def frame(self) -> pd.DataFrame:
+        """Every trial's ``results.csv`` rows, with a ``trial`` column."""
+        frames = [t.results.assign(trial=i) for i, t in enumerate(self.trials)]
+        return pd.concat(frames, ignore_index=True)
+
+    def summary(self) -> pd.DataFrame:
+        return aggregate(self.frame())
+
+
+def _read_csv(path: Path, required: bool) -> pd.DataFrame:
+    if not path.is_file():
+        if required:
+            raise LotteryError(
+                f"{str(path.parent)!r} has no {path.name}: not a lottery run or trials folder"
+            )
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise LotteryError(f"{str(path)!r} is not a readable table ({exc})") from None
+
+
+def read_trial(folder: Path) -> Trial:
+    """A single run folder; an error naming it if it is missing or has no finished round."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LotteryError(f"{str(folder)!r} does not exist or is not a folder")
+    results = _read_csv(folder / "results.csv", required=True)
+    missing = {"round", "remaining", *METRICS} - set(results.columns)
+    if missing:
+        raise LotteryError(
+            f"{str(folder / 'results.csv')!r} lacks the columns {', '.join(sorted(missing))}"
+        )
+    if results.empty:
+        raise LotteryError(f"{str(folder)!r} has no finished round yet")
+    meta: dict[str, Any] = {}
+    if (folder / "config.json").is_file():
+        try:
+            meta = json.loads((folder / "config.json").read_text())
+        except ValueError as exc:
+            raise LotteryError(
+                f"{str(folder / 'config.json')!r} is not valid JSON ({exc})"
+            ) from None
+    return Trial(
+        folder,
+        meta,
+        results.sort_values("round", ignore_index=True),
+        _read_csv(folder / "history.csv", required=False),
+        _read_csv(folder / "layers.csv", required=False),
+    )
+
+
+def is_group(folder: Path) -> bool:
+    """A trials/controls folder keeps its runs under ``runs/<experiment>/trial_<i>/``."""
+    return (Path(folder) / "runs").is_dir()
+
+
+def _trial_number(folder: Path) -> int:
+    suffix = folder.name.rpartition("_")[2]
+    return int(suffix) if suffix.isdigit() else 1 << 30
+
+
+def read_group(folder: Path) -> tuple[list[tuple[str, list[Trial]]], list[str]]:
+    """Each experiment's finished trials (main experiment first), and notes on what was skipped.
+
+    Trials that have not finished a round yet are skipped with a note, so a group can be
+    reported while it is still running.
+    """
+    notes: list[str] = []
+    names = sorted(p.name for p in (folder / "runs").iterdir() if p.is_dir())
+    names.sort(key=lambda name: name != MAIN_EXPERIMENT)
+    found = []
+    for name in names:
+        trials = []
+        for trial_dir in sorted((folder / "runs" / name).glob("trial_*"), key=_trial_number):
+            try:
+                trials.append(read_trial(trial_dir))
+            except LotteryError as exc:
+                notes.append(f"skipped {trial_dir.relative_to(folder)}: {exc}")
+        if trials:
+            found.append((name, trials))
+    if not found:
+        raise LotteryError(f"{str(folder)!r} is a trials folder with no finished run yet")
+    return found, notes
+
+
+def describe(config: dict[str, Any]) -> str:
+    """A run's method in words, from its config: what distinguishes it from plain IMP."""
+    words = f"{config.get('prune', '?')} pruning, {config.get('reinit', '?')} reinit"
+    if config.get("scope") == "global":
+        words += ", global"
+    if config.get("rewind_iter"):
+        words += f", rewind to iteration {config['rewind_iter']}"
+    return words
+
+
+def load_series(folders: list[Path]) -> tuple[list[Series], list[str]]:
+    """Every series in ``folders`` (single runs and groups), with unique readable labels."""
+    if not folders:
+        raise LotteryError("no run folder given to report on")
+    several = len(folders) > 1
+    series: list[Series] = []
+    notes: list[str] = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise LotteryError(f"{str(folder)!r} does not exist or is not a folder")
+        if is_group(folder):
+            experiments, skipped = read_group(folder)
+            notes += [f"{folder.name}: {note}" for note in skipped]
+            for name, trials in experiments:
+                label = f"{folder.name} / {name}" if several else name
+                series.append(Series(label, folder, name, trials))
+        else:
+            trial = read_trial(folder)
+            words = describe(trial.meta.get("config", {}))
+            label = f"{folder.name} ({words})" if several else words
+            series.append(Series(label, folder, None, [trial]))
+    seen: dict[str, int] = {}
+    for item in series:
+        seen[item.label] = seen.get(item.label, 0) + 1
+        if seen[item.label] > 1:
+            item.label += f" #{seen[item.label]}"
+    return series, notes
+
+
+# -- numbers -------------------------------------------------------------------------------
+
+
+def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (experiment, round) statistics over trials, as the paper's figures plot them.
+
+    Groups ``frame`` (rows of ``results.csv``, possibly several trials and experiments) by
+    ``experiment`` when that column exists, and by ``round``. Returns ``remaining`` (mean),
+    ``trials`` (how many rows were combined) and ``ES_mean, ES_std, ES_min, ES_max`` and the
+    same for ``val`` and ``test``. The std is pandas' sample std (ddof=1), so it is NaN, not 0,
+    for a single trial: one trial says nothing about the spread. Experiments keep their order
+    of first appearance; rounds are ascending.
+    """
+    keys = ["experiment", "round"] if "experiment" in frame.columns else ["round"]
+    missing = {"round", "remaining", *METRICS} - set(frame.columns)
+    if missing:
+        raise LotteryError(f"results table lacks the columns {', '.join(sorted(missing))}")
+    columns = keys + ["remaining", "trials"] + [f"{m}_{s}" for m in METRICS for s in STATS]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = frame.groupby(keys, sort=False)
+    out = grouped["remaining"].mean().to_frame()
+    out["trials"] = grouped["trial"].nunique() if "trial" in frame.columns else grouped.size()
+    for metric in METRICS:
+        stats = grouped[metric].agg(list(STATS))
+        for stat in STATS:
+            out[f"{metric}_{stat}"] = stats[stat]
+    out = out.reset_index()
+    if "experiment" in keys:
+        order = {name: i for i, name in enumerate(pd.unique(frame["experiment"]))}
+        out = out.assign(_order=out["experiment"].map(order))
+        out = out.sort_values(["_order", "round"], kind="stable").drop(columns="_order")
+    else:
+        out = out.sort_values("round", kind="stable")
+    return out[columns].reset_index(drop=True)
+
+
+def sparsest_within(
+    rounds: pd.DataFrame, tolerance: float, column: str = "test_mean"
+) -> pd.Series | None:
+    """The sparsest round whose accuracy, and that of every denser round, stays within
+    ``tolerance`` points below the dense round (round 0); ``None`` without a round 0.
+
+    Walking down from the dense round and stopping at the first round that falls short keeps
+    one lucky sparse round after a collapse from being reported as a matching ticket.
+    Accuracy above the dense round counts as within (a ticket may beat the dense network).
+    """
+    ordered = rounds.sort_values("round")
+    if ordered.empty or ordered["round"].iloc[0] != 0:
+        return None
+    floor = ordered[column].iloc[0] - tolerance
+    best = ordered.iloc[0]
+    for _, row in ordered.iloc[1:].iterrows():
+        if not row[column] >= floor:
+            break
+        best = row
+    return best
+
+
+# -- formatting ----------------------------------------------------------------------------
+
+
+def pct(value: float) -> str:
+    """Remaining weights as the paper labels them: 100, 51.3, 3.6, 0.58."""
+    if not np.isfinite(value):
+        return "–"
+    if value >= 99.95:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if value >= 1 else f"{value:.2g}"
+
+
+def num(value: float, digits: int = 2) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def verdict_lines(series: Series, tolerance: float) -> list[str]:
+    """The headline for one series: how sparse it gets while matching its dense round."""
+    summary = series.summary()
+    best = sparsest_within(summary, tolerance)
+    head = f"- **{series.label}**: "
+    if best is None:
+        return [head + "no dense round (round 0) to compare with."]
+    dense = summary.iloc[0]
+    if len(summary) == 1:
+        return [head + f"only the dense round so far ({num(dense['test_mean'])}% test)."]
+    if int(best["round"]) == 0:
+        line = head + (
+            f"no pruned round stays within {tolerance:g} points of the dense network "
+            f"({num(dense['test_mean'])}% test); the first pruned round reaches "
+            f"{num(summary.iloc[1]['test_mean'])}%"
+        )
+    else:
+        spread = ""
+        if len(series.trials) > 1:
+            spread = f" (trials {num(best['test_min'])}–{num(best['test_max'])})"
+        line = head + (
+            f"matches the dense network ({num(dense['test_mean'])}% test) down to "
+            f"**{pct(best['remaining'])}% of weights remaining** (round {int(best['round'])}): "
+            f"{num(best['test_mean'])}% test at early stopping{spread}, ES iteration "
+            f"{best['ES_mean']:.0f} against {dense['ES_mean']:.0f} dense"
+        )
+    if len(series.trials) > 1:
+        per_trial = []
+        for trial in series.trials:
+            own = sparsest_within(trial.results, tolerance, column="test")
+            per_trial.append(
+                f"{trial.folder.name} {'–' if own is None else pct(own['remaining'])}%"
+            )
+        line += f"; each trial against its own dense round: {', '.join(per_trial)}"
+    return [line + "."]
+
+
+def round_table(series: Series) -> list[str]:
+    rows = []
+    for _, row in series.summary().iterrows():
+        es = f"{row['ES_mean']:.0f}"
+        if np.isfinite(row["ES_std"]):
+            es += f" ± {row['ES_std']:.0f}"
+        rows.append(
+            [
+                str(int(row["round"])),
+                pct(row["remaining"]),
+                str(int(row["trials"])),
+                es,
+                num(row["val_mean"]),
+                num(row["test_mean"]),
+                num(row["test_min"]),
+                num(row["test_max"]),
+            ]
+        )
+    header = ["round", "remaining %", "trials", "ES (mean ± std)", "val %", "test %", "min", "max"]
+    return table(header, rows)
+
+
+def layer_table(series: Series) -> list[str]:
+    """Achieved (and, layerwise, target) remaining percentage per layer and round."""
+    frames = [t.layers for t in series.trials if not t.layers.empty]
+    if not frames:
+        return ["No layers.csv in this series."]
+    layers = pd.concat(frames, ignore_index=True)
+    names = list(pd.unique(layers["layer"]))
+    kinds = layers.groupby("layer", sort=False)["kind"].first()
+    mean = layers.groupby(["round", "layer"])[["remaining_pct", "target_pct"]].mean()
+    remaining = series.summary().set_index("round")["remaining"]
+    rows = []
+    for round_index in sorted(layers["round"].unique()):
+        row = [str(int(round_index)), pct(remaining.get(round_index, math.nan))]
+        for name in names:
+            achieved, target = mean.loc[(round_index, name)]
+            cell = pct(achieved)
+            if np.isfinite(target):
+                cell += f" / {pct(target)}"
+            row.append(cell)
+        rows.append(row)
+    header = ["round", "remaining %"] + [f"{name} ({kinds[name]})" for name in names]
+    scope = series.config.get("scope")
+    note = (
+        "Cells: achieved % / target %."
+        if scope != "global"
+        else "Global scope: one threshold for all layers, so no per-layer target; cells are "
+        "achieved %."
+    )
+    return [note, ""] + table(header, rows)
+
+
+def data_lines(series: list[Series]) -> list[str]:
+    """Where the data came from, per folder, so a sample is never mistaken for the full set."""
+    sources: dict[str, list[str]] = {}
+    for item in series:
+        for trial in item.trials:
+            source = trial.meta.get("data_source") or "unknown (no config.json)"
+            names = sources.setdefault(source, [])
+            if item.folder.name not in names:
+                names.append(item.folder.name)
+    lines = []
+    for source, names in sources.items():
+        lines.append(f"- Data: {source} (in {', '.join(f'`{n}`' for n in names)})")
+    if any("sample" in source.lower() for source in sources):
+        lines += [
+            "",
+            "> **Note:** a data *sample* was used; these numbers are not full-dataset "
+            "results and are not comparable with the paper's.",
+        ]
+    return lines
+
+
+def setup_lines(item: Series) -> str:
+    """What was run, from the config: model, data, method, rates, budget, seeds."""
+    c = {k: v for k, v in item.config.items() if v is not None}
+    seeds = ", ".join(str(t.meta.get("config", {}).get("seed", "?")) for t in item.trials)
+    return (
+        f"- **{item.label}**: `{item.folder}`; model {c.get('model', '?')} on "
+        f"{c.get('dataset', '?')}, {describe(c)}, {c.get('scope', '?')} rate "
+        f"{c.get('rate', '?')} (conv {c.get('conv_rate', '?')}, output "
+        f"{c.get('output_rate', '?')}), {c.get('iterations', '?')} iterations per round, "
+        f"{len(item.trials)} trial(s), seeds {seeds}"
+    )
+
+
+def markdown(series: list[Series], notes: list[str], tolerance: float) -> str:
+    lines = ["# Lottery ticket report", ""]
+    lines += data_lines(series) + [""]
+    lines += [
+        "## Verdict",
+        "",
+        f"The sparsest round whose mean test accuracy at early stopping stays within "
+        f"{tolerance:g} points of the dense network (round 0), this round and every denser one:",
+        "",
+    ]
+    for item in series:
+        lines += verdict_lines(item, tolerance)
+    lines += ["", "## Series", ""] + [setup_lines(item) for item in series]
+    if notes:
+        lines += [""] + [f"- {note}" for note in notes]
+    lines += ["", "## Per round", ""]
+    lines += [
+        "Accuracies are percentages at the early-stopping (ES) iteration, the iteration of "
+        "minimum validation loss; mean, min and max over trials.",
+        "",
+    ]
+    for item in series:
+        lines += [f"### {item.label}", ""] + round_table(item) + [""]
+    lines += ["## Per layer: weights remaining", ""]
+    for item in series:
+        lines += [f"### {item.label}", ""] + layer_table(item) + [""]
+    lines += ["## Figures", ""]
+    for name, title in FIGURES.items():
+        lines += [f"![{title}]({name})", ""]
+    return "\n".join(lines)
+
+
+# -- figures -------------------------------------------------------------------------------
+
+
+def remaining_ticks(values: list[float], most: int = 9) -> list[float]:
+    """Tick positions at actual remaining values, thinned to ones evenly apart on a log axis."""
+    ordered = sorted({round(v, 6) for v in values if v > 0}, reverse=True)
+    if len(ordered) <= most:
+        return ordered
+    gap = math.log10(ordered[0] / ordered[-1]) / (most - 1) * 0.9
+    ticks = [ordered[0]]
+    for value in ordered[1:]:
+        if math.log10(ticks[-1] / value) >= gap:
+            ticks.append(value)
+    if ticks[-1] != ordered[-1]:
+        ticks[-1] = ordered[-1]
+    return ticks
+
+
+def style_remaining_axis(ax: Axes, values: list[float]) -> None:
+    """Log x axis, sparsity growing to the right, ticks labelled with the rounds' remaining %."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ticks = remaining_ticks(values)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: pct(v)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    high, low = max(values), min(values)
+    pad = (high / low) ** 0.04 if high > low else 1.1
+    ax.set_xlim(high * pad, low / pad)
+    ax.set_xlabel("weights remaining (%)")
+    ax.grid(True, alpha=0.3)
+
+
+def metric_figure(series: list[Series], metric: str, ylabel: str, title: str) -> Figure:
+    """``metric`` (mean over trials, min/max band) against weights remaining, one line a series."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    values: list[float] = []
+    for item in series:
+        summary = item.summary()
+        x = summary["remaining"].to_numpy(float)
+        values += list(x)
+        (line,) = ax.plot(x, summary[f"{metric}_mean"], marker="o", ms=4, label=item.label)
+        if len(item.trials) > 1:
+            ax.fill_between(
+                x,
+                summary[f"{metric}_min"],
+                summary[f"{metric}_max"],
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
+    style_remaining_axis(ax, values)
+    ax.set_ylabel(ylabel)
+    if metric == "ES":  # speed-ups are ratios: keep zero in view
+        ax.set_ylim(bottom=0)
+    bands = " (band: min–max over trials)" if any(len(s.trials) > 1 for s in series) else ""
+    ax.set_title(title + bands, fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def validation_figure(series: list[Series]) -> Figure:
+    """Validation accuracy per iteration, one curve per round coloured by weights remaining;
+    one panel per series (its first trial)."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+
+    columns = min(3, len(series))
+    rows = math.ceil(len(series) / columns)
+    fig = Figure(figsize=(4.6 * columns + 1, 3.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False, sharey=True)
+    remaining = [v for s in series for v in s.trials[0].results["remaining"]]
+    norm = LogNorm(min(remaining) * 0.9999, max(remaining) * 1.0001)
+    cmap = colormaps["viridis"]
+    for ax, item in zip(axes.flat, series, strict=False):
+        trial = item.trials[0]
+        by_round = trial.results.set_index("round")["remaining"]
+        history = trial.history
+        if history.empty:
+            ax.text(0.5, 0.5, "no history.csv", ha="center", transform=ax.transAxes)
+        else:
+            for round_index, part in history.groupby("round"):
+                if round_index in by_round.index:
+                    color = cmap(norm(by_round[round_index]))
+                    ax.plot(part["iteration"], part["val_acc"], color=color, lw=1.2)
+        title = item.label if item.experiment is None else f"{item.label}, {trial.folder.name}"
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
+        ax.grid(True, alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation accuracy (%)")
+    for ax in list(axes.flat)[len(series) :]:
+        ax.set_visible(False)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.9)
+    bar.set_label("weights remaining (%)")
+    bar.ax.yaxis.set_major_locator(FixedLocator(remaining_ticks(remaining)))
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: pct(v)))
+    bar.ax.yaxis.set_minor_locator(NullLocator())
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    rundir._atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def write_report(run_dirs: list[Path], out_dir: Path | None = None, tolerance: float = 0.5) -> Path:
+    """Write ``report.md`` and its figures for single run and trials/controls folders.
+
+    ``out_dir`` defaults to ``<first run dir>/report/``; returns the path of ``report.md``.
+    Files: ``report.md``, ``accuracy.png``, ``early_stop.png``, ``validation.png``.
+    """
+    if tolerance < 0:
+        raise LotteryError(f"tolerance must be zero or positive (got {tolerance})")
+    series, notes = load_series([Path(p) for p in run_dirs])
+    out_dir = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LotteryError(f"{str(out_dir)!r} exists and is not a folder")
+    save_figure(
+        metric_figure(series, "test", "test accuracy at early stop (%)", FIGURES["accuracy.png"]),
+        out_dir / "accuracy.png",
+    )
+    save_figure(
+        metric_figure(series, "ES", "early-stopping iteration", FIGURES["early_stop.png"]),
+        out_dir / "early_stop.png",
+    )
+    save_figure(validation_figure(series), out_dir / "validation.png")
+    path = out_dir / "report.md"
+    rundir.write_text(path, markdown(series, notes, tolerance))
+    return path

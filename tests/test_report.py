@@ -1,0 +1,222 @@
+"""Reports on real tiny runs laid out as a trials/controls group, and the statistics behind them."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.collections import PolyCollection
+
+from lottery_core.config import make_config
+from lottery_core.errors import LotteryError
+from lottery_core.experiment import Experiment
+from lottery_core.report import (
+    aggregate,
+    load_series,
+    metric_figure,
+    pct,
+    sparsest_within,
+    validation_figure,
+    write_report,
+)
+
+BUDGET = dict(dataset="mnist-sample", rounds=3, iterations=100, eval_every=25)
+LAYOUT = {
+    "imp": ({}, 2),
+    "reinit-random": ({"reinit": "random"}, 2),
+    "prune-random": ({"prune": "random"}, 1),
+}
+
+
+def run_into(folder: Path, data, **overrides) -> None:
+    """A real run into ``folder``, on one thread (tiny models only lose time to threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = make_config(**{**BUDGET, **overrides})
+        Experiment(config, data=data).run(folder, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory, sample_data) -> Path:
+    """A group folder as trials/controls write it: ``runs/<experiment>/trial_<i>/``."""
+    root = tmp_path_factory.mktemp("group")
+    for name, (change, trials) in LAYOUT.items():
+        for trial in range(trials):
+            run_into(root / "runs" / name / f"trial_{trial}", sample_data, seed=trial, **change)
+    return root
+
+
+def trial_frames(group: Path, name: str) -> pd.DataFrame:
+    folders = sorted((group / "runs" / name).glob("trial_*"))
+    return pd.concat(
+        [pd.read_csv(f / "results.csv").assign(trial=i) for i, f in enumerate(folders)]
+    )
+
+
+# -- statistics ----------------------------------------------------------------------------
+
+
+def test_aggregate_gives_mean_std_min_max_per_experiment_and_round():
+    frame = pd.DataFrame(
+        {
+            "experiment": ["imp", "imp", "imp", "imp", "ctrl", "ctrl"],
+            "trial": [0, 0, 1, 1, 0, 0],
+            "round": [0, 1, 0, 1, 0, 1],
+            "remaining": [100.0, 80.0, 100.0, 80.0, 100.0, 80.0],
+            "ES": [300, 200, 500, 400, 300, 600],
+            "val": [90.0, 91.0, 92.0, 95.0, 90.0, 89.0],
+            "test": [91.0, 92.0, 93.0, 96.0, 91.0, 88.0],
+        }
+    )
+    out = aggregate(frame)
+    assert list(out["experiment"]) == ["imp", "imp", "ctrl", "ctrl"]  # order of appearance
+    assert list(out["round"]) == [0, 1, 0, 1]
+    imp1 = out.iloc[1]
+    assert imp1["trials"] == 2 and imp1["remaining"] == 80.0
+    assert (imp1["ES_mean"], imp1["ES_min"], imp1["ES_max"]) == (300, 200, 400)
+    assert imp1["ES_std"] == pytest.approx(np.std([200, 400], ddof=1))
+    assert (imp1["test_mean"], imp1["test_min"], imp1["test_max"]) == (94.0, 92.0, 96.0)
+    assert imp1["val_mean"] == 93.0
+    ctrl1 = out.iloc[3]
+    assert ctrl1["trials"] == 1 and ctrl1["test_mean"] == 88.0
+    assert math.isnan(ctrl1["test_std"])  # one trial: no spread to report
+    without = aggregate(frame[frame.experiment == "imp"].drop(columns=["experiment", "trial"]))
+    assert "experiment" not in without and list(without["trials"]) == [2, 2]
+
+
+def test_sparsest_within_walks_down_from_the_dense_round():
+    rounds = pd.DataFrame(
+        {
+            "round": [0, 1, 2, 3, 4],
+            "remaining": [100.0, 80.0, 64.1, 51.3, 41.1],
+            "test_mean": [92.0, 92.3, 91.6, 90.0, 92.0],
+        }
+    )
+    assert sparsest_within(rounds, 0.5)["round"] == 2  # round 4 recovers, but after a drop
+    assert sparsest_within(rounds, 2.0)["round"] == 4
+    assert sparsest_within(rounds, 0.1)["round"] == 1  # above the dense round counts
+    assert sparsest_within(rounds.iloc[1:], 0.5) is None
+
+
+def test_aggregate_rejects_a_table_without_results_columns():
+    with pytest.raises(LotteryError, match="test"):
+        aggregate(pd.DataFrame({"round": [0], "remaining": [100.0], "ES": [1], "val": [1.0]}))
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def test_report_on_a_group(group):
+    path = write_report([group])
+    assert path == group / "report" / "report.md"
+    for name in ("accuracy.png", "early_stop.png", "validation.png"):
+        assert (path.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in path.read_text()
+    text = path.read_text()
+    assert "NOT full MNIST" in text and "sample" in text
+    verdict, tables = text.split("## Per round")
+    for name in LAYOUT:
+        summary = aggregate(trial_frames(group, name))
+        best = sparsest_within(summary, 0.5)
+        line = next(x for x in verdict.splitlines() if x.startswith(f"- **{name}**"))
+        if best["round"] > 0:
+            assert f"down to **{pct(best['remaining'])}% of weights remaining**" in line
+            assert f"{best['test_mean']:.2f}% test" in line
+        else:
+            assert "no pruned round stays within 0.5 points" in line
+        for _, row in summary.iterrows():
+            cells = f"| {pct(row['remaining'])} | {int(row['trials'])} |"
+            assert f"| {int(row['round'])} {cells}" in tables
+            assert (
+                f"{row['test_mean']:.2f} | {row['test_min']:.2f} | {row['test_max']:.2f} |"
+                in tables
+            )
+    imp_line = next(x for x in verdict.splitlines() if x.startswith("- **imp**"))
+    assert "trials " in imp_line and "trial_0" in imp_line and "trial_1" in imp_line
+    assert "| 1 | 80.0 | 80.0 / 80.0 | 80.0 / 80.0 | 90.0 / 90.0 |" in tables  # per layer
+
+
+def test_tolerance_decides_the_verdict(group, tmp_path):
+    text = write_report([group], out_dir=tmp_path, tolerance=100).read_text()
+    for name in LAYOUT:
+        assert f"- **{name}**: matches the dense network" in text
+        assert "down to **64.1% of weights remaining** (round 2)" in text
+    with pytest.raises(LotteryError, match="tolerance"):
+        write_report([group], out_dir=tmp_path, tolerance=-1)
+
+
+def test_accuracy_figure_reads_like_the_papers(group):
+    series, _ = load_series([group])
+    fig = metric_figure(series, "test", "test accuracy", "title")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    left, right = ax.get_xlim()
+    assert left > 100 > 64 > right  # sparsity grows to the right
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["100", "80.0", "64.1"]
+    assert [line.get_label() for line in ax.get_lines()] == ["imp", "prune-random", "reinit-random"]
+    imp = aggregate(trial_frames(group, "imp"))
+    assert list(ax.get_lines()[0].get_ydata()) == list(imp["test_mean"])
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2  # imp and reinit-random have two trials; prune-random one
+    es = metric_figure(series, "ES", "ES", "title").axes[0]
+    assert es.get_ylim()[0] == 0
+
+
+def test_validation_figure_has_a_curve_per_round_for_each_series(group):
+    series, _ = load_series([group])
+    fig = validation_figure(series)
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_xlabel()]
+    assert len(panels) == len(LAYOUT)
+    for ax in panels:
+        assert len(ax.get_lines()) == BUDGET["rounds"]
+
+
+def test_single_runs_and_groups_together(group, tmp_path):
+    single = tmp_path / "single"
+    shutil.copytree(group / "runs" / "reinit-random" / "trial_0", single)
+    path = write_report([single])
+    assert path == single / "report" / "report.md"
+    assert "- **magnitude pruning, random reinit**" in path.read_text()
+    series, _ = load_series([single, group])
+    assert [s.label for s in series] == [
+        "single (magnitude pruning, random reinit)",
+        f"{group.name} / imp",
+        f"{group.name} / prune-random",
+        f"{group.name} / reinit-random",
+    ]
+    twice, _ = load_series([single, single])
+    assert twice[1].label.endswith("#2")
+
+
+def test_unfinished_trials_are_skipped_with_a_note(group, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(group / "runs" / "imp" / "trial_0", partial / "runs" / "imp" / "trial_0")
+    (partial / "runs" / "imp" / "trial_1").mkdir()
+    text = write_report([partial]).read_text()
+    assert "skipped runs/imp/trial_1" in text
+
+
+def test_unusable_folders_are_named_in_the_error(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(LotteryError, match="nowhere"):
+        write_report([missing])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LotteryError, match="empty.*results.csv"):
+        write_report([tmp_path / "empty"])
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "results.csv").write_text("round,remaining,ES,val,test\n")
+    with pytest.raises(LotteryError, match="fresh.*no finished round"):
+        write_report([tmp_path / "fresh"])
+    (tmp_path / "group" / "runs").mkdir(parents=True)
+    with pytest.raises(LotteryError, match="group.*no finished run"):
+        write_report([tmp_path / "group"])
+    with pytest.raises(LotteryError, match="no run folder"):
+        write_report([])

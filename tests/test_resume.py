@@ -1,0 +1,122 @@
+"""Crash safety: kill a real CLI process mid-run, resume it, and get the uninterrupted result."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from lottery_core import LotteryError, run_experiment
+from lottery_core.api import resume_experiment
+from lottery_core.errors import RunFailed
+
+from .conftest import ROOT
+
+RUN = ["run", "--dataset", "mnist-sample", "--iterations", "400", "--eval-every", "100",
+       "--quiet"]  # fmt: skip
+
+
+def start(args, cwd, env):
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for_rows(path: Path, rows: int, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) > rows:
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never reached {rows} rows")
+
+
+def comparable(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path)
+    return frame.drop(columns=[c for c in frame.columns if c == "time_s"])
+
+
+def run_cli(args, cwd, env):
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, cli_env):
+    whole = run_cli([*RUN, "--rounds", "4", "--out", "whole"], tmp_path, cli_env)
+    assert whole.returncode == 0, whole.stderr
+
+    process = start([*RUN, "--rounds", "4", "--out", "cut"], tmp_path, cli_env)
+    wait_for_rows(tmp_path / "cut" / "results.csv", 2, process)  # rounds 0 and 1 are done
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    done = len(pd.read_csv(tmp_path / "cut" / "results.csv"))
+    assert 2 <= done < 4  # it really stopped mid-run
+    assert not list((tmp_path / "cut").glob(".*.tmp"))  # no half-written file left behind
+
+    resumed = run_cli(["run", "--resume", "cut", "--quiet"], tmp_path, cli_env)
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("results.csv", "history.csv", "layers.csv"):
+        pd.testing.assert_frame_equal(comparable(tmp_path / "whole" / name),
+                                      comparable(tmp_path / "cut" / name))  # fmt: skip
+    ticket_a = torch.load(tmp_path / "whole" / "ticket.pt", weights_only=True)
+    ticket_b = torch.load(tmp_path / "cut" / "ticket.pt", weights_only=True)
+    for name, mask in ticket_a["masks"].items():
+        assert torch.equal(mask, ticket_b["masks"][name])
+
+
+def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, cli_env):
+    process = start([*RUN, "--rounds", "3", "--out", "run"], tmp_path, cli_env)
+    wait_for_rows(tmp_path / "run" / "results.csv", 1, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    assert "python cli.py run --resume run" in stderr
+    resumed = run_cli(["run", "--resume", "run", "--quiet"], tmp_path, cli_env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert list(pd.read_csv(tmp_path / "run" / "results.csv")["round"]) == [0, 1, 2]
+
+
+def test_killed_trials_and_controls_resume_to_the_uninterrupted_result(tmp_path, cli_env):
+    group = [*RUN, "--rounds", "3", "--iterations", "200", "--trials", "2", "--controls"]
+    whole = run_cli([*group, "--out", "whole"], tmp_path, cli_env)
+    assert whole.returncode == 0, whole.stderr
+    process = start([*group, "--out", "cut"], tmp_path, cli_env)
+    wait_for_rows(tmp_path / "cut" / "runs" / "imp" / "trial_1" / "results.csv", 1, process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    resumed = run_cli(["run", "--resume", "cut", "--quiet"], tmp_path, cli_env)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = (
+        comparable(tmp_path / "whole" / "results.csv"),
+        comparable(tmp_path / "cut" / "results.csv"),
+    )
+    pd.testing.assert_frame_equal(a, b)
+    assert sorted(set(a["experiment"])) == ["imp", "prune-random", "reinit-random"]
+    assert sorted(set(a["trial"])) == [0, 1]
+
+
+@pytest.mark.parametrize("content", [b"garbage, not a zip", None])
+def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path, content):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    if content is None:
+        torch.save({"something": "else"}, run_dir / "checkpoint.pt")
+    else:
+        (run_dir / "checkpoint.pt").write_bytes(content)
+    with pytest.raises(LotteryError, match="checkpoint"):
+        resume_experiment(run_dir, progress=False)
+
+
+def test_a_diverging_loss_stops_with_round_and_iteration(tmp_path):
+    with pytest.raises(RunFailed, match=r"round 0: the loss became (nan|inf) at iteration 50"):
+        run_experiment(dataset="mnist-sample", rounds=2, iterations=100, eval_every=50,
+                       lr=1e12, out=tmp_path / "run", progress=False)  # fmt: skip
