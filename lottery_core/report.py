@@ -537,7 +537,7 @@ def validation_figure(series: list[Series]) -> Figure:
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    rundir._atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    rundir.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 # -- the report ----------------------------------------------------------------------------

@@ -47,7 +47,8 @@ def create(path: Path) -> Path:
     return path
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write ``path`` through ``write(tmp)`` on a temporary sibling, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -62,7 +63,7 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
-    _atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -71,12 +72,12 @@ def write_json(path: Path, value: Any) -> None:
             json.dump(value, handle, indent=2, sort_keys=False, default=str)
             handle.write("\n")
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def write_torch(path: Path, value: Any) -> None:
-    _atomic(path, lambda tmp: torch.save(value, tmp))
+    atomic_write(path, lambda tmp: torch.save(value, tmp))
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -140,3 +140,30 @@ def test_cuda_without_cuda_is_a_clear_error(tmp_path, cli_env):
     result = cli("run", *SMALL, "--device", "cuda", "--out", "new", cwd=tmp_path, env=cli_env)
     assert_usage_error(result, "CUDA is not available")
     assert not (tmp_path / "new").exists()
+
+
+def test_report_and_export_from_the_command_line(tmp_path, cli_env):
+    assert (
+        cli("run", *SMALL, "--rounds", "3", "--out", "run", cwd=tmp_path, env=cli_env).returncode
+        == 0
+    )
+    report = cli("report", "run", cwd=tmp_path, env=cli_env)
+    assert report.returncode == 0, report.stderr
+    for name in ("report.md", "accuracy.png", "early_stop.png", "validation.png"):
+        assert (tmp_path / "run" / "report" / name).stat().st_size > 0
+    assert "NOT full MNIST" in (tmp_path / "run" / "report" / "report.md").read_text()
+
+    export = cli("export", "run", "--round", "2", cwd=tmp_path, env=cli_env)
+    assert export.returncode == 0, export.stderr
+    assert "170,538 of 266,200 weights nonzero" in export.stdout  # 64.1% remaining
+    assert (tmp_path / "run" / "ticket_round2.pt").is_file()
+    pruned = cli("export", "run", "--round", "1", "--pruned", "--out", "plain.pt", cwd=tmp_path,
+                 env=cli_env)  # fmt: skip
+    assert pruned.returncode == 0, pruned.stderr
+    assert "213,060 of 266,200" in pruned.stdout
+    again = cli("export", "run", "--round", "2", cwd=tmp_path, env=cli_env)
+    assert_usage_error(again, "already exists")
+    missing = cli("export", "run", "--round", "9", "--out", "x.pt", cwd=tmp_path, env=cli_env)
+    assert_usage_error(missing, "round 9", "0, 1, 2")
+    nothing = cli("report", "nowhere", cwd=tmp_path, env=cli_env)
+    assert_usage_error(nothing, "nowhere")

@@ -153,3 +153,22 @@ def test_a_resumed_run_equals_an_uninterrupted_one(plugins, sample_data, tmp_pat
     columns = [c for c in whole.results.columns if c != "time_s"]
     pd.testing.assert_frame_equal(whole.results[columns], resumed.results[columns])
     pd.testing.assert_frame_equal(whole.history, resumed.history)
+
+
+def test_the_rewind_invariant_catches_a_survivor_that_moved(plugins, sample_data):
+    from lottery_core.experiment import check_rewound
+
+    exp, state, _ = trained_round_zero(plugins, sample_data)
+    exp.prune(1)
+    exp.reinitialise(state, 1)  # passes: everything was rewound
+    layer = exp.layers[0]
+    alive = layer.mask.nonzero()[0].tolist()
+    with torch.no_grad():
+        layer.weight_orig[tuple(alive)] += 1e-7
+    with pytest.raises(RuntimeError, match="differs from its rewind value"):
+        check_rewound(exp.parameters(), state.rewind_state, exp.layers)
+    dead = (layer.mask == 0).nonzero()[0].tolist()
+    with torch.no_grad():
+        layer.weight_orig[tuple(alive)] -= 1e-7
+        layer.weight_orig[tuple(dead)] += 5.0  # pruned entries of weight_orig may hold anything
+    check_rewound(exp.parameters(), state.rewind_state, exp.layers)
