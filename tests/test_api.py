@@ -49,3 +49,23 @@ def test_experiment_runner_accepts_the_seed_projects_keywords(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(path), frame, check_dtype=False)
     saved = runner.result.config
     assert (saved.scope, saved.lr, saved.batch_size) == ("global", 2e-3, 50)
+
+
+def test_run_folder_names_are_stable(plugins):
+    """Pinned: the same experiment must land in the same folder across versions."""
+    from lottery_core.config import resolve
+
+    names = [
+        resolve(make_config(dataset="mnist-sample"), plugins).run_name(),
+        resolve(make_config(model="conv2", seed=3, scope="global"), plugins).run_name(),
+        # where and how it runs is not part of the name
+        resolve(
+            make_config(dataset="mnist-sample", device="cpu", data_dir="x"), plugins
+        ).run_name(),
+    ]
+    assert names == [
+        "lenet_fc-mnist-sample-magnitude-layerwise-rewind-s0-1015ea51",
+        "conv2-cifar10-magnitude-global-rewind-s3-44604e22",
+        "lenet_fc-mnist-sample-magnitude-layerwise-rewind-s0-1015ea51",
+    ]
+    assert resolve(make_config(dataset="mnist-sample", lr=1e-3), plugins).run_name() != names[0]
