@@ -11,120 +11,302 @@ data; (6) the peak memory of a default CLI run.
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.utils.data import Dataset
 
 from . import data as bdata
 from . import floor, rounds, steps
 from .report import Row, read_values, render, write_json
 
-PRUNINGS = {"100%": 0, "21%": 7, "3.6%": 15}  # layerwise magnitude rounds to reach each level
+PRUNINGS = {"100%": 0, "21%": 7, "3.6%": 15}  # layerwise magnitude prunings to reach each level
 OVERHEAD_TARGET = ("<=", 1.10)
+LOADER_TARGET = (">=", 4.0)
+EVAL_SHARE_TARGET = ("<=", 15.0)
 
 
 @dataclass(frozen=True)
 class Sizes:
-    repeats: int
-    lenet_steps: int
-    conv_steps: int
-    conv_repeats: int
-    train: int
-    val: int
-    test: int
-    conv_train: int
-    loader_images: int
-    eval_iterations: int
-    eval_repeats: int
-    matmul_size: int
-    rss_rounds: int
-    rss_iterations: int
+    """How much work each section does (the defaults); ``--quick`` shrinks everything."""
+
+    repeats: int = 7  # interleaved repeats of every LeNet variant
+    lenet_steps: int = 200  # steps per timed run
+    conv_steps: int = 8
+    conv_repeats: int = 4
+    train: int = 55_000  # the paper's MNIST split sizes
+    val: int = 5_000
+    test: int = 10_000
+    conv_train: int = 10_000
+    loader_images: int = 15_000  # images on disk for the DataLoader loop (> one timed run)
+    eval_iterations: int = 1000  # the measured round of section 4
+    eval_repeats: int = 3
+    matmul_size: int = 2048
+    rss_rounds: int = 2
+    rss_iterations: int = 1000
+    conv_levels: tuple[str, ...] = tuple(PRUNINGS)
+    workers: tuple[int, ...] = (0, 2)
+
+
+QUICK = Sizes(
+    repeats=1, lenet_steps=5, conv_steps=1, conv_repeats=1, train=1200, val=100, test=100,
+    conv_train=120, loader_images=600, eval_iterations=200, eval_repeats=1, matmul_size=256,
+    rss_rounds=1, rss_iterations=20, conv_levels=("100%",), workers=(0,),
+)  # fmt: skip
 
 
 def sizes(quick: bool, repeats: int | None) -> Sizes:
-    if quick:
-        return Sizes(repeats or 1, 5, 1, repeats or 1, 1200, 100, 100, 120, 600, 200, 1, 256, 1,
-                     20)
-    r = repeats or 7
-    return Sizes(r, 200, 6, max(3, (r + 1) // 2), 55_000, 5_000, 10_000, 10_000, 6_000, 1000, 3,
-                 2048, 2, 1000)
+    size = QUICK if quick else Sizes()
+    if repeats:
+        size = replace(size, repeats=repeats, conv_repeats=max(1, (repeats + 1) // 2))
+    return size
+
+
+STARTED = time.perf_counter()
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so stdout holds only the table."""
+    print(f"[bench {time.perf_counter() - STARTED:5.0f} s] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class StepResults:
+    """Sections 1-2 (or 5) for one model, and what the floor section needs."""
+
+    rows: list[Row]
+    step_s: float
+    dense: nn.Module
 
 
 def step_section(
-    name: str, model: str, dataset: str, data, loader_set, n_steps: int, repeats: int
-) -> tuple[list[Row], float, steps.FrameworkStep]:
-    """Rows of sections 1-2 (or 5) for one model; returns them, our median step at 100% and
-    the framework runner (for the floor)."""
+    title: str,
+    model: str,
+    dataset: str,
+    data,
+    images: Dataset,
+    n_steps: int,
+    repeats: int,
+    levels: tuple[str, ...],
+    workers: tuple[int, ...],
+) -> StepResults:
+    """Our step against the bare loop at each sparsity level, then (dense) against the
+    DataLoader loop; each comparison interleaves its variants with ours, repeat by repeat."""
     key = "" if model == "lenet_fc" else f"{model}_"
-    ours = steps.FrameworkStep(model, dataset, bdata.with_small_eval(data, steps.BATCH), n_steps)
+    ours = steps.FrameworkStep(model, dataset, bdata.with_small_eval(data, 1), n_steps)
     lr = ours.experiment.config.lr
+    probe = max(1, n_steps // 20)
     rows: list[Row] = []
-    ours_dense = float("nan")
-    dense_model = None
-    for level, prunings in PRUNINGS.items():
-        remaining = ours.prune_until(prunings)
+    dense: nn.Module = nn.Identity()
+    bare_times: dict[str, list[float]] = {"ours": []}
+    for level in levels:
+        remaining = ours.prune_until(PRUNINGS[level])
+        log(f"{model}: {remaining:.1f}% remaining")
         bare = steps.bare_copy(ours.experiment.model)
-        runners = {"ours": ours}
-        bare_names = []
-        for t in steps.thread_choices():
-            bare_names.append(f"bare{t}")
-            runners[f"bare{t}"] = steps.bare_runner(steps.bare_copy(bare), data, n_steps, lr, t)
-        loader_names = []
-        if prunings == 0:
-            dense_model = bare
-            for workers in (0, 2):
-                for t in steps.thread_choices():
-                    loader_names.append(f"loader w{workers} t{t}")
-                    runners[loader_names[-1]] = steps.dataloader_runner(
-                        steps.bare_copy(bare), loader_set, n_steps, lr, workers, t
-                    )
-        times = steps.interleave(runners, repeats)
-        bare_best = steps.best_of(times, bare_names)
-        rows.append(Row(name, f"{key}overhead_{level}",
-                        f"our step / bare loop, {remaining:.1f}% remaining",
-                        steps.paired_ratio(times["ours"], bare_best), "x", OVERHEAD_TARGET))
-        if prunings == 0:
-            ours_dense = statistics.median(times["ours"])
-            fastest = min(loader_names, key=lambda n: statistics.median(times[n]))
-            loader_best = steps.best_of(times, loader_names)
-            data_rows = [
-                Row(name, f"{key}step_ms", "our step, 100% remaining (median, context)",
-                    1e3 * ours_dense, "ms"),
-                Row(name, f"{key}bare_step_ms", "bare loop step, best threads (median, context)",
-                    1e3 * statistics.median(bare_best), "ms"),
-                Row(name, f"{key}loader_step_ms", f"DataLoader step, best = {fastest}",
-                    1e3 * statistics.median(loader_best), "ms"),
-                Row(name, f"{key}datapath",
-                    "DataLoader loop / our step (speed-up, same model and masks)",
-                    steps.paired_ratio(loader_best, times["ours"]), "x",
-                    (">=", 4.0) if model == "lenet_fc" else None),
-            ]
-    assert dense_model is not None
-    return rows + data_rows, ours_dense, ours, dense_model
+        dense = bare if level == "100%" else dense
+        runners = {
+            f"bare loop step, {_threads(t)}": steps.bare_runner(
+                steps.bare_copy(bare), data, n_steps, lr, t
+            )
+            for t in steps.thread_choices()
+        }
+        times = steps.interleave({"ours": ours, **runners}, repeats, [list(runners)], probe)
+        ratio = steps.paired_ratio(times["ours"], steps.best_of(times, list(runners)))
+        label = f"our step / bare loop (its best threads), {remaining:.1f}% remaining"
+        rows.append(Row(title, f"{key}overhead_{level}", label, ratio, "x", OVERHEAD_TARGET))
+        same = f"bare loop step, {_threads(ours.threads())}"
+        ratio = steps.paired_ratio(times["ours"], times[same])
+        if ratio == ratio:  # NaN when that setting sat out every repeat
+            label = f"  our step / bare loop on our {_threads(ours.threads())}"
+            rows.append(Row(title, f"{key}overhead_same_{level}", label, ratio, "x"))
+        if level == "100%":
+            bare_times = times
+    log(f"{model}: DataLoader loop")
+    loaders = {
+        f"DataLoader step, {w} workers, {_threads(t)}": steps.dataloader_runner(
+            steps.bare_copy(dense), images, n_steps, lr, w, t
+        )
+        for w in workers
+        for t in steps.thread_choices()
+    }
+    times = steps.interleave({"ours": ours, **loaders}, repeats, [list(loaders)], probe)
+    step_s = statistics.median(bare_times["ours"] + times["ours"])
+    add = functools.partial(Row, title)
+    rows.append(add(f"{key}step_ms", "our step, 100% remaining (median)", 1e3 * step_s, "ms"))
+    for name, values in [*bare_times.items(), *times.items()]:
+        value = steps.median(values)
+        if name != "ours" and value == value:  # a setting that sat out every repeat: no row
+            rows.append(add(f"{key}{_slug(name)}_ms", name, 1e3 * value, "ms"))
+    speedup = steps.paired_ratio(steps.best_of(times, list(loaders)), times["ours"])
+    target = LOADER_TARGET if model == "lenet_fc" else None
+    label = "DataLoader loop (best) / our step: our speed-up"
+    rows.append(add(f"{key}datapath", label, speedup, "x", target))
+    return StepResults(rows, step_s, dense)
 
 
-def floor_rows(name: str, key: str, model, data, step_s: float, size: int, repeats: int):
-    """Section 3: the step's FLOPs against the measured matmul rate and its own kernels."""
+def _threads(count: int) -> str:
+    return f"{count} thread{'s' * (count > 1)}"
+
+
+def _slug(name: str) -> str:
+    return "_".join(word for word in name.replace(",", "").split() if not word.startswith("thr"))
+
+
+def floor_rows(
+    title: str, key: str, model: nn.Module, data, step_s: float, size: int, repeats: int
+) -> list[Row]:
+    """The step's FLOPs against the measured matmul rate and against its own kernels."""
     x, y = data.train_x[: steps.BATCH], data.train_y[: steps.BATCH]
     flops = floor.step_flops(model, x, y)
+    repeats = min(repeats, 3)  # medians of rates: 3 samples suffice
     rate = floor.matmul_rate(size, repeats)
-    kernels = floor.kernel_replay_time(model, x, y, repeats)
+    kernels = floor.kernel_replay_times(model, x, y, repeats)
     return [
-        Row(name, f"{key}flops", "matmul/conv work per step (forward + backward)", flops / 1e6,
-            "MFLOP"),
-        Row(name, f"{key}mm_rate", f"measured fp32 matmul rate ({size}x{size}, best threads)",
-            rate / 1e9, "GFLOP/s"),
-        Row(name, f"{key}floor_ratio", "our step / hardware floor (FLOPs / matmul rate)",
-            step_s / (flops / rate), "x"),
-        Row(name, f"{key}kernel_ratio", "our step / the step's own GEMM+conv kernels replayed",
-            step_s / kernels, "x"),
+        Row(
+            title,
+            f"{key}flops",
+            "matmul/conv work per step (forward + backward)",
+            flops / 1e6,
+            "MFLOP",
+        ),
+        Row(
+            title,
+            f"{key}mm_rate",
+            f"measured fp32 matmul rate ({size}x{size}, best threads)",
+            rate / 1e9,
+            "GFLOP/s",
+        ),
+        Row(
+            title,
+            f"{key}floor_ratio",
+            "our step / hardware floor (FLOPs / matmul rate)",
+            step_s / (flops / rate),
+            "x",
+        ),
+        Row(
+            title,
+            f"{key}kernel_ratio",
+            "our step / its own GEMM+conv kernels replayed (best)",
+            step_s / min(kernels.values()),
+            "x",
+        ),
+        Row(
+            title,
+            f"{key}kernel_ratio_1",
+            "our step / its own GEMM+conv kernels on 1 thread",
+            step_s / kernels[1],
+            "x",
+        ),
     ]
+
+
+def eval_rows(data, size: Sizes) -> list[Row]:
+    share = rounds.eval_share(data, size.eval_iterations, 100, size.eval_repeats)
+    round_50k, share_50k = share.extrapolated()
+    title = "4. evaluation, LeNet-300-100, eval_every=100 (5K val, 10K test)"
+    return [
+        Row(
+            title,
+            "eval_share_measured",
+            f"share of a measured {share.iterations}-iteration round spent evaluating",
+            100 * share.share,
+            "%",
+        ),
+        Row(
+            title,
+            "eval_share_50k",
+            "share of a 50K-iteration round (extrapolated)",
+            100 * share_50k,
+            "%",
+            EVAL_SHARE_TARGET,
+        ),
+        Row(title, "round_50k_s", "one 50K-iteration round (extrapolated)", round_50k, "s"),
+    ]
+
+
+def run(size: Sizes) -> list[Row]:
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        lenet = bdata.synthetic_splits(bdata.MNIST_SHAPE, size.train, size.val, size.test)
+        mnist = bdata.mnist_dataset(Path(tmp) / "mnist", size.loader_images)
+        fc = step_section(
+            "1-2. LeNet-300-100, batch 60: step overhead, data path",
+            "lenet_fc",
+            "mnist",
+            lenet,
+            mnist,
+            size.lenet_steps,
+            size.repeats,
+            tuple(PRUNINGS),
+            size.workers,
+        )
+        rows += fc.rows
+        log("compute floor")
+        rows += floor_rows(
+            "3. compute floor, LeNet-300-100 step",
+            "",
+            fc.dense,
+            lenet,
+            fc.step_s,
+            size.matmul_size,
+            size.repeats,
+        )
+        log("evaluation share")
+        rows += eval_rows(lenet, size)
+        del lenet
+        cifar_shape = bdata.synthetic_splits(bdata.CIFAR_SHAPE, size.conv_train, 1, 1)
+        cifar = bdata.cifar_dataset(Path(tmp) / "cifar", size.loader_images)
+        title = "5. Conv-2, CIFAR-10 shape, batch 60"
+        conv = step_section(
+            title,
+            "conv2",
+            "cifar10",
+            cifar_shape,
+            cifar,
+            size.conv_steps,
+            size.conv_repeats,
+            size.conv_levels,
+            size.workers,
+        )
+        rows += conv.rows
+        log("conv2 compute floor")
+        rows += floor_rows(
+            title,
+            "conv2_",
+            conv.dense,
+            cifar_shape,
+            conv.step_s,
+            size.matmul_size,
+            size.conv_repeats,
+        )
+    log("peak memory")
+    rss, imports = rounds.peak_rss_mib(size.rss_rounds, size.rss_iterations)
+    rows += [
+        Row(
+            "6. memory",
+            "peak_rss_mib",
+            f"peak RSS, cli.py run --dataset mnist-sample --rounds "
+            f"{size.rss_rounds} --iterations {size.rss_iterations}",
+            rss,
+            "MiB",
+        ),
+        Row(
+            "6. memory",
+            "import_rss_mib",
+            "of which: importing torch, torchvision, pandas, ...",
+            imports,
+            "MiB",
+        ),
+    ]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,48 +318,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     size = sizes(args.quick, args.repeats)
     started = time.perf_counter()
-    rows: list[Row] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        lenet_data = bdata.synthetic_splits(bdata.MNIST_SHAPE, size.train, size.val, size.test)
-        mnist = bdata.mnist_dataset(Path(tmp) / "mnist", size.loader_images)
-        lenet_rows, lenet_step, _, dense = step_section(
-            "1-2. LeNet-300-100, batch 60: step overhead and data path", "lenet_fc", "mnist",
-            lenet_data, mnist, size.lenet_steps, size.repeats)
-        rows += lenet_rows
-        rows += floor_rows("3. compute floor, LeNet-300-100 step", "", dense, lenet_data,
-                           lenet_step, size.matmul_size, size.repeats)
-        share = rounds.eval_share(lenet_data, size.eval_iterations, 100, size.eval_repeats)
-        round_50k, share_50k = share.extrapolated()
-        section = "4. evaluation, LeNet-300-100, eval_every=100 (5K val, 10K test)"
-        rows += [
-            Row(section, "eval_share_measured",
-                f"share of a measured {share.iterations}-iteration round spent evaluating",
-                100 * share.share, "%"),
-            Row(section, "eval_share_50k", "share of a 50K-iteration round (extrapolated)",
-                100 * share_50k, "%", ("<=", 15.0)),
-            Row(section, "round_50k_s", "one 50K-iteration round, extrapolated", round_50k, "s"),
-        ]
-        del lenet_data
-        conv_data = bdata.synthetic_splits(bdata.CIFAR_SHAPE, size.conv_train, 60, 60)
-        cifar = bdata.cifar_dataset(Path(tmp) / "cifar", size.loader_images)
-        conv_name = "5. Conv-2, CIFAR-10 shape, batch 60"
-        conv_rows, conv_step, _, conv_dense = step_section(
-            conv_name, "conv2", "cifar10", conv_data, cifar, size.conv_steps, size.conv_repeats)
-        rows += conv_rows
-        rows += floor_rows(conv_name, "conv2_", conv_dense, conv_data, conv_step,
-                           size.matmul_size, size.conv_repeats)
-    rss = rounds.peak_rss_mib(size.rss_rounds, size.rss_iterations)
-    rows.append(Row("6. memory", "peak_rss_mib",
-                    f"peak RSS of cli.py run --dataset mnist-sample --rounds {size.rss_rounds} "
-                    f"--iterations {size.rss_iterations}", rss, "MiB"))
+    rows = run(size)
     elapsed = time.perf_counter() - started
     before = read_values(args.compare) if args.compare else None
     print(render(rows, before))
-    print(f"\nbenchmark took {elapsed:.0f} s; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(
+        f"\nbenchmark took {elapsed:.0f} s; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads by default, {platform.machine()}"
+    )
     if args.json:
-        meta = {"argv": sys.argv[1:], "seconds": elapsed, "torch": torch.__version__,
-                "threads": torch.get_num_threads(), "sizes": size.__dict__}
+        meta = {
+            "argv": sys.argv[1:],
+            "seconds": elapsed,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "sizes": asdict(size),
+        }
         write_json(args.json, rows, meta)
     return 0
 

@@ -42,8 +42,14 @@ def synthetic_splits(
 def with_small_eval(data: DatasetSplits, n: int) -> DatasetSplits:
     """The same training tensors with tiny validation and test splits (to time steps alone)."""
     return DatasetSplits(
-        data.train_x, data.train_y, data.val_x[:n], data.val_y[:n], data.test_x[:n],
-        data.test_y[:n], num_classes=data.num_classes, source=data.source,
+        data.train_x,
+        data.train_y,
+        data.val_x[:n],
+        data.val_y[:n],
+        data.test_x[:n],
+        data.test_y[:n],
+        num_classes=data.num_classes,
+        source=data.source,
     )
 
 

@@ -41,6 +41,10 @@ def step_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+def _clone(value):
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value
+
+
 class _Recorder(TorchDispatchMode):
     """Keeps every matmul/convolution call (operator, cloned arguments) made under it."""
 
@@ -51,13 +55,15 @@ class _Recorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in HEAVY:
-            keep = tree_map(lambda a: a.detach().clone() if isinstance(a, torch.Tensor) else a, args)
+            keep = tree_map(_clone, args)
             self.calls.append((func, keep, dict(kwargs)))
         return func(*args, **kwargs)
 
 
-def kernel_replay_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> float:
-    """Median seconds to rerun one step's matmul/convolution calls, best thread count."""
+def kernel_replay_times(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int
+) -> dict[int, float]:
+    """Median seconds to rerun one step's matmul/convolution calls, per thread count."""
     model = copy.deepcopy(model)
     recorder = _Recorder()
     with recorder:
@@ -69,13 +75,12 @@ def kernel_replay_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repea
             func(*args, **kwargs)
 
     inner = _inner_count(replay)
-    best = float("inf")
+    times = {}
     for threads in thread_choices():
         with num_threads(threads):
             replay()
-            samples = [_timed(replay, inner) for _ in range(repeats)]
-        best = min(best, statistics.median(samples))
-    return best
+            times[threads] = statistics.median(_timed(replay, inner) for _ in range(repeats))
+    return times
 
 
 def matmul_rate(size: int, repeats: int) -> float:

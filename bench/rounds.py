@@ -46,14 +46,18 @@ class EvalShare:
 
 @contextmanager
 def _timed_evaluate(test_x) -> Iterator[dict[str, float]]:
-    """Wrap ``training.evaluate`` to add up its wall time (all calls, and test-set calls)."""
+    """Wrap ``training.evaluate`` to add up its wall time (all calls, and test-set calls).
+
+    Every evaluation of a round goes through that one function and blocks the round while it
+    runs, so this is the round's wall time spent evaluating.
+    """
     original = training.evaluate
     spent = {"all": 0.0, "test": 0.0}
 
-    def timed(model, x, y):
+    def timed(model, x, y, *args, **kwargs):
         start = time.perf_counter()
         try:
-            return original(model, x, y)
+            return original(model, x, y, *args, **kwargs)
         finally:
             elapsed = time.perf_counter() - start
             spent["all"] += elapsed
@@ -70,8 +74,13 @@ def _timed_evaluate(test_x) -> Iterator[dict[str, float]]:
 def eval_share(data: DatasetSplits, iterations: int, eval_every: int, repeats: int) -> EvalShare:
     """Time whole LeNet-300-100 rounds of ``iterations`` through ``Experiment.train``."""
     config = make_config(
-        model="lenet_fc", dataset="mnist", iterations=iterations, eval_every=eval_every,
-        rounds=100, device="cpu", seed=0,
+        model="lenet_fc",
+        dataset="mnist",
+        iterations=iterations,
+        eval_every=eval_every,
+        rounds=100,
+        device="cpu",
+        seed=0,
     )
     experiment = Experiment(config, data=data)
     state = experiment.start()
@@ -97,19 +106,39 @@ _MEASURE_CHILD = (
 )
 
 
-def peak_rss_mib(rounds: int, iterations: int) -> float:
-    """Peak resident memory (MiB) of ``cli.py run`` on mnist-sample, as a lone child process of
-    a small parent (so no other child of the benchmark is counted)."""
+def peak_rss_mib(rounds: int, iterations: int) -> tuple[float, float]:
+    """Peak resident memory (MiB) of ``cli.py run`` on mnist-sample, and of a process that only
+    imports what that run imports; each the lone child of a small parent, so no other child
+    of the benchmark is counted."""
     with tempfile.TemporaryDirectory() as tmp:
-        command = [
-            sys.executable, "cli.py", "run", "--dataset", "mnist-sample", "--rounds", str(rounds),
-            "--iterations", str(iterations), "--quiet", "--device", "cpu", "--out",
+        run = [
+            "cli.py",
+            "run",
+            "--dataset",
+            "mnist-sample",
+            "--rounds",
+            str(rounds),
+            "--iterations",
+            str(iterations),
+            "--quiet",
+            "--device",
+            "cpu",
+            "--out",
             str(Path(tmp) / "run"),
         ]
-        done = subprocess.run(
-            [sys.executable, "-c", _MEASURE_CHILD, *command],
-            cwd=REPO, capture_output=True, text=True,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"peak-memory run failed:\n{done.stderr[-2000:]}")
-        return int(done.stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+        return _peak_rss(run), _peak_rss(["-c", _IMPORTS])
+
+
+_IMPORTS = "import cli, lottery_core.experiment, plugins.datasets, plugins.models"
+
+
+def _peak_rss(arguments: list[str]) -> float:
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE_CHILD, sys.executable, *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"peak-memory run failed:\n{done.stderr[-2000:]}")
+    return int(done.stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux

@@ -1,6 +1,7 @@
 """The timed loops: the framework's own round loop, a bare PyTorch loop, a DataLoader loop.
 
-Every runner does a fixed number of training steps per call and returns seconds per step.
+Every runner does a fixed number of training steps per call (baselines take a smaller count
+for their warm-up) and returns seconds per step.
 ``interleave`` calls the runners in rotating order, repeatedly, so slow drifts of a shared
 machine hit every variant alike; ratios are taken between runs of the same repeat.
 """
@@ -8,6 +9,7 @@ machine hit every variant alike; ratios are taken between runs of the same repea
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -18,14 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from lottery_core import training
 from lottery_core.config import make_config
 from lottery_core.experiment import Experiment, RunState
 from lottery_core.masks import remaining_percent
 from lottery_core.progress import Progress
 from lottery_core.specs import DatasetSplits
 
-Runner = Callable[[], float]
+Runner = Callable[..., float]
 BATCH = 60
+HOPELESS = 1.5
 
 
 @contextmanager
@@ -53,8 +57,14 @@ class FrameworkStep:
 
     def __init__(self, model: str, dataset: str, data: DatasetSplits, steps: int):
         config = make_config(
-            model=model, dataset=dataset, iterations=steps, eval_every=steps, rounds=100,
-            device="cpu", seed=0, batch_size=BATCH,
+            model=model,
+            dataset=dataset,
+            iterations=steps,
+            eval_every=steps,
+            rounds=100,
+            device="cpu",
+            seed=0,
+            batch_size=BATCH,
         )
         self.steps = steps
         self.experiment = Experiment(config, data=data)
@@ -70,7 +80,16 @@ class FrameworkStep:
             self.experiment.prune(self.pruned)
         return remaining_percent(self.experiment.layers)
 
-    def __call__(self) -> float:
+    def threads(self) -> int:
+        """The intra-op threads the framework trains this model on (its own rule, if any)."""
+        rule = getattr(training, "round_threads", None)
+        data = self.experiment.data
+        chosen = rule(self.experiment.model, data.train_x, BATCH) if rule else None
+        return chosen or torch.get_num_threads()
+
+    def __call__(self, steps: int | None = None) -> float:
+        """One round of the configured length (a shorter ``steps`` is ignored: ours is never
+        probed, only warmed up)."""
         start = time.perf_counter()
         self.experiment.train(self.state, 1, self.progress)
         return (time.perf_counter() - start) / self.steps
@@ -116,6 +135,13 @@ def bare_copy(model: nn.Module) -> nn.Sequential:
     return nn.Sequential(*children)
 
 
+def _adam(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """The fastest CPU Adam, so that baselines are as strong as they can be. The default
+    (for-loop) Adam calls ``torch.sqrt`` on the second moments, which runs 5-8x slower over
+    the zeros that pruned weights leave there: it would flatter us at high sparsity."""
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
     loss = F.cross_entropy(model(x), y)
     optimizer.zero_grad()
@@ -123,23 +149,25 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y
     optimizer.step()
 
 
-def bare_runner(model: nn.Module, data: DatasetSplits, steps: int, lr: float, threads: int) -> Runner:
-    """The textbook loop over in-memory tensors: a permutation per epoch, index, step (Adam)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+def bare_runner(
+    model: nn.Module, data: DatasetSplits, steps: int, lr: float, threads: int
+) -> Runner:
+    """The textbook loop over in-memory tensors: a permutation per epoch, index, Adam step."""
+    optimizer = _adam(model, lr)
     x, y, n = data.train_x, data.train_y, data.train_x.shape[0]
     generator = torch.Generator().manual_seed(0)
 
-    def run() -> float:
+    def run(count: int = steps) -> float:
         with num_threads(threads):
             start = time.perf_counter()
             done = 0
-            while done < steps:
+            while done < count:
                 order = torch.randperm(n, generator=generator)
-                for i in range(min(n // BATCH, steps - done)):
+                for i in range(min(n // BATCH, count - done)):
                     index = order[i * BATCH : (i + 1) * BATCH]
                     _step(model, optimizer, x[index], y[index])
                     done += 1
-            return (time.perf_counter() - start) / steps
+            return (time.perf_counter() - start) / count
 
     return run
 
@@ -149,29 +177,30 @@ def dataloader_runner(
 ) -> Runner:
     """The usual loop: a torchvision dataset with transforms, through a shuffling DataLoader.
 
-    Workers persist across epochs and calls, and each call first takes one untimed batch, so
-    worker start-up is not charged to the loop.
+    Each call starts a fresh pass and takes one batch untimed, so worker start-up is not
+    charged to the loop; the pass ends (its workers exit) before the call returns, so no
+    worker keeps prefetching while another variant is timed.
     """
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = _adam(model, lr)
     loader = DataLoader(
-        dataset, batch_size=BATCH, shuffle=True, drop_last=True, num_workers=workers,
-        persistent_workers=workers > 0,
+        dataset, batch_size=BATCH, shuffle=True, drop_last=True, num_workers=workers
     )
 
-    def forever() -> Iterator:
+    def batches() -> Iterator:
         while True:
             yield from loader
 
-    stream = forever()
-
-    def run() -> float:
+    def run(count: int = steps) -> float:
+        stream = batches()
         with num_threads(threads):
             next(stream)
             start = time.perf_counter()
-            for _ in range(steps):
+            for _ in range(count):
                 x, y = next(stream)
                 _step(model, optimizer, x, y)
-            return (time.perf_counter() - start) / steps
+            elapsed = time.perf_counter() - start
+        stream.close()
+        return elapsed / count
 
     return run
 
@@ -179,24 +208,50 @@ def dataloader_runner(
 # -- timing ----------------------------------------------------------------------------------
 
 
-def interleave(runners: dict[str, Runner], repeats: int) -> dict[str, list[float]]:
-    """Seconds per step of each runner, ``repeats`` times, in rotating order after a warm-up."""
+def interleave(
+    runners: dict[str, Runner],
+    repeats: int,
+    groups: list[list[str]] | None = None,
+    probe_steps: int = 1,
+) -> dict[str, list[float]]:
+    """Seconds per step of each runner, ``repeats`` times, in rotating order after a warm-up.
+
+    ``groups`` lists settings of one baseline of which only the fastest counts (thread counts,
+    workers). Before each repeat every setting runs a ``probe_steps`` probe, and a setting
+    more than ``HOPELESS`` times slower than its group's best probe sits that repeat out (its
+    time is NaN), so a busy machine does not spend minutes on settings that cannot win.
+    """
     for run in runners.values():
-        run()
+        run(probe_steps)
     names = list(runners)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+        skip = set()
+        for group in filter(None, groups or []):
+            probe = {name: runners[name](probe_steps) for name in group}
+            skip |= {n for n in group if probe[n] > HOPELESS * min(probe.values())}
+        active = [name for name in names if name not in skip]
+        shift = r % len(active)
+        for name in active[shift:] + active[:shift]:
             times[name].append(runners[name]())
+        for name in skip:
+            times[name].append(math.nan)
     return times
 
 
 def best_of(times: dict[str, list[float]], names: list[str]) -> list[float]:
-    """Per repeat, the fastest of several variants of one baseline (its fairest setting)."""
-    return [min(values) for values in zip(*(times[n] for n in names), strict=True)]
+    """Per repeat, the fastest of several settings of one baseline (its fairest setting)."""
+    columns = zip(*(times[n] for n in names), strict=True)
+    return [min(v for v in values if v == v) for values in columns]
+
+
+def median(values: list[float]) -> float:
+    """The median of the repeats a runner took part in (NaN if none)."""
+    kept = [v for v in values if v == v]
+    return statistics.median(kept) if kept else math.nan
 
 
 def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
-    """The median over repeats of the ratio between runs of the same repeat."""
-    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+    """The median over repeats of the ratio between runs of the same repeat (NaN if none)."""
+    pairs = [a / b for a, b in zip(numerator, denominator, strict=True) if a == a and b == b]
+    return statistics.median(pairs) if pairs else math.nan

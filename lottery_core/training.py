@@ -4,20 +4,45 @@ The early-stopping iteration is found after the fact: training always runs its w
 the parameters at the best validation loss so far are kept in preallocated buffers, and the test
 set is evaluated once at that snapshot (and once at the end), which gives the test accuracy at
 ES exactly without evaluating the test set at every evaluation.
+
+Speed (measured by ``python -m bench``):
+
+- Small models on the CPU (forward work per batch under ``SMALL_MODEL_FLOPS``, e.g. LeNet) train
+  on one intra-op thread. Their kernels are short: two threads gain 1.3-1.5x on an idle machine,
+  but every parallel region stalls while another process holds a core, which made steps 10-100x
+  slower on a shared one. The other cores still serve evaluation, whose row blocks are spread
+  over helper threads. Larger models keep torch's thread setting.
+- Adam is the fused kernel: one pass over each parameter instead of eight foreach passes, and
+  no ``torch.sqrt`` over the second moments, which runs 5-8x slower over the zeros that pruned
+  weights leave there.
+- The step does no host sync: the training loss is summed on the device and read at evaluations.
+
+Both choices change the last bits of the numbers compared with foreach Adam on torch's default
+threads (with two or more threads, MKL sums the output layer's weight gradient in an order that
+depends on the thread count); evaluation is bit-for-bit what it was. A small model now trains to
+the same bits whatever the machine's core count. ``SMALL_MODEL_FLOPS = 0`` turns the
+single-thread rule off.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import os
+import weakref
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .specs import DatasetSplits
 
 EVAL_CHUNK = 1000
+SMALL_MODEL_FLOPS = 1e9
 
 
 @dataclass(frozen=True)
@@ -51,21 +76,93 @@ class NonFiniteLoss(RuntimeError):
         self.value = value
 
 
-@torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (percent) over a whole split, in large chunks."""
+class EvalHelpers:
+    """Threads that compute part of each evaluation's row blocks beside the calling thread."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.executor = ThreadPoolExecutor(count, thread_name_prefix="lottery-eval")
+
+    def close(self) -> None:
+        self.executor.shutdown()
+
+
+_helpers: EvalHelpers | None = None
+
+
+def _forget_helpers() -> None:
+    """A forked child has none of its parent's threads: it must start its own."""
+    global _helpers
+    _helpers = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helpers)
+
+
+def eval_helpers(count: int) -> EvalHelpers | None:
+    """``count`` helper threads, kept from round to round (starting threads costs ms)."""
+    global _helpers
+    if count < 1:
+        return None
+    if _helpers is None or _helpers.count != count:
+        if _helpers is not None:
+            _helpers.close()
+        _helpers = EvalHelpers(count)
+    return _helpers
+
+
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, pool: EvalHelpers | None = None
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (percent) over a whole split.
+
+    The loss is summed in float32 over each chunk of ``EVAL_CHUNK`` rows, then over the chunks
+    in float64, in order. The logits are computed in row blocks, spread over ``pool``'s threads
+    and this one; a row's logits do not depend on the block it is computed in, so the numbers
+    do not depend on the pool. (Every evaluation goes through this function; bench/ times it.)
+    """
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    for start in range(0, x.shape[0], EVAL_CHUNK):
-        logits = model(x[start : start + EVAL_CHUNK])
-        target = y[start : start + EVAL_CHUNK]
-        loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
-        correct += (logits.argmax(dim=1) == target).sum()
-    model.train(was_training)
+    try:
+        logits = _logits(model, x, pool)
+    finally:
+        model.train(was_training)
+    with torch.inference_mode():
+        loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+        correct = torch.zeros((), dtype=torch.int64, device=x.device)
+        for start in range(0, x.shape[0], EVAL_CHUNK):
+            chunk = logits[start : start + EVAL_CHUNK]
+            target = y[start : start + EVAL_CHUNK]
+            loss_sum += F.cross_entropy(chunk, target, reduction="sum").double()
+            correct += (chunk.argmax(dim=1) == target).sum()
     n = x.shape[0]
     return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+def _logits(model: nn.Module, x: torch.Tensor, pool: EvalHelpers | None) -> torch.Tensor:
+    """``model(x)`` in blocks of at most ``EVAL_CHUNK`` rows; with a pool, block ``i`` of every
+    ``workers`` goes to worker ``i`` (this thread is worker 0).
+
+    Concurrent forwards share the model: its parameters are only read, and the pruning pre-hook
+    writes the same ``weight_orig * weight_mask`` into ``weight`` from every thread.
+    """
+    workers = 1 + (pool.count if pool is not None else 0)
+    size = math.ceil(EVAL_CHUNK / workers)
+    blocks = [x[start : start + size] for start in range(0, x.shape[0], size)]
+    helpers = [
+        pool.executor.submit(_forward_all, model, blocks[i::workers])  # type: ignore[union-attr]
+        for i in range(1, workers)
+    ]
+    mine = _forward_all(model, blocks[0::workers])
+    parts = [mine, *(future.result() for future in helpers)]
+    ordered = [parts[i % workers][i // workers] for i in range(len(blocks))]
+    return torch.cat(ordered) if len(ordered) > 1 else ordered[0]
+
+
+@torch.inference_mode()
+def _forward_all(model: nn.Module, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [model(block) for block in blocks]
 
 
 def epoch_permutation(seed: int, epoch: int, n: int, device: torch.device) -> torch.Tensor:
@@ -77,7 +174,50 @@ def epoch_permutation(seed: int, epoch: int, n: int, device: torch.device) -> to
 
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """Adam, rebuilt every round: moments from before pruning must not move pruned weights."""
-    return torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+    params = list(model.parameters())
+    if all(p.device.type in ("cpu", "cuda") for p in params):
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+_SMALL: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, bool]] = weakref.WeakKeyDictionary()
+
+
+def round_threads(model: nn.Module, example: torch.Tensor, batch_size: int) -> int | None:
+    """1 for a small model on the CPU (forward FLOPs per batch under ``SMALL_MODEL_FLOPS``);
+    None (keep torch's setting) otherwise. The count is made once per model and input shape."""
+    if example.device.type != "cpu" or torch.get_num_threads() == 1:
+        return None
+    key = (tuple(example.shape[1:]), batch_size)
+    if model not in _SMALL or _SMALL[model][0] != key:
+        _SMALL[model] = (key, _forward_flops(model, example[:1]) * batch_size < SMALL_MODEL_FLOPS)
+    return 1 if _SMALL[model][1] else None
+
+
+def _forward_flops(model: nn.Module, example: torch.Tensor) -> int:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(example)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops()
+
+
+@contextmanager
+def _single_threaded(active: bool) -> Iterator[EvalHelpers | None]:
+    """One intra-op thread for the block, and helper threads on the other cores (for
+    evaluation); restores torch's setting afterwards. Does nothing when not ``active``."""
+    if not active:
+        yield None
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield eval_helpers(before - 1)
+    finally:
+        torch.set_num_threads(before)
 
 
 def train_round(
@@ -94,6 +234,26 @@ def train_round(
     ``on_iteration(it)`` is called after the step that completes iteration ``it`` only when
     given (late rewinding snapshots through it); ``progress(k)`` reports k more steps done.
     """
+    n = data.train_x.shape[0]
+    batch = settings.batch_size
+    steps_per_epoch = n // batch
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch size {batch} exceeds the {n} training examples")
+    single = round_threads(model, data.train_x, batch) == 1
+    with _single_threaded(single) as pool:
+        return _train(model, data, settings, data_seed, pool, on_evaluation, on_iteration, progress)
+
+
+def _train(
+    model: nn.Module,
+    data: DatasetSplits,
+    settings: TrainSettings,
+    data_seed: int,
+    pool: EvalHelpers | None,
+    on_evaluation: Callable[[dict], dict | None] | None,
+    on_iteration: Callable[[int], None] | None,
+    progress: Callable[[int], None] | None,
+) -> RoundOutcome:
     params = list(model.parameters())
     optimizer = make_optimizer(model, settings.lr)
     outcome = RoundOutcome()
@@ -101,8 +261,6 @@ def train_round(
     n = data.train_x.shape[0]
     batch = settings.batch_size
     steps_per_epoch = n // batch
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch size {batch} exceeds the {n} training examples")
     device = data.train_x.device
     train_loss_sum = torch.zeros((), device=device)
     window = 0
@@ -123,7 +281,9 @@ def train_round(
             if on_iteration is not None:
                 on_iteration(iteration)
             if iteration % settings.eval_every == 0 or iteration == settings.iterations:
-                row = _evaluation_row(model, data, settings, iteration, train_loss_sum / window)
+                row = _evaluation_row(
+                    model, data, settings, iteration, train_loss_sum / window, pool
+                )
                 if on_evaluation is not None:
                     row.update(on_evaluation(row) or {})
                 outcome.history.append(row)
@@ -138,8 +298,8 @@ def train_round(
                 window = 0
             if iteration >= settings.iterations:
                 break
-    outcome.final_test_acc = evaluate(model, data.test_x, data.test_y)[1]
-    outcome.es_test_acc = _evaluate_at(model, params, best, data)
+    outcome.final_test_acc = evaluate(model, data.test_x, data.test_y, pool)[1]
+    outcome.es_test_acc = _evaluate_at(model, params, best, data, pool)
     return outcome
 
 
@@ -149,9 +309,10 @@ def _evaluation_row(
     settings: TrainSettings,
     iteration: int,
     train_loss: torch.Tensor,
+    pool: EvalHelpers | None = None,
 ) -> dict:
     train_loss_value = train_loss.item()
-    val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
+    val_loss, val_acc = evaluate(model, data.val_x, data.val_y, pool)
     for value in (train_loss_value, val_loss):
         if value != value or value in (float("inf"), float("-inf")):
             raise NonFiniteLoss(iteration, value)
@@ -162,18 +323,22 @@ def _evaluation_row(
         "val_acc": val_acc,
     }
     if settings.test_every_eval:
-        row["test_loss"], row["test_acc"] = evaluate(model, data.test_x, data.test_y)
+        row["test_loss"], row["test_acc"] = evaluate(model, data.test_x, data.test_y, pool)
     return row
 
 
 @torch.no_grad()
 def _evaluate_at(
-    model: nn.Module, params: list[torch.Tensor], snapshot: list[torch.Tensor], data: DatasetSplits
+    model: nn.Module,
+    params: list[torch.Tensor],
+    snapshot: list[torch.Tensor],
+    data: DatasetSplits,
+    pool: EvalHelpers | None = None,
 ) -> float:
     """Test accuracy with the parameters temporarily set to ``snapshot``; restores them."""
     current = [p.detach().clone() for p in params]
     _copy_into(params, snapshot)
-    accuracy = evaluate(model, data.test_x, data.test_y)[1]
+    accuracy = evaluate(model, data.test_x, data.test_y, pool)[1]
     _copy_into(params, current)
     return accuracy
 
