@@ -71,6 +71,8 @@ def resume_experiment(
 ) -> ExperimentResult | GroupResult:
     """Continue a stopped run (or trials/controls folder) from its last finished round."""
     run_dir = Path(run_dir)
+    for stray in run_dir.glob("**/.*.tmp"):  # left by a process killed mid-write
+        stray.unlink()
     if is_group(run_dir):
         return continue_group(run_dir, progress=progress, plugins=plugins)
     if not (run_dir / checkpoint.FILENAME).exists() and (run_dir / "config.json").exists():

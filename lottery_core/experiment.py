@@ -387,7 +387,12 @@ class Experiment:
         )
 
     def write_round(self, run_dir: Path, state: RunState) -> None:
-        """Tables, the ticket and the checkpoint: everything needed to stop here and resume."""
+        """The checkpoint, then the tables and the ticket.
+
+        The checkpoint goes first, so the tables on disk never claim a round the checkpoint
+        lacks: a resume after a kill at any point here repeats at most this round's writes.
+        """
+        checkpoint.save(run_dir, self, state)
         rundir.write_csv(run_dir / "results.csv", results_frame(state.records))
         rundir.write_csv(run_dir / "history.csv", pd.DataFrame(state.history))
         rundir.write_csv(run_dir / "layers.csv", pd.DataFrame(state.layers))
@@ -402,7 +407,6 @@ class Experiment:
                 "rewind_iter": self.config.rewind_iter,
             },
         )
-        checkpoint.save(run_dir, self, state)
 
 
 def results_frame(records: list[dict]) -> pd.DataFrame:
