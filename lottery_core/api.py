@@ -14,6 +14,15 @@ from .group import GroupResult, continue_group, is_group, run_group
 from .plugins import Plugins, get_plugins
 
 
+def _with_overrides(config: ExperimentConfig | None, overrides: dict[str, Any]) -> ExperimentConfig:
+    """``config`` (or the defaults) with keyword ``overrides`` applied and validated."""
+    if config is None:
+        return make_config(**overrides)
+    if overrides:
+        return make_config(**{**config.model_dump(exclude_none=True), **overrides})
+    return config
+
+
 def run_experiment(
     config: ExperimentConfig | None = None,
     *,
@@ -27,10 +36,7 @@ def run_experiment(
     ``config`` may be omitted and built from keyword ``overrides`` (the config's field names).
     Results go to ``out``, or to a new folder under ``results/`` named from the config.
     """
-    if config is None:
-        config = make_config(**overrides)
-    elif overrides:
-        config = make_config(**{**config.model_dump(exclude_none=True), **overrides})
+    config = _with_overrides(config, overrides)
     experiment = Experiment(config, plugins=plugins)
     target = Path(out) if out is not None else experiment.config.out
     if target is None:
@@ -52,10 +58,7 @@ def run_trials(
     """Run ``trials`` seeded trials of an experiment and, with ``controls``, its random-reinit
     and random-pruning controls branching off the same dense round; returns all rows and the
     per-round aggregate (mean, std, min, max)."""
-    if config is None:
-        config = make_config(**overrides)
-    elif overrides:
-        config = make_config(**{**config.model_dump(exclude_none=True), **overrides})
+    config = _with_overrides(config, overrides)
     resolved = resolve(config, plugins or get_plugins())
     target = Path(out) if out is not None else resolved.out
     if target is None:
