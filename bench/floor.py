@@ -41,6 +41,13 @@ def step_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """Matmul and convolution FLOPs of an inference forward pass on ``x``."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops()
+
+
 def _clone(value):
     return value.detach().clone() if isinstance(value, torch.Tensor) else value
 

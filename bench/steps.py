@@ -80,12 +80,14 @@ class FrameworkStep:
             self.experiment.prune(self.pruned)
         return remaining_percent(self.experiment.layers)
 
-    def threads(self) -> int:
-        """The intra-op threads the framework trains this model on (its own rule, if any)."""
-        rule = getattr(training, "round_threads", None)
-        data = self.experiment.data
-        chosen = rule(self.experiment.model, data.train_x, BATCH) if rule else None
-        return chosen or torch.get_num_threads()
+    def threads(self) -> float:
+        """The intra-op threads the framework's last round ended on."""
+        plan = getattr(training, "last_plan", None)
+        if plan is None:
+            return math.nan
+        if plan.governor is not None:
+            return plan.governor.threads
+        return plan.train_threads or torch.get_num_threads()
 
     def __call__(self, steps: int | None = None) -> float:
         """One round of the configured length (a shorter ``steps`` is ignored: ours is never
@@ -122,11 +124,39 @@ class MaskedConv2d(MaskedLinear):
         return F.conv2d(x, self.weight * self.mask, self.bias, *self.options)
 
 
-def bare_copy(model: nn.Module) -> nn.Sequential:
-    """A plain ``nn.Sequential`` with the same weights and masks as the framework's model."""
+def _plain(source: nn.Module) -> nn.Module:
+    """An ordinary ``nn.Linear`` / ``nn.Conv2d`` holding the effective (masked) weight, with
+    the mask kept as a buffer for the loop to apply to the gradient."""
+    if isinstance(source, nn.Conv2d):
+        plain: nn.Module = nn.Conv2d(
+            source.in_channels, source.out_channels, source.kernel_size, source.stride,
+            source.padding, source.dilation, source.groups, bias=source.bias is not None,
+        )  # fmt: skip
+    else:
+        plain = nn.Linear(source.in_features, source.out_features, bias=source.bias is not None)
+    with torch.no_grad():
+        plain.weight.copy_(source.weight_orig * source.weight_mask)
+        if source.bias is not None:
+            plain.bias.copy_(source.bias)
+    plain.register_buffer("mask", source.weight_mask.detach().clone())
+    return plain
+
+
+STYLES = ("mask in forward", "mask on gradients")
+
+
+def bare_copy(model: nn.Module, style: str = STYLES[0]) -> nn.Sequential:
+    """A plain ``nn.Sequential`` with the same weights and masks as the framework's model.
+
+    ``mask in forward`` multiplies the mask into the weight on every call (what the
+    re-parametrisation does); ``mask on gradients`` keeps pruned weights at zero and multiplies
+    the gradients by the masks after backward (what the one-file LTH repositories do).
+    """
     children: list[nn.Module] = []
     for child in model.children():
-        if isinstance(child, nn.Conv2d):
+        if isinstance(child, (nn.Conv2d, nn.Linear)) and style == STYLES[1]:
+            children.append(_plain(child))
+        elif isinstance(child, nn.Conv2d):
             children.append(MaskedConv2d(child))
         elif isinstance(child, nn.Linear):
             children.append(MaskedLinear(child))
@@ -142,18 +172,29 @@ def _adam(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
-def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
-    loss = F.cross_entropy(model(x), y)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
+def _stepper(model: nn.Module, optimizer: torch.optim.Optimizer):
+    """One training step of ``model``; masks its gradients after backward where the model
+    keeps its masks as buffers (``mask on gradients``), in one foreach call."""
+    plain = [m for m in model.modules() if not isinstance(m, MaskedLinear) and hasattr(m, "mask")]
+    weights = [m.weight for m in plain]
+    masks = [m.mask for m in plain]
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        if weights:
+            torch._foreach_mul_([w.grad for w in weights], masks)
+        optimizer.step()
+
+    return step
 
 
 def bare_runner(
     model: nn.Module, data: DatasetSplits, steps: int, lr: float, threads: int
 ) -> Runner:
     """The textbook loop over in-memory tensors: a permutation per epoch, index, Adam step."""
-    optimizer = _adam(model, lr)
+    step = _stepper(model, _adam(model, lr))
     x, y, n = data.train_x, data.train_y, data.train_x.shape[0]
     generator = torch.Generator().manual_seed(0)
 
@@ -165,7 +206,7 @@ def bare_runner(
                 order = torch.randperm(n, generator=generator)
                 for i in range(min(n // BATCH, count - done)):
                     index = order[i * BATCH : (i + 1) * BATCH]
-                    _step(model, optimizer, x[index], y[index])
+                    step(x[index], y[index])
                     done += 1
             return (time.perf_counter() - start) / count
 
@@ -181,7 +222,7 @@ def dataloader_runner(
     charged to the loop; the pass ends (its workers exit) before the call returns, so no
     worker keeps prefetching while another variant is timed.
     """
-    optimizer = _adam(model, lr)
+    step = _stepper(model, _adam(model, lr))
     loader = DataLoader(
         dataset, batch_size=BATCH, shuffle=True, drop_last=True, num_workers=workers
     )
@@ -197,7 +238,7 @@ def dataloader_runner(
             start = time.perf_counter()
             for _ in range(count):
                 x, y = next(stream)
-                _step(model, optimizer, x, y)
+                step(x, y)
             elapsed = time.perf_counter() - start
         stream.close()
         return elapsed / count

@@ -1,5 +1,11 @@
 """lottery: iterative magnitude pruning and lottery-ticket experiments, extensible by plugins."""
 
+import os
+
+# MKL's GEMMs give the same bits on any thread count only in strict CNR mode, which MKL reads
+# at its first call: set before anything runs one (see ``lottery_core.threads``).
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 from .api import resume_experiment, run_experiment
 from .config import ExperimentConfig, make_config
 from .errors import LotteryError

@@ -7,21 +7,22 @@ ES exactly without evaluating the test set at every evaluation.
 
 Speed (measured by ``python -m bench``):
 
-- Small models on the CPU (forward work per batch under ``SMALL_MODEL_FLOPS``, e.g. LeNet) train
-  on one intra-op thread. Their kernels are short: two threads gain 1.3-1.5x on an idle machine,
-  but every parallel region stalls while another process holds a core, which made steps 10-100x
-  slower on a shared one. The other cores still serve evaluation, whose row blocks are spread
-  over helper threads. Larger models keep torch's thread setting.
+- Masks are applied to gradients, not to every forward (``grad_masking.masks_on_gradients``):
+  the same numbers as ``torch.nn.utils.prune``'s pre-hook, a fifth less time per LeNet step.
+- On the CPU, the intra-op thread count of training steps is chosen by measured speed
+  (``threads.ThreadGovernor``): many threads on an idle machine, one when another process
+  holds a core (there, two threads made steps 10-200x slower). It may switch only where the
+  count cannot change the numbers (``threads.same_bits``); where it can, a small model (forward
+  work per batch under ``SMALL_MODEL_FLOPS``, e.g. LeNet) trains on one thread and a larger one
+  on torch's count. ``ADAPTIVE_THREADS = False`` turns the choice off.
 - Adam is the fused kernel: one pass over each parameter instead of eight foreach passes, and
   no ``torch.sqrt`` over the second moments, which runs 5-8x slower over the zeros that pruned
   weights leave there.
-- The step does no host sync: the training loss is summed on the device and read at evaluations.
+- The step does no host sync: the training loss is summed on the device and read at
+  evaluations. Evaluation of a small model on one thread is spread over helper threads.
 
-Both choices change the last bits of the numbers compared with foreach Adam on torch's default
-threads (with two or more threads, MKL sums the output layer's weight gradient in an order that
-depends on the thread count); evaluation is bit-for-bit what it was. A small model now trains to
-the same bits whatever the machine's core count. ``SMALL_MODEL_FLOPS = 0`` turns the
-single-thread rule off.
+So a seed gives the same bits whatever the core count or the load, for a small model always and
+for a larger one where ``threads.same_bits`` holds (same torch, BLAS and CPU type).
 """
 
 from __future__ import annotations
@@ -39,10 +40,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import threads
+from .grad_masking import masks_on_gradients
 from .specs import DatasetSplits
+from .threads import ThreadGovernor
 
 EVAL_CHUNK = 1000
 SMALL_MODEL_FLOPS = 1e9
+ADAPTIVE_THREADS = True
 
 
 @dataclass(frozen=True)
@@ -180,18 +185,60 @@ def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
+@dataclass
+class ThreadPlan:
+    """The thread settings of one round on the CPU.
+
+    Training steps run under ``governor`` (thread count chosen by measured speed, allowed only
+    when the count cannot change the numbers) or on a fixed ``train_threads`` (None: torch's
+    setting); evaluation runs on ``eval_threads`` with ``pool``'s helper threads beside it.
+    """
+
+    train_threads: int | None = None
+    governor: ThreadGovernor | None = None
+    eval_threads: int | None = None
+    pool: EvalHelpers | None = None
+
+    def step_done(self) -> None:
+        if self.governor is not None:
+            self.governor.step_done()
+
+    def between_steps(self) -> None:
+        """Work outside a step (an epoch's shuffle) was just done: not a step's time."""
+        if self.governor is not None:
+            self.governor.restart_clock()
+
+    @contextmanager
+    def evaluating(self) -> Iterator[EvalHelpers | None]:
+        if self.governor is not None and self.governor.threads > 1:
+            with self.governor.paused():  # stay on many threads: no helpers to wake
+                yield None
+            return
+        if self.governor is not None:
+            with self.governor.paused(self.eval_threads):
+                yield self.pool
+            return
+        before = torch.get_num_threads()
+        if self.eval_threads is not None:
+            threads.set_threads(self.eval_threads)
+        try:
+            yield self.pool
+        finally:
+            threads.set_threads(self.train_threads or before)
+
+
 _SMALL: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, bool]] = weakref.WeakKeyDictionary()
+_GOVERNORS: weakref.WeakKeyDictionary[nn.Module, ThreadGovernor] = weakref.WeakKeyDictionary()
+last_plan: ThreadPlan | None = None  # the latest round's, for bench/ to report
 
 
-def round_threads(model: nn.Module, example: torch.Tensor, batch_size: int) -> int | None:
-    """1 for a small model on the CPU (forward FLOPs per batch under ``SMALL_MODEL_FLOPS``);
-    None (keep torch's setting) otherwise. The count is made once per model and input shape."""
-    if example.device.type != "cpu" or torch.get_num_threads() == 1:
-        return None
+def is_small(model: nn.Module, example: torch.Tensor, batch_size: int) -> bool:
+    """Whether a batch's forward work is under ``SMALL_MODEL_FLOPS`` (made once per model and
+    input shape)."""
     key = (tuple(example.shape[1:]), batch_size)
     if model not in _SMALL or _SMALL[model][0] != key:
         _SMALL[model] = (key, _forward_flops(model, example[:1]) * batch_size < SMALL_MODEL_FLOPS)
-    return 1 if _SMALL[model][1] else None
+    return _SMALL[model][1]
 
 
 def _forward_flops(model: nn.Module, example: torch.Tensor) -> int:
@@ -205,19 +252,29 @@ def _forward_flops(model: nn.Module, example: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-@contextmanager
-def _single_threaded(active: bool) -> Iterator[EvalHelpers | None]:
-    """One intra-op thread for the block, and helper threads on the other cores (for
-    evaluation); restores torch's setting afterwards. Does nothing when not ``active``."""
-    if not active:
-        yield None
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield eval_helpers(before - 1)
-    finally:
-        torch.set_num_threads(before)
+def thread_plan(model: nn.Module, data: DatasetSplits, batch_size: int) -> ThreadPlan:
+    """Threads for a round: see ``ThreadPlan`` and ``lottery_core.threads``.
+
+    Small models evaluate on one intra-op thread per block with helper threads on the other
+    cores; larger ones on torch's count. Training switches between one thread and torch's
+    count by speed where ``threads.same_bits`` holds (one governor per model, kept from round to
+    round, so what it learnt carries over); otherwise a small model trains on one
+    thread (immune to a busy machine) and a larger one on torch's count.
+    """
+    many = torch.get_num_threads()
+    if data.train_x.device.type != "cpu" or many == 1:
+        return ThreadPlan()
+    small = is_small(model, data.train_x, batch_size)
+    plan = ThreadPlan(eval_threads=1, pool=eval_helpers(many - 1)) if small else ThreadPlan()
+    x, y = data.train_x[:batch_size], data.train_y[:batch_size]
+    if ADAPTIVE_THREADS and threads.same_bits(model, x, y, many):
+        governor = _GOVERNORS.get(model)
+        if governor is None or governor.many != many:
+            governor = _GOVERNORS[model] = threads.ThreadGovernor(many)
+        plan.governor = governor
+    elif small:
+        plan.train_threads = 1
+    return plan
 
 
 def train_round(
@@ -234,14 +291,25 @@ def train_round(
     ``on_iteration(it)`` is called after the step that completes iteration ``it`` only when
     given (late rewinding snapshots through it); ``progress(k)`` reports k more steps done.
     """
+    global last_plan
     n = data.train_x.shape[0]
     batch = settings.batch_size
     steps_per_epoch = n // batch
     if steps_per_epoch < 1:
         raise ValueError(f"batch size {batch} exceeds the {n} training examples")
-    single = round_threads(model, data.train_x, batch) == 1
-    with _single_threaded(single) as pool:
-        return _train(model, data, settings, data_seed, pool, on_evaluation, on_iteration, progress)
+    before = torch.get_num_threads()
+    plan = last_plan = thread_plan(model, data, batch)
+    try:
+        if plan.governor is not None:
+            plan.governor.start()
+        elif plan.train_threads is not None:
+            threads.set_threads(plan.train_threads)
+        with masks_on_gradients(model):
+            return _train(
+                model, data, settings, data_seed, plan, on_evaluation, on_iteration, progress
+            )
+    finally:
+        threads.set_threads(before)
 
 
 def _train(
@@ -249,7 +317,7 @@ def _train(
     data: DatasetSplits,
     settings: TrainSettings,
     data_seed: int,
-    pool: EvalHelpers | None,
+    plan: ThreadPlan,
     on_evaluation: Callable[[dict], dict | None] | None,
     on_iteration: Callable[[int], None] | None,
     progress: Callable[[int], None] | None,
@@ -269,6 +337,7 @@ def _train(
     while iteration < settings.iterations:
         epoch, offset = divmod(iteration, steps_per_epoch)
         order = epoch_permutation(data_seed, epoch, n, device)
+        plan.between_steps()
         for step in range(offset, steps_per_epoch):
             index = order[step * batch : (step + 1) * batch]
             loss = F.cross_entropy(model(data.train_x[index]), data.train_y[index])
@@ -276,30 +345,33 @@ def _train(
             loss.backward()
             optimizer.step()
             train_loss_sum += loss.detach()
+            plan.step_done()
             window += 1
             iteration += 1
             if on_iteration is not None:
                 on_iteration(iteration)
             if iteration % settings.eval_every == 0 or iteration == settings.iterations:
-                row = _evaluation_row(
-                    model, data, settings, iteration, train_loss_sum / window, pool
-                )
-                if on_evaluation is not None:
-                    row.update(on_evaluation(row) or {})
-                outcome.history.append(row)
-                if row["val_loss"] < outcome.es_val_loss:
-                    outcome.es_iteration = iteration
-                    outcome.es_val_loss = row["val_loss"]
-                    outcome.es_val_acc = row["val_acc"]
-                    _copy_into(best, params)
-                if progress is not None:
-                    progress(window)
+                with plan.evaluating() as pool:
+                    row = _evaluation_row(
+                        model, data, settings, iteration, train_loss_sum / window, pool
+                    )
+                    if on_evaluation is not None:
+                        row.update(on_evaluation(row) or {})
+                    outcome.history.append(row)
+                    if row["val_loss"] < outcome.es_val_loss:
+                        outcome.es_iteration = iteration
+                        outcome.es_val_loss = row["val_loss"]
+                        outcome.es_val_acc = row["val_acc"]
+                        _copy_into(best, params)
+                    if progress is not None:
+                        progress(window)
                 train_loss_sum.zero_()
                 window = 0
             if iteration >= settings.iterations:
                 break
-    outcome.final_test_acc = evaluate(model, data.test_x, data.test_y, pool)[1]
-    outcome.es_test_acc = _evaluate_at(model, params, best, data, pool)
+    with plan.evaluating() as pool:
+        outcome.final_test_acc = evaluate(model, data.test_x, data.test_y, pool)[1]
+        outcome.es_test_acc = _evaluate_at(model, params, best, data, pool)
     return outcome
 
 
