@@ -19,8 +19,7 @@ import math
 import statistics
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +41,8 @@ def set_threads(count: int) -> None:
 class ThreadGovernor:
     """Picks 1 or ``many`` intra-op threads from the measured time per step.
 
-    Call ``step_done()`` after every training step, and run other work (evaluation) inside
-    ``paused()``, so its time is not charged to a step. It starts on one thread, times a window
+    Call ``step_done()`` after every training step, and ``restart_clock()`` after other work
+    (evaluation), so its time is not charged to a step. It starts on one thread, times a window
     on each count and keeps the faster, re-timing one thread every ``RECHECK`` steps; when many
     threads lose, it waits twice as long as last time before trying them again. A single
     stalled step (another process took a core) sends it back to one thread at once.
@@ -70,17 +69,6 @@ class ThreadGovernor:
     def restart_clock(self) -> None:
         """Do not charge the time since the last step to the next one (work between steps)."""
         self.last = self.clock()
-
-    @contextmanager
-    def paused(self, threads: int | None = None) -> Iterator[None]:
-        """Run the block untimed, on ``threads`` if given, then return to the chosen count."""
-        if threads is not None:
-            set_threads(threads)
-        try:
-            yield
-        finally:
-            set_threads(self.threads)
-            self.last = self.clock()
 
     def step_done(self) -> None:
         now = self.clock()

@@ -210,21 +210,19 @@ class ThreadPlan:
 
     @contextmanager
     def evaluating(self) -> Iterator[EvalHelpers | None]:
-        if self.governor is not None and self.governor.threads > 1:
-            with self.governor.paused():  # stay on many threads: no helpers to wake
-                yield None
-            return
-        if self.governor is not None:
-            with self.governor.paused(self.eval_threads):
-                yield self.pool
-            return
-        before = torch.get_num_threads()
-        if self.eval_threads is not None:
+        """Run evaluation on ``eval_threads`` with the helper pool, or on the training threads
+        when the governor has chosen many (then there are no helpers to wake); afterwards the
+        training threads are back and the evaluation is not charged to a step."""
+        on_many = self.governor is not None and self.governor.threads > 1
+        training_threads = torch.get_num_threads()
+        if self.eval_threads is not None and not on_many:
             threads.set_threads(self.eval_threads)
         try:
-            yield self.pool
+            yield None if on_many else self.pool
         finally:
-            threads.set_threads(self.train_threads or before)
+            threads.set_threads(training_threads)
+            if self.governor is not None:
+                self.governor.restart_clock()
 
 
 _SMALL: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, bool]] = weakref.WeakKeyDictionary()

@@ -171,17 +171,22 @@ def test_a_stalled_step_sends_it_back_to_one_thread_at_once():
     assert used == [2] and governor.threads == 1
 
 
-def test_paused_work_is_not_charged_to_a_step():
+def test_evaluation_is_not_charged_to_a_step_and_restores_the_threads():
     machine = Machine({1: 1.0e-3, 2: 0.7e-3})
     governor = threads.ThreadGovernor(2, machine.clock)
+    plan = training.ThreadPlan(governor=governor, eval_threads=1)
     machine.steps(governor, 500)
     for _ in range(20):
-        with governor.paused(threads=1):
-            assert torch.get_num_threads() == 1
+        with plan.evaluating():
+            assert torch.get_num_threads() == 2  # on many threads, evaluation stays there
             machine.now += 5.0  # a long evaluation
         assert torch.get_num_threads() == 2
         machine.steps(governor, 10)
     assert governor.threads == 2
+    fixed = training.ThreadPlan(eval_threads=1)  # no governor: torch's count for training
+    with fixed.evaluating():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
 
 
 DETECTOR = """
