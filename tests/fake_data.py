@@ -51,6 +51,17 @@ def make_labels(n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(np.arange(n) % 10).astype(np.int64)
 
 
+def make_split(n_train: int, n_test: int, shape: tuple[int, int, int], seed: int) -> Written:
+    """Train and test images (test ids start at ``TEST_ID_OFFSET``) and labels, from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return Written(
+        train_images=make_images(n_train, shape, 0, rng),
+        train_labels=make_labels(n_train, rng),
+        test_images=make_images(n_test, shape, TEST_ID_OFFSET, rng),
+        test_labels=make_labels(n_test, rng),
+    )
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """An IDX file: magic ``0x0000 08 ndim`` (2049 labels, 2051 images), big-endian dims, bytes."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
@@ -63,13 +74,7 @@ def write_mnist(
     root: Path, folder: str = "MNIST", n_train: int = 120, n_test: int = 30, seed: int = 0
 ) -> Written:
     """MNIST-format IDX files in ``root/<folder>/raw/`` (``folder`` is ``FashionMNIST`` too)."""
-    rng = np.random.default_rng(seed)
-    written = Written(
-        train_images=make_images(n_train, (1, 28, 28), 0, rng),
-        train_labels=make_labels(n_train, rng),
-        test_images=make_images(n_test, (1, 28, 28), TEST_ID_OFFSET, rng),
-        test_labels=make_labels(n_test, rng),
-    )
+    written = make_split(n_train, n_test, (1, 28, 28), seed)
     raw = root / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for prefix, images, labels in (
@@ -99,13 +104,7 @@ def _write_cifar_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> No
 
 def write_cifar(root: Path, n_train: int = 120, n_test: int = 30, seed: int = 0) -> Written:
     """CIFAR-10 python batches in ``root/cifar-10-batches-py/``; ``n_train`` is split over 5."""
-    rng = np.random.default_rng(seed)
-    written = Written(
-        train_images=make_images(n_train, (3, 32, 32), 0, rng),
-        train_labels=make_labels(n_train, rng),
-        test_images=make_images(n_test, (3, 32, 32), TEST_ID_OFFSET, rng),
-        test_labels=make_labels(n_test, rng),
-    )
+    written = make_split(n_train, n_test, (3, 32, 32), seed)
     folder = root / CIFAR_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     parts = np.array_split(np.arange(n_train), 5)
