@@ -387,13 +387,13 @@ class Experiment:
         )
 
     def write_round(self, run_dir: Path, state: RunState) -> None:
-        """The checkpoint, then the tables and the ticket.
+        """The checkpoint, then the ticket and the per-round tables, and ``results.csv`` last.
 
-        The checkpoint goes first, so the tables on disk never claim a round the checkpoint
+        The checkpoint goes first, so the files on disk never claim a round the checkpoint
         lacks: a resume after a kill at any point here repeats at most this round's writes.
+        ``results.csv`` goes last, so a round listed there has all its other files in place.
         """
         checkpoint.save(run_dir, self, state)
-        rundir.write_csv(run_dir / "results.csv", results_frame(state.records))
         rundir.write_csv(run_dir / "history.csv", pd.DataFrame(state.history))
         rundir.write_csv(run_dir / "layers.csv", pd.DataFrame(state.layers))
         last = max(state.masks)
@@ -407,6 +407,7 @@ class Experiment:
                 "rewind_iter": self.config.rewind_iter,
             },
         )
+        rundir.write_csv(run_dir / "results.csv", results_frame(state.records))
 
 
 def results_frame(records: list[dict]) -> pd.DataFrame:

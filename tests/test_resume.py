@@ -60,8 +60,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, cli_env):
     process.communicate()
     done = len(pd.read_csv(tmp_path / "cut" / "results.csv"))
     assert 1 <= done < 4  # it really stopped mid-run
-    # Whatever moment the kill hit, the files in place are whole (a stray temp file may remain).
-    pd.read_csv(tmp_path / "cut" / "history.csv")
+    # Whatever moment the kill hit, every round listed in results.csv has its files in place,
+    # and they are whole (a stray temp file may remain).
+    assert pd.read_csv(tmp_path / "cut" / "history.csv")["round"].max() >= done - 1
+    assert pd.read_csv(tmp_path / "cut" / "layers.csv")["round"].max() >= done - 1
+    assert torch.load(tmp_path / "cut" / "ticket.pt", weights_only=True)["round"] >= done - 1
     saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["next_round"]
     assert saved in (done, done + 1)  # the checkpoint is written before the tables
 
