@@ -2,10 +2,11 @@
 
 Two floors are reported. The hardware floor divides the step's matmul/convolution FLOPs
 (forward and backward, counted by ``torch.utils.flop_counter``) by the best dense float32 matmul
-rate measured here on large matrices. The kernel floor replays the step's own matmul and
-convolution calls, with their real shapes, back to back: what the step would cost with no Python,
-no autograd bookkeeping and no elementwise work (masking, ReLU, loss, Adam), which is memory-bound
-and not counted in either floor.
+rate measured here on large matrices, the better of torch's BLAS and oneDNN (on AMD CPUs, MKL
+runs AVX2 code and oneDNN AVX-512, about twice as fast). The kernel floor replays the step's own
+matmul and convolution calls, with their real shapes, back to back: what the step would cost
+with no Python, no autograd bookkeeping and no elementwise work (masking, ReLU, loss, Adam),
+which is memory-bound and not counted in either floor.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
+
+from lottery_core import onednn
 
 from .steps import num_threads, thread_choices
 
@@ -90,24 +93,28 @@ def kernel_replay_times(
     return times
 
 
-def matmul_rate(size: int, repeats: int) -> float:
-    """Best-thread-count median FLOP/s of a dense float32 ``size`` x ``size`` matmul."""
+def matmul_rates(size: int, repeats: int) -> dict[str, float]:
+    """Best-thread-count median FLOP/s of a dense float32 ``size`` x ``size`` matmul, through
+    torch's BLAS (``torch.mm``) and through oneDNN (what ``lottery_core.onednn`` calls)."""
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=generator)
     b = torch.randn(size, size, generator=generator)
     out = torch.empty(size, size)
-
-    def mm() -> None:
-        torch.mm(a, b, out=out)
-
-    inner = _inner_count(mm)
-    best = 0.0
-    for threads in thread_choices():
-        with num_threads(threads):
-            mm()
-            samples = [_timed(mm, inner) for _ in range(repeats)]
-        best = max(best, 2 * size**3 / statistics.median(samples))
-    return best
+    kernels = {"blas": lambda: torch.mm(a, b, out=out)}
+    linear = onednn._op()
+    if linear is not None:
+        kernels["onednn"] = lambda: linear(a, b, None, "none", [], "")
+    rates = {}
+    for name, mm in kernels.items():
+        inner = _inner_count(mm)
+        best = 0.0
+        for threads in thread_choices():
+            with num_threads(threads):
+                mm()
+                samples = [_timed(mm, inner) for _ in range(repeats)]
+            best = max(best, 2 * size**3 / statistics.median(samples))
+        rates[name] = best
+    return rates
 
 
 def _inner_count(fn, target_s: float = 0.05) -> int:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lottery_core import training
+from lottery_core import onednn, training
 from lottery_core.config import make_config
 from lottery_core.experiment import Experiment
 from lottery_core.progress import Progress
@@ -97,6 +97,23 @@ def eval_share(data: DatasetSplits, iterations: int, eval_every: int, repeats: i
             ends.append(spent["test"])
     median = statistics.median
     return EvalShare(iterations, median(rounds), median(evals), median(ends))
+
+
+def val_pass_times(model, data: DatasetSplits, repeats: int) -> dict[str, float]:
+    """Median seconds of one validation pass with the linear layers on oneDNN and on torch's
+    own linear, interleaved, on torch's thread count."""
+    samples: dict[str, list[float]] = {"onednn": [], "blas": []}
+    enabled = onednn.ENABLED
+    try:
+        for _ in range(3 * repeats + 1):
+            for name in samples:
+                onednn.ENABLED = name == "onednn"
+                start = time.perf_counter()
+                training.evaluate(model, data.val_x, data.val_y)
+                samples[name].append(time.perf_counter() - start)
+    finally:
+        onednn.ENABLED = enabled
+    return {name: statistics.median(values[1:]) for name, values in samples.items()}
 
 
 _MEASURE_CHILD = (

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import threads
+from . import onednn, threads
 from .grad_masking import masks_on_gradients
 from .specs import DatasetSplits
 from .threads import ThreadGovernor
@@ -125,12 +125,14 @@ def evaluate(
     The loss is summed in float32 over each chunk of ``EVAL_CHUNK`` rows, then over the chunks
     in float64, in order. The logits are computed in row blocks, spread over ``pool``'s threads
     and this one; a row's logits do not depend on the block it is computed in, so the numbers
-    do not depend on the pool. (Every evaluation goes through this function; bench/ times it.)
+    do not depend on the pool. Linear layers run on oneDNN where ``onednn.suitable`` allows.
+    (Every evaluation goes through this function; bench/ times it.)
     """
     was_training = model.training
     model.eval()
     try:
-        logits = _logits(model, x, pool)
+        with onednn.linears_on_onednn(model, x):
+            logits = _logits(model, x, pool)
     finally:
         model.train(was_training)
     with torch.inference_mode():
@@ -147,14 +149,18 @@ def evaluate(
 
 def _logits(model: nn.Module, x: torch.Tensor, pool: EvalHelpers | None) -> torch.Tensor:
     """``model(x)`` in blocks of at most ``EVAL_CHUNK`` rows; with a pool, block ``i`` of every
-    ``workers`` goes to worker ``i`` (this thread is worker 0).
+    ``workers`` goes to worker ``i`` (this thread is worker 0). A one-row tail joins the block
+    before it: BLAS and oneDNN compute a single row by another kernel, with other rounding.
 
     Concurrent forwards share the model: its parameters are only read, and the pruning pre-hook
     writes the same ``weight_orig * weight_mask`` into ``weight`` from every thread.
     """
     workers = 1 + (pool.count if pool is not None else 0)
     size = math.ceil(EVAL_CHUNK / workers)
-    blocks = [x[start : start + size] for start in range(0, x.shape[0], size)]
+    starts = list(range(0, x.shape[0], size))
+    if len(starts) > 1 and x.shape[0] - starts[-1] == 1:
+        starts.pop()
+    blocks = [x[a:b] for a, b in zip(starts, [*starts[1:], x.shape[0]], strict=True)]
     helpers = [
         pool.executor.submit(_forward_all, model, blocks[i::workers])  # type: ignore[union-attr]
         for i in range(1, workers)
