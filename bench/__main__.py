@@ -217,7 +217,7 @@ def eval_rows(data, size: Sizes, model: nn.Module, rate: float) -> list[Row]:
     round_50k, share_50k = share.extrapolated()
     val_s = (share.eval_s - share.end_eval_s) / (share.iterations // 100)
     val_flops = floor.forward_flops(model, data.val_x)
-    alone = rounds.val_pass_times(model, data, size.eval_repeats)
+    alone = share.alone
     title = "4. evaluation, LeNet-300-100, eval_every=100 (5K val, 10K test)"
     return [
         Row(

@@ -30,6 +30,7 @@ class EvalShare:
     round_s: float
     eval_s: float
     end_eval_s: float
+    alone: dict[str, float]  # one validation pass by itself, per linear-layer library
 
     @property
     def share(self) -> float:
@@ -96,12 +97,13 @@ def eval_share(data: DatasetSplits, iterations: int, eval_every: int, repeats: i
             evals.append(spent["all"])
             ends.append(spent["test"])
     median = statistics.median
-    return EvalShare(iterations, median(rounds), median(evals), median(ends))
+    alone = val_pass_times(experiment.model, experiment.data, repeats)
+    return EvalShare(iterations, median(rounds), median(evals), median(ends), alone)
 
 
 def val_pass_times(model, data: DatasetSplits, repeats: int) -> dict[str, float]:
-    """Median seconds of one validation pass with the linear layers on oneDNN and on torch's
-    own linear, interleaved, on torch's thread count."""
+    """Median seconds of one validation pass of the framework's ``model`` with its linear
+    layers on oneDNN and on torch's own linear, interleaved, on torch's thread count."""
     samples: dict[str, list[float]] = {"onednn": [], "blas": []}
     enabled = onednn.ENABLED
     try:
