@@ -84,13 +84,7 @@ def kernel_replay_times(
         for func, args, kwargs in calls:
             func(*args, **kwargs)
 
-    inner = _inner_count(replay)
-    times = {}
-    for threads in thread_choices():
-        with num_threads(threads):
-            replay()
-            times[threads] = statistics.median(_timed(replay, inner) for _ in range(repeats))
-    return times
+    return _times_per_thread_count(replay, repeats)
 
 
 def matmul_rates(size: int, repeats: int) -> dict[str, float]:
@@ -101,20 +95,24 @@ def matmul_rates(size: int, repeats: int) -> dict[str, float]:
     b = torch.randn(size, size, generator=generator)
     out = torch.empty(size, size)
     kernels = {"blas": lambda: torch.mm(a, b, out=out)}
-    linear = onednn._op()
+    linear = onednn.linear_op()
     if linear is not None:
         kernels["onednn"] = lambda: linear(a, b, None, "none", [], "")
-    rates = {}
-    for name, mm in kernels.items():
-        inner = _inner_count(mm)
-        best = 0.0
-        for threads in thread_choices():
-            with num_threads(threads):
-                mm()
-                samples = [_timed(mm, inner) for _ in range(repeats)]
-            best = max(best, 2 * size**3 / statistics.median(samples))
-        rates[name] = best
-    return rates
+    return {
+        name: 2 * size**3 / min(_times_per_thread_count(mm, repeats).values())
+        for name, mm in kernels.items()
+    }
+
+
+def _times_per_thread_count(fn, repeats: int) -> dict[int, float]:
+    """Median seconds of one call of ``fn`` on each thread count, after a warm-up call."""
+    inner = _inner_count(fn)
+    times = {}
+    for threads in thread_choices():
+        with num_threads(threads):
+            fn()
+            times[threads] = statistics.median(_timed(fn, inner) for _ in range(repeats))
+    return times
 
 
 def _inner_count(fn, target_s: float = 0.05) -> int:

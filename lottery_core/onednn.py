@@ -3,8 +3,8 @@
 torch sends a float32 ``nn.Linear`` on the CPU to its BLAS, MKL in the PyPI wheels. On AMD
 CPUs MKL runs its AVX2 kernels even where the CPU has AVX-512; oneDNN, which torch ships as well
 (its CPU convolutions already run on it), uses what the CPU has. On the benchmark's 2-core AMD
-EPYC (Zen 5) a 2048² matmul runs at 210 GFLOP/s through MKL and 460 through oneDNN, and a
-LeNet-300-100 validation pass takes 6.6 ms instead of 14.4 (``python -m bench``).
+EPYC (Zen 5) a 2048² matmul runs at 203-218 GFLOP/s through MKL and 432-468 through oneDNN,
+and a LeNet-300-100 validation pass in a round takes 8.2 ms instead of 15.4 (``python -m bench``).
 
 Evaluation only: inference needs no backward, so each layer is one oneDNN call, and training
 keeps torch's own linear, so its numbers are unchanged. A model evaluates through oneDNN only
@@ -17,11 +17,11 @@ torch's path. ``ENABLED = False`` turns it off.
 
 from __future__ import annotations
 
+import functools
 import os
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,8 @@ PROBE_ROWS = 64
 _checked: weakref.WeakKeyDictionary[nn.Module, dict[tuple, bool]] = weakref.WeakKeyDictionary()
 
 
-def _op():
+@functools.cache
+def linear_op():
     """oneDNN's linear (``x @ w.T + b``), or None where this torch build has none."""
     if not torch.backends.mkldnn.is_available():
         return None
@@ -48,7 +49,7 @@ def _linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     weight, bias = module.weight, module.bias
     if x.dim() != 2 or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return F.linear(x, weight, bias)
-    return _op()(x.contiguous(), weight, bias, "none", [], "")  # type: ignore[misc]
+    return linear_op()(x.contiguous(), weight, bias, "none", [], "")  # type: ignore[misc]
 
 
 def _linears(model: nn.Module) -> list[nn.Module]:
@@ -62,7 +63,7 @@ def _linears(model: nn.Module) -> list[nn.Module]:
 @contextmanager
 def _swapped(layers: list[nn.Module]) -> Iterator[None]:
     for module in layers:
-        module.forward = partial(_linear, module)  # type: ignore[method-assign]
+        module.forward = functools.partial(_linear, module)  # type: ignore[method-assign]
     try:
         yield
     finally:
@@ -74,8 +75,8 @@ def _swapped(layers: list[nn.Module]) -> Iterator[None]:
 def linears_on_onednn(model: nn.Module, x: torch.Tensor) -> Iterator[bool]:
     """Within the block, ``model``'s linear layers run on oneDNN if ``suitable(model, x)``;
     yields whether they do. For inference only: the swapped layers have no backward."""
-    layers = _linears(model)
-    if not layers or not suitable(model, x):
+    layers = _suitable_layers(model, x)
+    if not layers:
         yield False
         return
     with _swapped(layers):
@@ -85,16 +86,21 @@ def linears_on_onednn(model: nn.Module, x: torch.Tensor) -> Iterator[bool]:
 def suitable(model: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``model`` may evaluate ``x``-shaped input through oneDNN (checked once per
     model and input shape; see the module docstring)."""
-    if not ENABLED or x.device.type != "cpu" or x.dtype != torch.float32 or _op() is None:
-        return False
+    return bool(_suitable_layers(model, x))
+
+
+def _suitable_layers(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
+    """The layers to swap, or none where ``model`` may not evaluate ``x`` on oneDNN."""
+    if not ENABLED or x.device.type != "cpu" or x.dtype != torch.float32 or linear_op() is None:
+        return []
     layers = _linears(model)
     if not layers or any(m.weight.device.type != "cpu" for m in layers):  # type: ignore[union-attr]
-        return False
+        return []
     key = tuple(x.shape[1:])
     known = _checked.setdefault(model, {})
     if key not in known:
         known[key] = _agrees(model, layers, x[:PROBE_ROWS])
-    return known[key]
+    return layers if known[key] else []
 
 
 @torch.inference_mode()

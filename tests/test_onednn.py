@@ -16,7 +16,7 @@ from lottery_core.progress import Progress
 
 from .conftest import TINY
 
-pytestmark = pytest.mark.skipif(onednn._op() is None, reason="this torch build has no oneDNN")
+pytestmark = pytest.mark.skipif(onednn.linear_op() is None, reason="this torch build has no oneDNN")
 
 
 @pytest.fixture(autouse=True)
@@ -133,7 +133,7 @@ def test_layers_with_their_own_forward_are_left_alone_and_all_are_restored_after
 
 @pytest.mark.parametrize("flaw", ["wrong sums", "depends on threads"])
 def test_the_check_keeps_torch_linear_when_onednn_disagrees(monkeypatch, flaw):
-    real = onednn._op()
+    real = onednn.linear_op()
 
     def flawed(x, w, b, *args):
         out = real(x, w, b, *args)
@@ -141,7 +141,7 @@ def test_the_check_keeps_torch_linear_when_onednn_disagrees(monkeypatch, flaw):
             return out + 1e-2
         return out + 1e-7 * torch.get_num_threads() * out.abs()
 
-    monkeypatch.setattr(onednn, "_op", lambda: flawed)
+    monkeypatch.setattr(onednn, "linear_op", lambda: flawed)
     model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
     assert not onednn.suitable(model, torch.randn(32, 8))
     with onednn.linears_on_onednn(model, torch.randn(32, 8)) as swapped:
