@@ -4,7 +4,8 @@ Two floors are reported. The hardware floor divides the step's matmul/convolutio
 (forward and backward, counted by ``torch.utils.flop_counter``) by the best dense float32 matmul
 rate measured here on large matrices, the better of torch's BLAS and oneDNN (on AMD CPUs, MKL
 runs AVX2 code and oneDNN AVX-512, about twice as fast). The kernel floor replays the step's own
-matmul and convolution calls, with their real shapes, back to back: what the step would cost
+matmul and convolution calls (torch's and oneDNN's, as training makes them), with their real
+shapes, back to back: what the step would cost
 with no Python, no autograd bookkeeping and no elementwise work (masking, ReLU, loss, Adam),
 which is memory-bound and not counted in either floor.
 """
@@ -23,6 +24,7 @@ from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
 from lottery_core import onednn
+from lottery_core.grad_masking import masks_on_gradients
 
 from .steps import num_threads, thread_choices
 
@@ -34,6 +36,8 @@ HEAVY = {
     aten.convolution.default,
     aten.convolution_backward.default,
 }
+if onednn.linear_op() is not None:
+    HEAVY.add(onednn.linear_op().default)  # training's and evaluation's oneDNN GEMMs
 
 
 def step_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -73,11 +77,15 @@ class _Recorder(TorchDispatchMode):
 def kernel_replay_times(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int
 ) -> dict[int, float]:
-    """Median seconds to rerun one step's matmul/convolution calls, per thread count."""
+    """Median seconds to rerun one step's matmul/convolution calls, per thread count. ``model``
+    is the framework's: its step is recorded as training runs it (``masks_on_gradients``, with
+    oneDNN's GEMMs where ``onednn_training`` takes them)."""
     model = copy.deepcopy(model)
     recorder = _Recorder()
-    with recorder:
-        F.cross_entropy(model(x), y).backward()
+    with masks_on_gradients(model):
+        F.cross_entropy(model(x), y).backward()  # unrecorded: per-shape checks run here
+        with recorder:
+            F.cross_entropy(model(x), y).backward()
     calls = recorder.calls
 
     def replay() -> None:

@@ -7,21 +7,29 @@ Inside ``masks_on_gradients`` each pruned module computes with ``weight_orig`` i
 pruned entries are zeroed on entry, and a post-accumulate-grad hook multiplies its gradient by
 the mask: the same multiplication the pre-hook's backward does. Survivors see the same GEMMs,
 the same gradients and the same Adam updates, and pruned entries get a zero gradient, so they
-stay zero; the round's numbers are those of the pre-hook path bit for bit (``tests/test_masks``
+stay zero; the round's numbers are those of the pre-hook path bit for bit (``tests/test_fast_paths``
 compares the two). On exit the pruned entries of ``weight_orig`` get their old values back and
 the pre-hooks are restored, so the re-parametrisation is exactly what it would have been.
+
+A pruned ``nn.Linear`` also gets an instance ``forward`` for the block, which runs its large
+GEMMs on oneDNN where ``onednn_training`` allows (gradients then reach the weights through
+``.grad`` by hooks, as ``backward`` delivers them, not through ``torch.autograd.grad``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
+
+from . import onednn_training
 
 
 @dataclass
@@ -33,6 +41,7 @@ class _Pruned:
     hooks: OrderedDict
     saved: torch.Tensor | None = None
     handle: object | None = None
+    forward_set: bool = False
 
 
 def pruned_tensors(model: nn.Module) -> list[_Pruned]:
@@ -80,6 +89,18 @@ def _enter(entry: _Pruned) -> None:
             del hooks[key]
     module.__dict__[entry.name] = entry.orig
     entry.handle = entry.orig.register_post_accumulate_grad_hook(_masking(mask))
+    if entry.name == "weight" and type(module).forward is nn.Linear.forward:
+        if "forward" not in module.__dict__:
+            forward = functools.partial(_linear, entry)
+            forward.plain_linear = True  # type: ignore[attr-defined]  # onednn may swap it
+            module.forward = forward  # type: ignore[method-assign]
+            entry.forward_set = True
+
+
+def _linear(entry: _Pruned, x: torch.Tensor) -> torch.Tensor:
+    """``F.linear`` with ``weight_orig``, its GEMMs on oneDNN where ``onednn_training`` allows."""
+    out = onednn_training.linear(entry.module, entry.orig, entry.mask, x)
+    return F.linear(x, entry.orig, entry.module.bias) if out is None else out
 
 
 def _masking(mask: torch.Tensor):
@@ -91,6 +112,8 @@ def _masking(mask: torch.Tensor):
 
 def _leave(entry: _Pruned) -> None:
     module = entry.module
+    if entry.forward_set:
+        del module.__dict__["forward"]
     if entry.handle is not None:
         entry.handle.remove()  # type: ignore[attr-defined]
     if entry.saved is not None:

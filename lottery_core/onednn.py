@@ -1,4 +1,4 @@
-"""Evaluation's float32 linear layers through oneDNN, where torch's own GEMM is slower.
+"""Float32 linear-layer GEMMs through oneDNN, where torch's own is slower and the numbers allow.
 
 torch sends a float32 ``nn.Linear`` on the CPU to its BLAS, MKL in the PyPI wheels. On AMD
 CPUs MKL runs its AVX2 kernels even where the CPU has AVX-512; oneDNN, which torch ships as well
@@ -6,13 +6,14 @@ CPUs MKL runs its AVX2 kernels even where the CPU has AVX-512; oneDNN, which tor
 EPYC (Zen 5) a 2048² matmul runs at 203-218 GFLOP/s through MKL and 432-468 through oneDNN,
 and a LeNet-300-100 validation pass in a round takes 8.2 ms instead of 15.4 (``python -m bench``).
 
-Evaluation only: inference needs no backward, so each layer is one oneDNN call, and training
-keeps torch's own linear, so its numbers are unchanged. A model evaluates through oneDNN only
-after ``suitable`` has checked it on real input: logits within float32 rounding of torch's own,
-and the same bits on one thread as on many, and in blocks of any size from two rows up. So an
-evaluation gives the same numbers on any core count, as before. Other devices and dtypes,
-subclasses of ``nn.Linear`` with their own ``forward``, and inputs that are not 2-D stay on
-torch's path. ``ENABLED = False`` turns it off.
+Evaluation: inference needs no backward, so each layer is one oneDNN call. A model evaluates
+through oneDNN only after ``suitable`` has checked it on real input: logits within float32
+rounding of torch's own, and the same bits on one thread as on many, and in blocks of any size
+from two rows up. So an evaluation gives the same numbers on any core count, as before. Other
+devices and dtypes, subclasses of ``nn.Linear`` with their own ``forward``, and inputs that are
+not 2-D stay on torch's path. ``ENABLED = False`` turns it off.
+
+Training's large layers use it too: see ``onednn_training``.
 """
 
 from __future__ import annotations
@@ -53,22 +54,30 @@ def _linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def _linears(model: nn.Module) -> list[nn.Module]:
+    """Layers that compute ``F.linear(x, weight, bias)``: ``nn.Linear`` itself, with no
+    instance ``forward`` other than one marked ``plain_linear`` (training's, see
+    ``grad_masking``), which the swap sets aside and puts back."""
     return [
         module
         for module in model.modules()
-        if type(module).forward is nn.Linear.forward and "forward" not in module.__dict__
+        if type(module).forward is nn.Linear.forward
+        and getattr(module.__dict__.get("forward"), "plain_linear", True)
     ]
 
 
 @contextmanager
 def _swapped(layers: list[nn.Module]) -> Iterator[None]:
+    previous = [module.__dict__.get("forward") for module in layers]
     for module in layers:
         module.forward = functools.partial(_linear, module)  # type: ignore[method-assign]
     try:
         yield
     finally:
-        for module in layers:
-            del module.__dict__["forward"]
+        for module, forward in zip(layers, previous, strict=True):
+            if forward is None:
+                del module.__dict__["forward"]
+            else:
+                module.forward = forward  # type: ignore[method-assign]
 
 
 @contextmanager
