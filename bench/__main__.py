@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import platform
 import statistics
 import sys
@@ -23,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+
+from lottery_core import onednn
 
 from . import data as bdata
 from . import floor, rounds, steps
@@ -334,6 +337,28 @@ def run(size: Sizes) -> list[Row]:
     return rows
 
 
+def cpu_name() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
+    """The facts a figure depends on: the CPU, its vector width as torch sees it, and which
+    library runs the linear layers' GEMMs (``lottery_core.onednn.preferred``)."""
+    gemms = "oneDNN" if onednn.preferred() else "torch's BLAS"
+    return (
+        f"CPU: {cpu_name()} ({onednn.cpu_vendor() or 'vendor unknown'}, "
+        f"{os.cpu_count()} cores, torch capability {torch.backends.cpu.get_cpu_capability()}); "
+        f"linear layers' GEMMs on {gemms}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (used by the tests)")
@@ -349,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(rows, before))
     print(
         f"\nbenchmark took {elapsed:.0f} s; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads by default, {platform.machine()}"
+        f"{torch.get_num_threads()} threads by default, {platform.machine()}\n{machine()}"
     )
     if args.json:
         meta = {
@@ -357,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": elapsed,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "machine": machine(),
             "sizes": asdict(size),
         }
         write_json(args.json, rows, meta)

@@ -11,9 +11,10 @@ stay zero; the round's numbers are those of the pre-hook path bit for bit (``tes
 compares the two). On exit the pruned entries of ``weight_orig`` get their old values back and
 the pre-hooks are restored, so the re-parametrisation is exactly what it would have been.
 
-A pruned ``nn.Linear`` also gets an instance ``forward`` for the block, which runs its large
-GEMMs on oneDNN where ``onednn_training`` allows (gradients then reach the weights through
-``.grad`` by hooks, as ``backward`` delivers them, not through ``torch.autograd.grad``).
+Where ``onednn_training.in_use()`` (an AMD CPU with AVX-512), a pruned ``nn.Linear`` also gets
+an instance ``forward`` for the block, which runs its large GEMMs on oneDNN where it allows
+(gradients then reach the weights through ``.grad`` by hooks, as ``backward`` delivers them,
+not through ``torch.autograd.grad``).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def _enter(entry: _Pruned) -> None:
     module.__dict__[entry.name] = entry.orig
     entry.handle = entry.orig.register_post_accumulate_grad_hook(_masking(mask))
     if entry.name == "weight" and type(module).forward is nn.Linear.forward:
-        if "forward" not in module.__dict__:
+        if "forward" not in module.__dict__ and onednn_training.in_use():
             forward = functools.partial(_linear, entry)
             forward.plain_linear = True  # type: ignore[attr-defined]  # onednn may swap it
             module.forward = forward  # type: ignore[method-assign]

@@ -2,16 +2,22 @@
 
 torch sends a float32 ``nn.Linear`` on the CPU to its BLAS, MKL in the PyPI wheels. On AMD
 CPUs MKL runs its AVX2 kernels even where the CPU has AVX-512; oneDNN, which torch ships as well
-(its CPU convolutions already run on it), uses what the CPU has. On the benchmark's 2-core AMD
-EPYC (Zen 5) a 2048² matmul runs at 203-218 GFLOP/s through MKL and 432-468 through oneDNN,
-and a LeNet-300-100 validation pass in a round takes 8.2 ms instead of 15.4 (``python -m bench``).
+(its CPU convolutions already run on it), uses what the CPU has. On a 2-core AMD EPYC with
+AVX-512 (Zen 5) a 2048² matmul ran at 203-228 GFLOP/s through MKL and 432-485 through oneDNN,
+and a LeNet-300-100 validation pass in a round took 7.4-8.2 ms instead of 15.4 (``python -m
+bench``). On an AMD EPYC without AVX-512 (Zen 3) both libraries run AVX2 kernels and oneDNN
+gains nothing: 112 against 95-111 GFLOP/s on 2048², and a validation pass was slower (50
+against 44 ms). So ``preferred`` uses oneDNN only where MKL leaves AVX-512 unused: an AMD CPU
+whose torch capability is AVX-512. That is a fixed property of the machine, never a timing, so a
+seed still gives the same numbers on the same kind of machine, run after run.
 
 Evaluation: inference needs no backward, so each layer is one oneDNN call. A model evaluates
 through oneDNN only after ``suitable`` has checked it on real input: logits within float32
 rounding of torch's own, and the same bits on one thread as on many, and in blocks of any size
 from two rows up. So an evaluation gives the same numbers on any core count, as before. Other
 devices and dtypes, subclasses of ``nn.Linear`` with their own ``forward``, and inputs that are
-not 2-D stay on torch's path. ``ENABLED = False`` turns it off.
+not 2-D stay on torch's path. ``ENABLED`` is None (``preferred`` decides); True or False
+forces it on or off, and so does the environment variable ``LOTTERY_ONEDNN=1`` or ``0``.
 
 Training's large layers use it too: see ``onednn_training``.
 """
@@ -30,8 +36,9 @@ from torch import nn
 
 from . import threads
 
-ENABLED = True
+ENABLED: bool | None = None  # None: where ``preferred()`` holds
 PROBE_ROWS = 64
+AVX512 = frozenset({"AVX512"})
 _checked: weakref.WeakKeyDictionary[nn.Module, dict[tuple, bool]] = weakref.WeakKeyDictionary()
 
 
@@ -44,6 +51,42 @@ def linear_op():
         return torch.ops.mkldnn._linear_pointwise
     except (AttributeError, RuntimeError):
         return None
+
+
+@functools.cache
+def preferred() -> bool:
+    """Whether this machine should run float32 linear GEMMs on oneDNN rather than torch's BLAS:
+    ``LOTTERY_ONEDNN`` (``1``/``0``) where set, else ``faster_here`` of this CPU and build."""
+    forced = os.environ.get("LOTTERY_ONEDNN", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1" and linear_op() is not None
+    return linear_op() is not None and faster_here(
+        cpu_vendor(), torch.backends.cpu.get_cpu_capability(), torch.backends.mkl.is_available()
+    )
+
+
+def faster_here(vendor: str, capability: str, blas_is_mkl: bool) -> bool:
+    """oneDNN beats MKL where MKL runs AVX2 kernels on an AVX-512 CPU: AMD's (measured on Zen 5
+    at about twice the rate; on Zen 3, with AVX2 only, oneDNN gained nothing)."""
+    return blas_is_mkl and vendor == "AuthenticAMD" and capability in AVX512
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """The CPU's vendor string (``AuthenticAMD``, ``GenuineIntel``), or "" where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def active(setting: bool | None) -> bool:
+    """A module's ``ENABLED`` setting resolved: True or False as given, None as ``preferred``."""
+    return preferred() if setting is None else setting
 
 
 def _linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +143,9 @@ def suitable(model: nn.Module, x: torch.Tensor) -> bool:
 
 def _suitable_layers(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
     """The layers to swap, or none where ``model`` may not evaluate ``x`` on oneDNN."""
-    if not ENABLED or x.device.type != "cpu" or x.dtype != torch.float32 or linear_op() is None:
+    if not active(ENABLED) or linear_op() is None:
+        return []
+    if x.device.type != "cpu" or x.dtype != torch.float32:
         return []
     layers = _linears(model)
     if not layers or any(m.weight.device.type != "cpu" for m in layers):  # type: ignore[union-attr]

@@ -19,7 +19,8 @@ as on many, autograd's bits for the weight gradient, and a forward within float3
 torch's. So a seed gives the same numbers on any core count, as before, and differs from torch's
 own path only in the forward's rounding. Layers whose GEMM is under ``MIN_FLOPS`` stay on torch
 (the hook costs more than the gain), as do other devices and dtypes and subclasses with their
-own ``forward``. ``ENABLED = False`` turns it all off.
+own ``forward``. Like evaluation's, it runs only where ``onednn.preferred`` holds (an AMD CPU
+with AVX-512), unless ``ENABLED`` (None) is set to True or False.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import threads
-from .onednn import linear_op
+from .onednn import active, linear_op
 
-ENABLED = True
+ENABLED: bool | None = None  # None: where ``onednn.preferred()`` holds
 MIN_FLOPS = 1e7  # smaller layers gain less than the hook costs
 
 
@@ -50,10 +51,15 @@ class Allowed:
 NOTHING = Allowed()
 
 
+def in_use() -> bool:
+    """Whether training's linear layers may ask for oneDNN at all (else they keep torch's)."""
+    return active(ENABLED) and linear_op() is not None
+
+
 def allowed(module: nn.Module, x: torch.Tensor) -> Allowed:
-    """What ``module`` may compute on oneDNN for input ``x`` (checked once per shape and
-    thread count)."""
-    if not ENABLED or type(module).forward is not nn.Linear.forward:
+    """What ``module`` may compute on oneDNN for input ``x`` (checked once per shape, on one
+    thread, two, the current count and one per core)."""
+    if not active(ENABLED) or type(module).forward is not nn.Linear.forward:
         return NOTHING
     weight = module.weight
     if x.dim() != 2 or x.device.type != "cpu" or x.dtype != torch.float32:
@@ -63,7 +69,8 @@ def allowed(module: nn.Module, x: torch.Tensor) -> Allowed:
     rows, (outputs, inputs) = x.shape[0], weight.shape
     if 2 * rows * inputs * outputs < MIN_FLOPS or linear_op() is None:
         return NOTHING
-    return _checked(rows, inputs, outputs, torch.get_num_threads())
+    counts = tuple(sorted({1, 2, torch.get_num_threads(), os.cpu_count() or 1}))
+    return _checked(rows, inputs, outputs, counts)
 
 
 def linear(
@@ -126,7 +133,11 @@ def _accumulate(param: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor | No
 
 
 @functools.cache
-def _checked(rows: int, inputs: int, outputs: int, current: int) -> Allowed:
+def _checked(rows: int, inputs: int, outputs: int, counts: tuple[int, ...]) -> Allowed:
+    """The check of one shape on each thread count in ``counts``. The key holds the counts, not
+    the current one, so a thread switch inside a round (``threads.ThreadGovernor``) finds the
+    check done rather than charging it to a timed step."""
+    current = torch.get_num_threads()
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, inputs, generator=generator)
     grad_out = torch.randn(rows, outputs, generator=generator)
@@ -134,7 +145,7 @@ def _checked(rows: int, inputs: int, outputs: int, current: int) -> Allowed:
     bias = torch.randn(outputs, generator=generator)
     grads, forwards = [], []
     try:
-        for count in sorted({1, 2, current, os.cpu_count() or 1}):
+        for count in counts:
             threads.set_threads(count)
             with torch.enable_grad():
                 reference = F.linear(x, weight, bias)

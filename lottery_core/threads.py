@@ -44,8 +44,10 @@ class ThreadGovernor:
     Call ``step_done()`` after every training step, and ``restart_clock()`` after other work
     (evaluation), so its time is not charged to a step. It starts on one thread, times a window
     on each count and keeps the faster, re-timing one thread every ``RECHECK`` steps; when many
-    threads lose, it waits twice as long as last time before trying them again. A single
-    stalled step (another process took a core) sends it back to one thread at once.
+    threads lose two windows in a row, it waits twice as long as last time before trying them
+    again (one lost window is not enough: the first steps on a new count, or a burst of load,
+    made a Conv-2 probe lose once and left it on one thread, half as fast, for 256 steps). A
+    single stalled step (another process took a core) sends it back to one thread at once.
     """
 
     def __init__(self, many: int, clock: Callable[[], float] = time.perf_counter):
@@ -58,6 +60,7 @@ class ThreadGovernor:
         self.threads = 1
         self.left = 1  # steps before the next switch, made at the end of a window
         self.probing = False
+        self.doubted = False  # the last window on many threads lost to one thread
         self.last = clock()
 
     def start(self) -> None:
@@ -84,8 +87,12 @@ class ThreadGovernor:
     def _window_done(self) -> None:
         speed = self.speed[self.threads] = statistics.median(self.window)
         self.window.clear()
-        if self.threads > 1 and speed >= self.speed.get(1, math.inf):
+        losing = self.threads > 1 and speed >= self.speed.get(1, math.inf)
+        self.doubted, doubted = losing, self.doubted
+        if losing and doubted:
             self._lost()
+        elif losing:
+            return  # one slow window may be warm-up or a passing burst: time another
         elif self.left > 0:
             return
         elif self.threads == 1:
@@ -106,6 +113,7 @@ class ThreadGovernor:
         self.threads = threads
         self.left = steps
         self.probing = probing
+        self.doubted = False
         self.window.clear()
         set_threads(threads)
         self.last = self.clock()

@@ -23,9 +23,10 @@ Speed (measured by ``python -m bench``):
 - The batch is gathered with ``torch.index_select`` (a third of the time of ``x[index]``'s
   advanced indexing) and the gradients are cleared by hand (``zero_grad``'s Python costs
   more): the same bits, about 5% of a LeNet step.
-- Evaluation runs its linear layers on oneDNN where ``onednn.suitable`` allows (about twice
-  as fast as MKL on AMD CPUs); training takes only large weight gradients from oneDNN, where
-  they are autograd's bits (``grad_masking``), and its forward stays on torch's linear.
+- On AMD CPUs with AVX-512, where MKL leaves AVX-512 unused (``onednn.preferred``), linear
+  GEMMs run on oneDNN, about twice as fast there: evaluation's where ``onednn.suitable``
+  allows, and training's large ones where ``onednn_training.allowed`` does. Elsewhere (on an
+  AVX2-only Zen 3 oneDNN gained nothing) every GEMM stays on torch's own path.
 
 So a seed gives the same bits whatever the core count or the load, for a small model always and
 for a larger one where ``threads.same_bits`` holds (same torch, BLAS and CPU type).

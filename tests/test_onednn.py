@@ -9,9 +9,10 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lottery_core import onednn, training
+from lottery_core import onednn, onednn_training, training
 from lottery_core.config import make_config
 from lottery_core.experiment import Experiment
+from lottery_core.grad_masking import masks_on_gradients
 from lottery_core.progress import Progress
 
 from .conftest import TINY
@@ -21,7 +22,9 @@ pytestmark = pytest.mark.skipif(onednn.linear_op() is None, reason="this torch b
 
 @pytest.fixture(autouse=True)
 def restore():
+    """The path is on for these tests whatever the CPU (by default only AMD with AVX-512)."""
     threads, enabled = torch.get_num_threads(), onednn.ENABLED
+    onednn.ENABLED = True
     yield
     torch.set_num_threads(threads)
     onednn.ENABLED = enabled
@@ -155,3 +158,50 @@ def test_other_dtypes_and_tiny_inputs_stay_on_torch():
     assert not onednn.suitable(nn.Sequential(nn.Linear(8, 3)), torch.randn(3, 8))
     onednn.ENABLED = False
     assert not onednn.suitable(model.float(), torch.randn(32, 8))
+
+
+def test_onednn_is_preferred_only_where_mkl_leaves_avx512_unused():
+    assert onednn.faster_here("AuthenticAMD", "AVX512", blas_is_mkl=True)
+    assert not onednn.faster_here("AuthenticAMD", "AVX2", blas_is_mkl=True)  # Zen 3: no gain
+    assert not onednn.faster_here("GenuineIntel", "AVX512", blas_is_mkl=True)
+    assert not onednn.faster_here("AuthenticAMD", "AVX512", blas_is_mkl=False)
+
+
+@pytest.mark.parametrize("forced", ["0", "1", None])
+def test_the_environment_forces_the_choice_and_otherwise_the_cpu_decides(monkeypatch, forced):
+    if forced is None:
+        monkeypatch.delenv("LOTTERY_ONEDNN", raising=False)
+        expected = onednn.faster_here(
+            onednn.cpu_vendor(),
+            torch.backends.cpu.get_cpu_capability(),
+            torch.backends.mkl.is_available(),
+        )
+    else:
+        monkeypatch.setenv("LOTTERY_ONEDNN", forced)
+        expected = forced == "1"
+    onednn.preferred.cache_clear()
+    try:
+        assert onednn.preferred() is expected
+        onednn.ENABLED = None
+        assert onednn.suitable(nn.Sequential(nn.Linear(8, 3)), torch.randn(32, 8)) is expected
+    finally:
+        onednn.preferred.cache_clear()
+
+
+def test_where_onednn_is_not_preferred_training_and_evaluation_keep_torchs_linear(
+    plugins, sample_data, monkeypatch
+):
+    model = trained_lenet(plugins, sample_data)
+    monkeypatch.setattr(onednn, "preferred", lambda: False)
+    monkeypatch.setattr(onednn, "ENABLED", None)
+    monkeypatch.setattr(onednn_training, "ENABLED", None)
+    with masks_on_gradients(model), Calls() as calls:
+        assert not [m for m in model.modules() if "forward" in m.__dict__]
+        model(sample_data.train_x[:60]).sum().backward()
+        training.evaluate(model, sample_data.val_x, sample_data.val_y)
+    assert "mkldnn::_linear_pointwise" not in calls.names
+    monkeypatch.setattr(onednn, "preferred", lambda: True)
+    with masks_on_gradients(model), Calls() as calls:
+        model(sample_data.train_x[:60]).sum().backward()
+        training.evaluate(model, sample_data.val_x, sample_data.val_y)
+    assert "mkldnn::_linear_pointwise" in calls.names

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from lottery_core import onednn_training, training
+from lottery_core import onednn, onednn_training, training
 from lottery_core.config import make_config
 from lottery_core.experiment import Experiment
 from lottery_core.grad_masking import masks_on_gradients
@@ -39,10 +39,14 @@ ONEDNN = "mkldnn::_linear_pointwise"
 
 @pytest.fixture(autouse=True)
 def restore():
-    threads, enabled = torch.get_num_threads(), onednn_training.ENABLED
+    """The paths are on for these tests whatever the CPU (by default only AMD with AVX-512)."""
+    threads, enabled, evaluation = (
+        torch.get_num_threads(), onednn_training.ENABLED, onednn.ENABLED
+    )  # fmt: skip
+    onednn_training.ENABLED = onednn.ENABLED = True
     yield
     torch.set_num_threads(threads)
-    onednn_training.ENABLED = enabled
+    onednn_training.ENABLED, onednn.ENABLED = enabled, evaluation
     onednn_training._checked.cache_clear()
 
 
