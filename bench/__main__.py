@@ -46,6 +46,7 @@ class Sizes:
     lenet_steps: int = 200  # steps per timed run
     conv_steps: int = 8
     conv_repeats: int = 4
+    fixed_rounds: tuple[int, int] = (4, 16)  # round lengths that measure a round's fixed cost
     train: int = 55_000  # the paper's MNIST split sizes
     val: int = 5_000
     test: int = 10_000
@@ -62,7 +63,8 @@ class Sizes:
 
 QUICK = Sizes(
     repeats=1, lenet_steps=5, conv_steps=1, conv_repeats=1, train=1200, val=100, test=100,
-    conv_train=120, loader_images=600, eval_iterations=200, eval_repeats=1, matmul_size=256,
+    conv_train=120, fixed_rounds=(1, 2), loader_images=600, eval_iterations=200, eval_repeats=1,
+    matmul_size=256,
     rss_rounds=1, rss_iterations=20, conv_levels=("100%",), workers=(0,),
 )  # fmt: skip
 
@@ -152,6 +154,24 @@ def step_section(
     label = "DataLoader loop (best) / our step: our speed-up"
     rows.append(add(f"{key}datapath", label, speedup, "x", target))
     return StepResults(rows, step_s, dense, ours.experiment.model)
+
+
+def fixed_cost_rows(
+    title: str, model: str, dataset: str, data, size: Sizes, step_s: float
+) -> list[Row]:
+    """What a round costs beyond its steps, and how much of the short timed rounds' time per
+    step it makes (a real round of 20K steps amortises it)."""
+    fixed, _ = steps.round_fixed_cost(
+        model, dataset, bdata.with_small_eval(data, 1), *size.fixed_rounds, size.conv_repeats
+    )
+    spread = fixed / size.conv_steps
+    return [
+        Row(title, f"{model}_round_fixed_ms", "fixed cost of a round beyond its steps",
+            1e3 * fixed, "ms"),
+        Row(title, f"{model}_round_fixed_share",
+            f"  its share of our step in the {size.conv_steps}-step rounds timed above",
+            100 * spread / step_s, "%"),
+    ]  # fmt: skip
 
 
 def _threads(count: int) -> str:
@@ -313,6 +333,8 @@ def run(size: Sizes) -> list[Row]:
             size.workers,
         )
         rows += conv.rows
+        log("conv2 fixed cost of a round")
+        rows += fixed_cost_rows(title, "conv2", "cifar10", cifar_shape, size, conv.step_s)
         log("conv2 compute floor")
         rows += floor_rows(title, "conv2_", conv, cifar_shape, size.matmul_size, size.conv_repeats)
     log("peak memory")

@@ -31,6 +31,7 @@ FIRST_PROBE = 256  # steps on one thread before many threads are tried again aft
 LONGEST_GAP = 16_384
 RECHECK = 4_096  # steps on many threads before one thread is timed again
 STALL = 4.0  # a many-thread step this many times slower than one thread: leave at once
+MARGIN = 1.10  # many threads lose a window only when this many times slower than one
 
 
 def set_threads(count: int) -> None:
@@ -43,11 +44,14 @@ class ThreadGovernor:
 
     Call ``step_done()`` after every training step, and ``restart_clock()`` after other work
     (evaluation), so its time is not charged to a step. It starts on one thread, times a window
-    on each count and keeps the faster, re-timing one thread every ``RECHECK`` steps; when many
-    threads lose two windows in a row, it waits twice as long as last time before trying them
-    again (one lost window is not enough: the first steps on a new count, or a burst of load,
-    made a Conv-2 probe lose once and left it on one thread, half as fast, for 256 steps). A
-    single stalled step (another process took a core) sends it back to one thread at once.
+    on each count and keeps the faster, re-timing one thread every ``RECHECK`` steps. Many
+    threads lose a window only when more than ``MARGIN`` times slower than one (a window's
+    median still moves by 10-20% on a shared VM, and where two threads gain only ~15%, as for
+    LeNet on a Zen 3, a narrow loss is mostly noise). When they lose two windows in a row, it
+    waits twice as long as last time before trying them again (one lost window is not enough:
+    the first steps on a new count, or a burst of load, made a Conv-2 probe lose once and left it
+    on one thread, half as fast, for 256 steps). A single stalled step (another process took a
+    core) sends it back to one thread at once.
     """
 
     def __init__(self, many: int, clock: Callable[[], float] = time.perf_counter):
@@ -87,7 +91,7 @@ class ThreadGovernor:
     def _window_done(self) -> None:
         speed = self.speed[self.threads] = statistics.median(self.window)
         self.window.clear()
-        losing = self.threads > 1 and speed >= self.speed.get(1, math.inf)
+        losing = self.threads > 1 and speed > MARGIN * self.speed.get(1, math.inf)
         self.doubted, doubted = losing, self.doubted
         if losing and doubted:
             self._lost()

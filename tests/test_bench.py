@@ -39,10 +39,13 @@ def test_quick_benchmark_prints_every_section_with_finite_ratios(tmp_path: Path)
         "round_50k_s",
         "conv2_overhead_100%",
         "conv2_datapath",
+        "conv2_round_fixed_ms",
         "conv2_floor_ratio",
         "peak_rss_mib",
     } <= keys
     for row in rows:
-        assert math.isfinite(row["value"]) and row["value"] > 0, row
+        assert math.isfinite(row["value"]), row
+        # a round's fixed cost is a difference of two timings: at --quick sizes it may be 0
+        assert row["value"] > 0 or (row["value"] == 0 and "round_fixed" in row["key"]), row
         if row["target"] is not None:
             assert row["status"] in ("PASS", "MISS")

@@ -239,3 +239,13 @@ def test_one_slow_window_on_many_threads_is_not_enough_to_leave_them():
     machine.cost[2] = 1.5e-3  # lasting load: two windows lost in a row
     used = machine.steps(governor, 3 * threads.WINDOW)
     assert governor.threads == 1 and threads.WINDOW < used.count(2) <= 2 * threads.WINDOW
+
+
+def test_many_threads_stay_when_they_are_only_within_the_margin_slower():
+    machine = Machine({1: 1.0e-3, 2: 1.05e-3})
+    governor = threads.ThreadGovernor(2, machine.clock)
+    used = machine.steps(governor, 5000)
+    assert governor.threads == 2 and used.count(2) > 0.95 * len(used)
+    machine.cost[2] = 1.2e-3  # clearly slower: it leaves
+    machine.steps(governor, 3 * threads.WINDOW)
+    assert governor.threads == 1
