@@ -161,7 +161,7 @@ def fixed_cost_rows(
 ) -> list[Row]:
     """What a round costs beyond its steps, and how much of the short timed rounds' time per
     step it makes (a real round of 20K steps amortises it)."""
-    fixed, _ = steps.round_fixed_cost(
+    fixed = steps.round_fixed_cost(
         model, dataset, bdata.with_small_eval(data, 1), *size.fixed_rounds, size.conv_repeats
     )
     spread = fixed / size.conv_steps
@@ -361,13 +361,7 @@ def run(size: Sizes) -> list[Row]:
 
 def cpu_name() -> str:
     """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what ``platform`` says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return onednn.cpu_info("model name") or platform.processor() or "unknown CPU"
 
 
 def machine() -> str:

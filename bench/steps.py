@@ -99,11 +99,11 @@ class FrameworkStep:
 
 def round_fixed_cost(
     model: str, dataset: str, data: DatasetSplits, short: int, long: int, repeats: int
-) -> tuple[float, float]:
+) -> float:
     """Seconds a round costs beyond its steps (a fresh optimizer, the ES snapshot, entering
-    and leaving the masked block, the end-of-round test evaluations), and seconds per step:
-    from rounds of ``short`` and ``long`` steps, interleaved, medians. The timed rounds above
-    are short, so this share of them is not a step's cost: a real round amortises it."""
+    and leaving the masked block, the end-of-round test evaluations), from rounds of ``short``
+    and ``long`` steps, interleaved, medians. The timed rounds above are short, so this share
+    of them is not a step's cost: a real round amortises it."""
     runs = {n: FrameworkStep(model, dataset, data, n) for n in (short, long)}
     times: dict[int, list[float]] = {n: [] for n in runs}
     for repeat in range(repeats + 1):
@@ -113,7 +113,7 @@ def round_fixed_cost(
                 times[n].append(elapsed)
     per_round = {n: statistics.median(values) for n, values in times.items()}
     step = (per_round[long] - per_round[short]) / (long - short)
-    return max(per_round[short] - short * step, 0.0), step
+    return max(per_round[short] - short * step, 0.0)
 
 
 # -- the bare baseline ---------------------------------------------------------------------

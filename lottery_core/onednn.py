@@ -71,13 +71,18 @@ def faster_here(vendor: str, capability: str, blas_is_mkl: bool) -> bool:
     return blas_is_mkl and vendor == "AuthenticAMD" and capability in AVX512
 
 
-@functools.cache
 def cpu_vendor() -> str:
     """The CPU's vendor string (``AuthenticAMD``, ``GenuineIntel``), or "" where unknown."""
+    return cpu_info("vendor_id")
+
+
+@functools.cache
+def cpu_info(field: str) -> str:
+    """A field of the first CPU in ``/proc/cpuinfo`` (Linux), or "" where there is none."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
             for line in info:
-                if line.startswith("vendor_id"):
+                if line.split(":", 1)[0].strip() == field:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
@@ -164,7 +169,7 @@ def _agrees(model: nn.Module, layers: list[nn.Module], probe: torch.Tensor) -> b
         return False
     was_training = model.training
     before = torch.get_num_threads()
-    counts = sorted({1, 2, before, os.cpu_count() or 1})
+    counts = threads.counts_to_check(before)
     model.eval()
     try:
         reference = model(probe)

@@ -26,7 +26,6 @@ with AVX-512), unless ``ENABLED`` (None) is set to True or False.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
@@ -69,8 +68,7 @@ def allowed(module: nn.Module, x: torch.Tensor) -> Allowed:
     rows, (outputs, inputs) = x.shape[0], weight.shape
     if 2 * rows * inputs * outputs < MIN_FLOPS or linear_op() is None:
         return NOTHING
-    counts = tuple(sorted({1, 2, torch.get_num_threads(), os.cpu_count() or 1}))
-    return _checked(rows, inputs, outputs, counts)
+    return _checked(rows, inputs, outputs, threads.counts_to_check(torch.get_num_threads()))
 
 
 def linear(

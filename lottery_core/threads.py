@@ -15,7 +15,9 @@ larger one on torch's count, as before.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import statistics
 import time
 import weakref
@@ -32,6 +34,13 @@ LONGEST_GAP = 16_384
 RECHECK = 4_096  # steps on many threads before one thread is timed again
 STALL = 4.0  # a many-thread step this many times slower than one thread: leave at once
 MARGIN = 1.10  # many threads lose a window only when this many times slower than one
+
+
+@functools.cache
+def counts_to_check(current: int) -> tuple[int, ...]:
+    """The thread counts a numbers check must agree across: one, two, ``current`` and one per
+    core (cached: it is asked on the training path)."""
+    return tuple(sorted({1, 2, current, os.cpu_count() or 1}))
 
 
 def set_threads(count: int) -> None:
