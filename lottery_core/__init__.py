@@ -2,8 +2,9 @@
 
 import os
 
-# MKL's GEMMs give the same bits on any thread count only in strict CNR mode, which MKL reads
-# at its first call: set before anything runs one (see ``lottery_core.threads``).
+# MKL's GEMMs give the same bits on any thread count only in its strict conditional numerical
+# reproducibility mode, which MKL reads at its first call: set before anything runs one, so a
+# run's numbers do not depend on the ``threads`` setting (tests/test_training.py checks it).
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 from .api import resume_experiment, run_experiment

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, rundir
+from . import rundir, runs
 from .config import ExperimentConfig, make_config, resolve
 from .errors import LotteryError
 from .experiment import Experiment, ExperimentResult
-from .group import GroupResult, continue_group, is_group, run_group
+from .group import GroupResult, continue_group, run_group
 from .plugins import Plugins, get_plugins
 
 
@@ -42,7 +41,7 @@ def run_experiment(
     if target is None:
         target = rundir.default_run_dir(experiment.config.run_name())
     rundir.check_new(Path(target))
-    return experiment.run(Path(target), progress=progress)
+    return runs.start(experiment, Path(target), progress=progress)
 
 
 def run_trials(
@@ -74,33 +73,9 @@ def resume_experiment(
 ) -> ExperimentResult | GroupResult:
     """Continue a stopped run (or trials/controls folder) from its last finished round."""
     run_dir = Path(run_dir)
-    for stray in run_dir.glob("**/.*.tmp"):  # left by a process killed mid-write
-        stray.unlink()
-    if is_group(run_dir):
+    found = rundir.kind(run_dir)
+    if found == "group":
         return continue_group(run_dir, progress=progress, plugins=plugins)
-    if not (run_dir / checkpoint.FILENAME).exists() and (run_dir / "config.json").exists():
-        return _restart(run_dir, progress, plugins)
-    raw = checkpoint.read(run_dir)
-    try:
-        config = ExperimentConfig(**raw["config"])
-    except Exception as exc:  # a checkpoint from a different config schema
-        raise LotteryError(
-            f"the checkpoint in {str(run_dir)!r} has an unusable config: {exc}"
-        ) from None
-    experiment = Experiment(config, plugins=plugins)
-    state = checkpoint.restore(experiment, raw)
-    if state.next_round >= (experiment.config.rounds or 0):
-        raise LotteryError(f"{str(run_dir)!r} is already complete ({state.next_round} rounds)")
-    return experiment.run(run_dir, state=state, progress=progress)
-
-
-def _restart(run_dir: Path, progress: bool, plugins: Plugins | None) -> ExperimentResult:
-    """A run stopped before its first round finished: start it again in the same folder."""
-    try:
-        config = ExperimentConfig(**json.loads((run_dir / "config.json").read_text())["config"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise LotteryError(f"{str(run_dir)!r} has no usable config.json: {exc}") from None
-    for child in run_dir.iterdir():
-        if child.is_file():
-            child.unlink()
-    return Experiment(config, plugins=plugins).run(run_dir, progress=progress)
+    if found != "run":
+        raise LotteryError(f"{str(run_dir)!r} is not a lottery run folder (nothing to resume)")
+    return runs.resume(run_dir, progress=progress, plugins=plugins)

@@ -1,30 +1,48 @@
 """Round-boundary checkpoints: the state to continue an experiment exactly where it stopped.
 
-A checkpoint holds the model's ``state_dict`` (``weight_orig`` and ``weight_mask`` included),
-the rewind and initial weights, every table so far and the per-round masks. Random choices are
-derived from (seed, round), so no generator state needs saving for the continuation to match an
-uninterrupted run bit for bit.
+A checkpoint holds the trained model's ``state_dict`` (``weight_orig`` and ``weight_mask``
+included), θ0 and the rewind weights, every table so far and the per-round masks. Random choices
+are derived from (seed, round), so no generator state needs saving for the continuation to match
+an uninterrupted run bit for bit.
+
+The file proves what it is: its body is stored as bytes beside their SHA-256, so one flipped
+byte is caught, and it carries the run's identity (a hash of the resolved config, seeds and
+plugin sources, see :func:`run_identity`), so another run's checkpoint is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import pickle
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from . import rundir
+from . import files
 from .errors import LotteryError
-
-if TYPE_CHECKING:
-    from .experiment import Experiment, RunState
+from .state import RunState
 
 FORMAT = "lottery-checkpoint"
-VERSION = 1
+VERSION = 2
 FILENAME = "checkpoint.pt"
+
+
+def run_identity(meta: dict[str, Any]) -> str:
+    """A hash of what makes a run that run: its config (identity fields), seeds and plugins."""
+    from .config import NOT_IDENTITY
+
+    config = {k: v for k, v in meta.get("config", {}).items() if k not in NOT_IDENTITY}
+    blob = json.dumps(
+        {"config": config, "seeds": meta.get("seeds"), "plugins": meta.get("plugins")},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def pack_mask(mask: torch.Tensor) -> dict[str, Any]:
@@ -40,76 +58,84 @@ def unpack_mask(packed: dict[str, Any]) -> torch.Tensor:
     return torch.from_numpy(flat).reshape(shape)
 
 
-def save(run_dir: Path, experiment: Experiment, state: RunState) -> None:
-    assert experiment.model is not None
-    rundir.write_torch(
-        run_dir / FILENAME,
-        {
-            "format": FORMAT,
-            "version": VERSION,
-            "config": experiment.config.model_dump(mode="json"),
-            "next_round": state.next_round,
-            "model": {k: v.cpu() for k, v in experiment.model.state_dict().items()},
-            "rewind_state": {k: v.cpu() for k, v in state.rewind_state.items()},
-            "initial_state": {k: v.cpu() for k, v in state.initial_state.items()},
-            "records": state.records,
-            "history": state.history,
-            "layers": state.layers,
-            "masks": {
-                r: {name: pack_mask(m) for name, m in layer_masks.items()}
-                for r, layer_masks in state.masks.items()
-            },
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in tensors.items()}
+
+
+def save(
+    path: Path, meta: dict[str, Any], model_state: dict[str, torch.Tensor], state: RunState
+) -> None:
+    """Write the checkpoint of ``state`` (``meta`` is what ``config.json`` records)."""
+    body = {
+        "config": meta["config"],
+        "identity": run_identity(meta),
+        "next_round": state.next_round,
+        "model": _cpu(model_state),
+        "rewind_state": _cpu(state.rewind_state),
+        "initial_state": _cpu(state.initial_state),
+        "records": state.records,
+        "history": state.history,
+        "layers": state.layers,
+        "masks": {
+            r: {name: pack_mask(m) for name, m in layer_masks.items()}
+            for r, layer_masks in state.masks.items()
         },
-    )
+    }
+    buffer = io.BytesIO()
+    torch.save(body, buffer)
+    data = buffer.getvalue()
+    envelope = {
+        "format": FORMAT,
+        "version": VERSION,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "body": torch.frombuffer(bytearray(data), dtype=torch.uint8),
+    }
+    files.write_torch(path, envelope)
 
 
 def read(run_dir: Path) -> dict[str, Any]:
-    """The raw checkpoint of ``run_dir``, or a clear error if it is missing, corrupt or foreign."""
+    """The checkpoint body of ``run_dir``, or one line saying why it cannot be trusted."""
     path = Path(run_dir) / FILENAME
     if not path.is_file():
         raise LotteryError(f"{str(run_dir)!r} has no {FILENAME}: not a lottery run folder")
+    envelope = _load(path, path.read_bytes() if path.stat().st_size else b"")
+    if not isinstance(envelope, dict) or envelope.get("format") != FORMAT:
+        raise LotteryError(f"{str(path)!r} is not a lottery checkpoint")
+    if envelope.get("version") != VERSION:
+        raise LotteryError(
+            f"{str(path)!r} has checkpoint version {envelope.get('version')}; "
+            f"this lottery reads version {VERSION}"
+        )
+    data = envelope["body"].numpy().tobytes()
+    if hashlib.sha256(data).hexdigest() != envelope.get("sha256"):
+        raise LotteryError(f"{str(path)!r} is damaged: its contents fail their checksum")
+    body = _load(path, data)
+    if not isinstance(body, dict):
+        raise LotteryError(f"{str(path)!r} is not a lottery checkpoint")
+    return body
+
+
+def _load(path: Path, data: bytes) -> Any:
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError,
+            ValueError, KeyError, AttributeError) as exc:  # fmt: skip
         raise LotteryError(
             f"{str(path)!r} is corrupt or unreadable ({type(exc).__name__})"
         ) from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise LotteryError(f"{str(path)!r} is not a lottery checkpoint")
-    if raw.get("version") != VERSION:
-        raise LotteryError(
-            f"{str(path)!r} has checkpoint version {raw.get('version')}; "
-            f"this lottery reads version {VERSION}"
-        )
-    return raw
 
 
-def restore(experiment: Experiment, raw: dict[str, Any]) -> RunState:
-    """Rebuild the model with its masks and the run state from a checkpoint."""
-    from .experiment import RunState
-
-    experiment.build_model()
-    assert experiment.model is not None
-    device = experiment.device
-    try:
-        experiment.model.load_state_dict({k: v.to(device) for k, v in raw["model"].items()})
-    except RuntimeError as exc:
-        raise LotteryError(
-            f"checkpoint does not fit model {experiment.config.model!r}: {exc}"
-        ) from None
-    from . import masks
-
-    for layer in experiment.layers:
-        masks.refresh_weight(layer)
-    return RunState(
-        next_round=raw["next_round"],
-        records=list(raw["records"]),
-        history=list(raw["history"]),
-        layers=list(raw["layers"]),
+def state_of(body: dict[str, Any]) -> tuple[dict[str, torch.Tensor], RunState]:
+    """The trained model's ``state_dict`` and the run state held in a checkpoint body."""
+    return body["model"], RunState(
+        next_round=body["next_round"],
+        records=list(body["records"]),
+        history=list(body["history"]),
+        layers=list(body["layers"]),
         masks={
             int(r): {name: unpack_mask(p) for name, p in layer_masks.items()}
-            for r, layer_masks in raw["masks"].items()
+            for r, layer_masks in body["masks"].items()
         },
-        rewind_state={k: v.to(device) for k, v in raw["rewind_state"].items()},
-        initial_state={k: v.to(device) for k, v in raw["initial_state"].items()},
+        rewind_state=dict(body["rewind_state"]),
+        initial_state=dict(body["initial_state"]),
     )

@@ -1,18 +1,22 @@
 """The experiment's configuration: one validated pydantic model, from flags, files or code.
 
 Fields left at ``None`` are filled from the chosen model's own defaults (the paper's
-hyperparameters) by :func:`resolve`, so a config file can say as little as it likes.
+hyperparameters) by :func:`resolve`, so a config file can say as little as it likes. The command
+line is generated from these fields (name, type, description, default), so a new field appears
+in ``--help`` without touching ``cli.py``; a field whose values are plugin names says which
+registry in ``json_schema_extra={"plugin": ...}``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import LotteryError
 from .plugins import Plugins
@@ -22,40 +26,92 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-Fraction = Field(default=None, gt=0, lt=1)
+# Fields that ``None`` leaves to the chosen model: config field -> ``ModelDefaults`` attribute.
+MODEL_FILLED = {
+    "dataset": "dataset",
+    "rate": "fc_rate",
+    "conv_rate": "conv_rate",
+    "rounds": "rounds",
+    "iterations": "iterations",
+    "batch_size": "batch_size",
+    "lr": "lr",
+}
+
+
+def _fraction(description: str) -> Any:
+    return Field(default=None, gt=0, lt=1, description=description)
+
+
+def _plugin(kind: str, default: Any, description: str) -> Any:
+    return Field(default=default, description=description, json_schema_extra={"plugin": kind})
 
 
 class ExperimentConfig(BaseModel):
     """Everything that defines an IMP experiment. ``None`` means: the model's default."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=False)
 
-    dataset: str | None = None
-    model: str = "lenet_fc"
-    prune: str = "magnitude"
-    scope: Literal["layerwise", "global"] = "layerwise"
-    reinit: str = "rewind"
-    rate: float | None = Fraction
-    conv_rate: float | None = Fraction
-    output_rate: float | None = Fraction
-    rounds: int | None = Field(default=None, ge=1)
-    iterations: int | None = Field(default=None, ge=1)
-    batch_size: int | None = Field(default=None, ge=1)
-    lr: float | None = Field(default=None, gt=0)
-    eval_every: int = Field(default=100, ge=1)
-    rewind_iter: int = Field(default=0, ge=0)
-    seed: int = Field(default=0, ge=0)
-    split_seed: int = Field(default=0, ge=0)
-    validation_size: int = Field(default=5000, ge=1)
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    data_dir: Path = Path("data")
-    download: bool = True
-    out: Path | None = None
-    test_every_eval: bool = False
+    dataset: str | None = _plugin("datasets", None, "Dataset.")
+    model: str = _plugin("models", "lenet_fc", "Architecture.")
+    prune: str = _plugin("strategies", "magnitude", "Pruning strategy.")
+    scope: Literal["layerwise", "global"] = Field(
+        default="layerwise",
+        description="layerwise: each layer loses its own rate; global: one threshold for all.",
+    )
+    reinit: str = _plugin("reinits", "rewind", "What the survivors start the next round from.")
+    rate: float | None = _fraction(
+        "Fraction of surviving fc weights pruned per round (global scope: of all weights)."
+    )
+    conv_rate: float | None = _fraction("Per-round rate for conv layers (layerwise scope only).")
+    output_rate: float | None = _fraction(
+        "Per-round rate for the output layer (layerwise scope only)."
+    )
+    rounds: int | None = Field(default=None, ge=1, description="Rounds, the dense one included.")
+    iterations: int | None = Field(default=None, ge=1, description="Training iterations a round.")
+    batch_size: int | None = Field(default=None, ge=1, description="Minibatch size.")
+    lr: float | None = Field(default=None, gt=0, description="Adam learning rate.")
+    eval_every: int = Field(default=100, ge=1, description="Validate every N iterations.")
+    rewind_iter: int = Field(
+        default=0, ge=0, description="Late rewinding: reset survivors to iteration k, not 0."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of init, data order, pruning, reinit.")
+    split_seed: int = Field(default=0, ge=0, description="Seed of the validation hold-out.")
+    validation_size: int = Field(
+        default=5000, ge=1, description="Examples held out of the training set for validation."
+    )
+    device: str = Field(
+        default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu or cuda[:N]."
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Intra-op CPU threads (default: one per core this process may use).",
+    )
+    data_dir: Path = Field(default=Path("data"), description="Dataset folder.")
+    download: bool = Field(default=True, description="Download missing data files.")
+    out: Path | None = Field(
+        default=None, description="Run folder (must not exist; default results/<name>)."
+    )
+    test_every_eval: bool = Field(
+        default=False, description="Also evaluate the test set at every evaluation."
+    )
+    control_prune: str = _plugin(
+        "strategies", "random", "Strategy of the random-pruning control (--controls)."
+    )
+    control_reinit: str = _plugin(
+        "reinits", "random", "Policy of the random-reinitialisation control (--controls)."
+    )
+
+    @field_validator("rate", "conv_rate", "output_rate", "lr", mode="after")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
 
     def identity(self) -> dict[str, Any]:
         """The settings that change what is computed (not where it is stored or run)."""
-        return self.model_dump(mode="json", exclude={"out", "device", "data_dir", "download"})
+        return self.model_dump(mode="json", exclude=NOT_IDENTITY)
 
     def short_hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True).encode()
@@ -67,6 +123,13 @@ class ExperimentConfig(BaseModel):
             f"{self.model}-{self.dataset}-{self.prune}-{self.scope}-{self.reinit}"
             f"-s{self.seed}-{self.short_hash()}"
         )
+
+
+# Where a run is stored or run, and what only --controls reads: not part of its identity.
+NOT_IDENTITY = {
+    "out", "device", "data_dir", "download", "threads", "control_prune", "control_reinit"
+}  # fmt: skip
+LAYERWISE_ONLY = ("conv_rate", "output_rate")
 
 
 def _explain(error: ValidationError) -> str:
@@ -98,7 +161,29 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise LotteryError(f"config file {str(path)!r} is not valid: {exc}") from exc
     if not isinstance(raw, dict):
         raise LotteryError(f"config file {str(path)!r} must hold a table of settings")
-    return {str(k).replace("-", "_"): v for k, v in raw.items()}
+    values = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    check_file_types(values, str(path))
+    return values
+
+
+def check_file_types(values: dict[str, Any], source: str) -> None:
+    """Strict types for values from a file: ``rounds = true`` or ``lr = "1e-3"`` is refused
+    (pydantic would read them as 1 and 0.001)."""
+    for name, value in values.items():
+        field = ExperimentConfig.model_fields.get(name)
+        if field is None or value is None:
+            continue
+        annotation = str(field.annotation)
+        wants_int = "int" in annotation and "float" not in annotation
+        wants_float = "float" in annotation
+        is_bool = isinstance(value, bool)
+        if (wants_int and (is_bool or not isinstance(value, int))) or (
+            wants_float and (is_bool or not isinstance(value, (int, float)))
+        ):
+            kind = "an integer" if wants_int else "a number"
+            raise LotteryError(
+                f"invalid config in {source}: {name} must be {kind} (got {value!r})"
+            )
 
 
 def make_config(file: Path | None = None, **overrides: Any) -> ExperimentConfig:
@@ -112,29 +197,40 @@ def make_config(file: Path | None = None, **overrides: Any) -> ExperimentConfig:
 
 
 def resolve(config: ExperimentConfig, plugins: Plugins) -> ExperimentConfig:
-    """Check every plugin name and fill unset fields from the model's defaults."""
+    """Check every plugin name and fill unset fields from the model's defaults.
+
+    With ``scope = "global"`` one rate ranks every layer, so a per-kind rate would be ignored:
+    giving one is an error naming it.
+    """
+    if config.scope == "global":
+        ignored = [name for name in LAYERWISE_ONLY if getattr(config, name) is not None]
+        if ignored:
+            flags = ", ".join(f"--{n.replace('_', '-')}" for n in ignored)
+            raise LotteryError(
+                f"invalid config: {flags} only apply with --scope layerwise; with --scope "
+                "global, --rate prunes all layers together"
+            )
     model = plugins.models.get(config.model)
-    plugins.strategies.get(config.prune)
-    plugins.reinits.get(config.reinit)
+    for name in ("prune", "control_prune"):
+        plugins.strategies.get(getattr(config, name))
+    for name in ("reinit", "control_reinit"):
+        plugins.reinits.get(getattr(config, name))
     defaults = model.defaults
     values = config.model_dump()
-    fill = {
-        "dataset": defaults.dataset,
-        "rate": defaults.fc_rate,
-        "conv_rate": defaults.conv_rate,
-        "rounds": defaults.rounds,
-        "iterations": defaults.iterations,
-        "batch_size": defaults.batch_size,
-        "lr": defaults.lr,
-    }
-    for key, value in fill.items():
-        if values[key] is None:
-            values[key] = value
-    if values["output_rate"] is None:
+    for key, attribute in MODEL_FILLED.items():
+        if values[key] is None and (key != "conv_rate" or config.scope == "layerwise"):
+            values[key] = getattr(defaults, attribute)
+    if config.scope == "layerwise" and values["output_rate"] is None:
         values["output_rate"] = values["rate"] * defaults.output_rate_factor
+    if values["threads"] is None:
+        from .training import default_threads
+
+        values["threads"] = default_threads()
+    if values["dataset"] is None:
+        raise LotteryError(f"model {config.model!r} names no default dataset; give --dataset")
     plugins.datasets.get(values["dataset"])
     resolved = ExperimentConfig(**values)
-    if resolved.rewind_iter >= resolved.iterations:
+    if resolved.rewind_iter >= resolved.iterations:  # type: ignore[operator]
         raise LotteryError(
             f"invalid config: rewind_iter ({resolved.rewind_iter}) must be below "
             f"iterations ({resolved.iterations})"

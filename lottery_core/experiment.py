@@ -1,31 +1,33 @@
-"""The IMP round loop: train, record, prune, reinitialise, repeat.
+"""The IMP round loop: prune, reinitialise, train, record, repeat.
 
-Round r trains from the current masks and starting weights, records the share of weights
-remaining, the early-stopping iteration and the accuracies there, then (unless it was the last
-round) prunes with the chosen strategy and resets the survivors with the chosen policy. The
-state lives in ``torch.nn.utils.prune``'s re-parametrisation for the whole experiment, and is
-checkpointed after every round so a run can be resumed losing at most the round in progress.
+Round 0 trains the dense network. Every later round r first prunes the trained survivors of
+round r-1 with the chosen strategy and resets them with the chosen policy, then trains. Each
+round records the share of weights remaining, the early-stopping iteration and the accuracies
+there. The state lives in ``torch.nn.utils.prune``'s re-parametrisation for the whole
+experiment. The loop does no file I/O: ``after_round`` (the run folder's writer, see
+``rundir``) is called once a round has trained, while the model still holds its trained
+weights, so what a checkpoint holds is what the next round's pruning reads.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from . import checkpoint, masks, rundir
+from . import masks
 from .config import ExperimentConfig, resolve
 from .errors import Interrupted, LotteryError, RunFailed
 from .plugins import Plugins, get_plugins
 from .progress import Progress
 from .specs import DataRequest, DatasetSplits, ReinitContext
-from .training import NonFiniteLoss, TrainSettings, train_round
+from .state import RunState, derive_seeds, round_generator
+from .training import NonFiniteLoss, TrainSettings, train_round, use_threads
 
 RESULT_COLUMNS = ["round", "remaining", "ES", "val", "test"]
 
@@ -40,42 +42,6 @@ class ExperimentResult:
     config: ExperimentConfig
     run_dir: Path | None
     data_source: str = ""
-
-
-@dataclass
-class RunState:
-    """Everything needed to continue an experiment at ``next_round``."""
-
-    next_round: int = 0
-    records: list[dict] = field(default_factory=list)
-    history: list[dict] = field(default_factory=list)
-    layers: list[dict] = field(default_factory=list)
-    masks: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
-    rewind_state: dict[str, torch.Tensor] = field(default_factory=dict)
-    initial_state: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def copy(self, next_round: int | None = None) -> RunState:
-        """An independent copy (tables and rewind weights), e.g. for a control to branch from."""
-        return RunState(
-            next_round=self.next_round if next_round is None else next_round,
-            records=[dict(r) for r in self.records],
-            history=[dict(r) for r in self.history],
-            layers=[dict(r) for r in self.layers],
-            masks=dict(self.masks),
-            rewind_state={k: v.clone() for k, v in self.rewind_state.items()},
-            initial_state=self.initial_state,
-        )
-
-
-def derive_seeds(seed: int) -> dict[str, int]:
-    """Independent seeds for initialisation, data order, pruning and reinitialisation."""
-    values = np.random.SeedSequence(seed).generate_state(4, dtype=np.uint32)
-    return dict(zip(("init", "data_order", "pruning", "reinit"), map(int, values), strict=True))
-
-
-def round_generator(seed: int, round_index: int) -> torch.Generator:
-    """A generator for one round's random choice: no state to carry across rounds or resumes."""
-    return torch.Generator().manual_seed(seed * 10_007 + round_index)
 
 
 def pick_device(requested: str) -> torch.device:
@@ -105,7 +71,11 @@ def load_data(config: ExperimentConfig, plugins: Plugins) -> DatasetSplits:
 
 
 class Experiment:
-    """One IMP experiment: a resolved config, its plugins, its data and its model."""
+    """One IMP experiment: a resolved config, its plugins, its data and its model.
+
+    Its public steps (``start``/``restore``, ``prune``, ``reinitialise``, ``train``) are what
+    ``run`` loops over; a control experiment is the same loop started from another run's state.
+    """
 
     def __init__(
         self,
@@ -162,7 +132,53 @@ class Experiment:
             for name, value in fresh.items()
         }
 
-    # -- one round -------------------------------------------------------------------------
+    def validate(self) -> None:
+        """What can be known before training: the data loads, a batch fits in it, and the model
+        has a prunable layer and runs on the data's input shape."""
+        data = self.data
+        n = int(data.train_x.shape[0])
+        if self.config.batch_size > n:  # type: ignore[operator]
+            raise LotteryError(
+                f"--batch-size {self.config.batch_size} is larger than the {n} training "
+                f"examples of {self.config.dataset!r}"
+            )
+        model = self.fresh_model(self.seeds["init"])
+        masks.prunable_layers(model)
+        try:
+            with torch.no_grad():
+                model.eval()(data.train_x[:2])
+        except Exception as exc:  # a model that cannot take this input: name both
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise LotteryError(
+                f"model {self.config.model!r} does not run on dataset {self.config.dataset!r} "
+                f"(input shape {tuple(data.input_shape)}): {first}"
+            ) from None
+
+    def start(self) -> RunState:
+        """A fresh model (θ0 from the init seed) and an empty state."""
+        self.build_model()
+        state = RunState()
+        state.initial_state = self.snapshot()
+        state.rewind_state = state.initial_state
+        return state
+
+    def restore(self, model_state: dict[str, torch.Tensor], state: RunState) -> RunState:
+        """Continue from a saved (or another run's) trained model and state."""
+        self.build_model()
+        assert self.model is not None
+        try:
+            self.model.load_state_dict({k: v.to(self.device) for k, v in model_state.items()})
+        except RuntimeError as exc:
+            raise LotteryError(
+                f"the saved state does not fit model {self.config.model!r}: {exc}"
+            ) from None
+        for layer in self.layers:
+            masks.refresh_weight(layer)
+        state.rewind_state = {k: v.to(self.device) for k, v in state.rewind_state.items()}
+        state.initial_state = {k: v.to(self.device) for k, v in state.initial_state.items()}
+        return state
+
+    # -- the steps of a round --------------------------------------------------------------
 
     def rates(self) -> dict[str, float]:
         c = self.config
@@ -180,6 +196,7 @@ class Experiment:
         masks.apply_masks(self.layers, new)
 
     def reinitialise(self, state: RunState, round_index: int) -> None:
+        """Set the survivors' starting values for ``round_index`` with the reinit policy."""
         context = ReinitContext(
             parameters={k: v.data for k, v in self.parameters().items()},
             rewind_state=state.rewind_state,
@@ -191,7 +208,7 @@ class Experiment:
         for layer in self.layers:
             masks.refresh_weight(layer)
         masks.check_pruned_are_zero(self.layers)
-        if self.reinit.name == "rewind":
+        if self.reinit.rewinds:
             check_rewound(self.parameters(), state.rewind_state, self.layers)
 
     def settings(self, round_index: int) -> TrainSettings:
@@ -206,7 +223,7 @@ class Experiment:
         )
 
     def train(self, state: RunState, round_index: int, progress: Progress) -> dict:
-        """Train one round and return its row of ``results.csv``."""
+        """Train one round, record it in ``state`` and return its row of ``results.csv``."""
         assert self.model is not None
         hook = self.plugins.hook
         remaining = masks.remaining_percent(self.layers)
@@ -254,20 +271,22 @@ class Experiment:
             round_index=round_index, record=dict(record), model=self.model
         ):
             record.update(extra or {})
+        state.records.append(record)
         state.history.extend({"round": round_index, **row} for row in outcome.history)
         state.layers.extend(self.layer_rows(round_index))
         state.masks[round_index] = {
             k: v.bool().cpu() for k, v in masks.current_masks(self.layers).items()
         }
+        state.next_round = round_index + 1
         return record
 
     def layer_rows(self, round_index: int) -> list[dict]:
-        rates = self.rates()
+        rates = self.rates() if self.config.scope == "layerwise" else {}
         rows = []
         for layer in self.layers:
             kept, total = masks.remaining_counts([layer])[layer.name]
             target = None
-            if self.config.scope == "layerwise":
+            if layer.name in rates:
                 target = 100.0 * (1 - rates[layer.name]) ** round_index
             rows.append(
                 {
@@ -284,49 +303,36 @@ class Experiment:
 
     # -- the whole experiment --------------------------------------------------------------
 
-    def start(self) -> RunState:
-        self.build_model()
-        state = RunState()
-        state.initial_state = self.snapshot()
-        state.rewind_state = state.initial_state
-        return state
-
     def run(
         self,
-        run_dir: Path | None = None,
         state: RunState | None = None,
         progress: bool = True,
         stop_after: int | None = None,
-        on_trained: Callable[[int, RunState], None] | None = None,
+        after_round: Callable[[RunState], None] | None = None,
+        run_dir: Path | None = None,
     ) -> ExperimentResult:
-        """Run (or continue) every round, writing the run folder after each one.
-
-        ``on_trained(round, state)`` is called after a round trains and before it is pruned
-        (controls branch off the dense round through it).
-        """
+        """Run (or continue) the rounds from ``state.next_round``; ``after_round(state)`` is
+        called after each round trains (the run folder's writer). ``run_dir`` is only named in
+        messages and the result."""
         if state is None:
             state = self.start()
         rounds = self.config.rounds
         assert rounds is not None
-        if run_dir is not None and not (run_dir / checkpoint.FILENAME).exists():
-            rundir.create(run_dir)
-            self.plugins.hook.on_experiment_start(config=self.config, run_dir=run_dir)
-            self.write_config(run_dir)
-        todo = range(state.next_round, rounds if stop_after is None else min(rounds, stop_after))
+        last = rounds if stop_after is None else min(rounds, stop_after)
+        todo = range(state.next_round, last)
         total = sum(self.settings(r).iterations - self.settings(r).start_iteration for r in todo)
         round_index = state.next_round
+        threads_before = torch.get_num_threads()
         try:
+            use_threads(self.config.threads)  # type: ignore[arg-type]
             with Progress(total, enabled=progress) as bar:
                 for round_index in todo:
-                    state.records.append(self.train(state, round_index, bar))
-                    if on_trained is not None:
-                        on_trained(round_index, state)
-                    if round_index + 1 < rounds:
-                        self.prune(round_index + 1)
-                        self.reinitialise(state, round_index + 1)
-                    state.next_round = round_index + 1
-                    if run_dir is not None:
-                        self.write_round(run_dir, state)
+                    if round_index > 0:
+                        self.prune(round_index)
+                        self.reinitialise(state, round_index)
+                    self.train(state, round_index, bar)
+                    if after_round is not None:
+                        after_round(state)
         except KeyboardInterrupt:
             raise Interrupted(run_dir, state.next_round) from None
         except NonFiniteLoss as exc:
@@ -344,10 +350,9 @@ class Experiment:
                 f"round {round_index}: out of memory on {self.device}; rounds before it are "
                 f"saved; try a smaller --batch-size or --device cpu"
             ) from None
-        result = self.result(state, run_dir)
-        if run_dir is not None and state.next_round >= rounds:
-            self.plugins.hook.on_experiment_end(results=result.results, run_dir=run_dir)
-        return result
+        finally:
+            use_threads(threads_before)
+        return self.result(state, run_dir)
 
     def result(self, state: RunState, run_dir: Path | None) -> ExperimentResult:
         return ExperimentResult(
@@ -359,55 +364,28 @@ class Experiment:
             data_source=self.data.source,
         )
 
-    # -- files -----------------------------------------------------------------------------
-
-    def write_config(self, run_dir: Path) -> None:
-        rundir.write_json(
-            run_dir / "config.json",
-            {
-                "config": self.config.model_dump(mode="json"),
-                "seeds": self.seeds,
-                "data_source": self.data.source,
-                "data_sizes": {
-                    "train": int(self.data.train_x.shape[0]),
-                    "val": int(self.data.val_x.shape[0]),
-                    "test": int(self.data.test_x.shape[0]),
-                },
-                "input_shape": list(self.data.input_shape),
-                "num_classes": self.data.num_classes,
-                "device": str(self.device),
-                "versions": versions(),
-                "plugins": {
-                    "dataset": self.plugins.datasets.sources[self.config.dataset],  # type: ignore[index]
-                    "model": self.plugins.models.sources[self.config.model],
-                    "prune": self.plugins.strategies.sources[self.config.prune],
-                    "reinit": self.plugins.reinits.sources[self.config.reinit],
-                },
+    def describe(self) -> dict:
+        """What ``config.json`` records beside the config: seeds, data, device, plugins."""
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "seeds": self.seeds,
+            "data_source": self.data.source,
+            "data_sizes": {
+                "train": int(self.data.train_x.shape[0]),
+                "val": int(self.data.val_x.shape[0]),
+                "test": int(self.data.test_x.shape[0]),
             },
-        )
-
-    def write_round(self, run_dir: Path, state: RunState) -> None:
-        """The checkpoint, then the ticket and the per-round tables, and ``results.csv`` last.
-
-        The checkpoint goes first, so the files on disk never claim a round the checkpoint
-        lacks: a resume after a kill at any point here repeats at most this round's writes.
-        ``results.csv`` goes last, so a round listed there has all its other files in place.
-        """
-        checkpoint.save(run_dir, self, state)
-        rundir.write_csv(run_dir / "history.csv", pd.DataFrame(state.history))
-        rundir.write_csv(run_dir / "layers.csv", pd.DataFrame(state.layers))
-        last = max(state.masks)
-        rundir.write_torch(
-            run_dir / "ticket.pt",
-            {
-                "round": last,
-                "masks": state.masks[last],
-                "weights": {k: v.cpu() for k, v in state.rewind_state.items()},
-                "model": self.config.model,
-                "rewind_iter": self.config.rewind_iter,
+            "input_shape": list(self.data.input_shape),
+            "num_classes": self.data.num_classes,
+            "device": str(self.device),
+            "versions": versions(),
+            "plugins": {
+                "dataset": self.plugins.datasets.sources[self.config.dataset],  # type: ignore[index]
+                "model": self.plugins.models.sources[self.config.model],
+                "prune": self.plugins.strategies.sources[self.config.prune],
+                "reinit": self.plugins.reinits.sources[self.config.reinit],
             },
-        )
-        rundir.write_csv(run_dir / "results.csv", results_frame(state.records))
+        }
 
 
 def results_frame(records: list[dict]) -> pd.DataFrame:

@@ -12,7 +12,6 @@ PyTorch (``torch.load(path, weights_only=False)``, no lottery import needed).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from . import checkpoint, masks, rundir
+from . import checkpoint, files, masks, rundir
 from .errors import LotteryError
 
 FORMAT = "lottery-ticket"
@@ -31,7 +30,7 @@ def _round_masks(raw: dict[str, Any], round_index: int, run_dir: Path) -> dict[s
     available = sorted(int(r) for r in raw["masks"])
     packed = {int(r): layer_masks for r, layer_masks in raw["masks"].items()}
     if round_index not in packed:
-        listed = ", ".join(map(str, available)) or "none"
+        listed = ", ".join(map(str, available)) or "no round yet"
         raise LotteryError(
             f"{str(run_dir)!r} has no round {round_index}; finished rounds: {listed}"
         )
@@ -41,8 +40,8 @@ def _round_masks(raw: dict[str, Any], round_index: int, run_dir: Path) -> dict[s
 def _data_info(run_dir: Path) -> dict[str, Any]:
     """Input shape, class count and data source from ``config.json`` (``None`` if unrecorded)."""
     try:
-        meta = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
+        meta = rundir.read_meta(run_dir)
+    except LotteryError:
         meta = {}
     shape = meta.get("input_shape")
     return {
@@ -57,12 +56,12 @@ def ticket_from_run(run_dir: Path, round_index: int) -> dict[str, Any]:
 
     The starting weights are those round K trained from under rewinding: the initial weights
     for round 0, the rewind state (iteration 0, or k with late rewinding) for later rounds.
-    Runs made with another reinit policy (``random``, ``none``) trained round K from other
+    Runs whose policy does not rewind (``ReinitPolicy.rewinds``) trained round K from other
     weights, which the checkpoint does not keep; their ticket still starts from the rewind
     state, i.e. it tests their mask as a winning ticket, and says so in ``note``.
     """
     run_dir = Path(run_dir)
-    if (run_dir / "runs").is_dir():
+    if rundir.kind(run_dir) == "group":
         raise LotteryError(
             f"{str(run_dir)!r} is a trials/controls folder; export one of its runs, "
             f"e.g. {str(run_dir / 'runs' / 'imp' / 'trial_0')!r}"
@@ -72,7 +71,7 @@ def ticket_from_run(run_dir: Path, round_index: int) -> dict[str, Any]:
     config = raw["config"]
     start = raw["initial_state"] if round_index == 0 else raw["rewind_state"]
     note = ""
-    if config.get("reinit") != "rewind" and round_index > 0:
+    if not _rewinds(config.get("reinit")) and round_index > 0:
         note = (
             f"this run reinitialised survivors with {config.get('reinit')!r}; the ticket starts "
             "from the rewind state (the original initialisation), not from the weights round "
@@ -93,6 +92,14 @@ def ticket_from_run(run_dir: Path, round_index: int) -> dict[str, Any]:
         "config": config,
         "note": note,
     }
+
+
+def _rewinds(policy: Any) -> bool:
+    """Whether the run's reinit policy declares that it rewinds exactly (unknown: no)."""
+    from .plugins import get_plugins
+
+    reinits = get_plugins().reinits
+    return isinstance(policy, str) and policy in reinits.items and reinits.items[policy].rewinds
 
 
 def _build(ticket: dict[str, Any], source: str) -> nn.Module:
@@ -205,13 +212,13 @@ def export_ticket(
     if pruned:
         model = pruned_model(ticket, source)
         weights = [layer.module.weight for layer in masks.prunable_layers(model)]
-        rundir.write_torch(out, model)
+        files.write_torch(out, model)
     else:
         weights = [
             ticket["weights"][f"{name}.weight_orig"] * mask
             for name, mask in ticket["masks"].items()
         ]
-        rundir.write_torch(out, ticket)
+        files.write_torch(out, ticket)
     return {
         "path": str(out),
         "kind": "pruned model" if pruned else "ticket",

@@ -5,28 +5,29 @@ and ``trial`` columns), ``aggregate.csv`` (mean/std/min/max per experiment and r
 runs themselves under ``runs/<experiment>/trial_<i>/``, each an ordinary run folder.
 
 Trial ``i`` uses seed ``seed + i`` (init, data order and pruning seeds are derived from it), so
-trial 0 equals the single run with the same seed. The controls, random reinitialisation and
-random pruning, branch off the main run's dense round instead of training it again.
+trial 0 equals the single run with the same seed. The controls (random pruning and random
+reinitialisation, by default; ``control_prune``/``control_reinit`` choose others) branch off the
+main run's trained dense round: when it finishes, each control's folder is written with that
+round as its own round 0 (before the main run's own files, so a main run past round 0 always
+has its branches on disk), and every control then continues as an ordinary resume.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from . import checkpoint, rundir
+from . import files, rundir, runs
 from .config import ExperimentConfig, resolve
 from .errors import LotteryError
-from .experiment import Experiment, RunState, derive_seeds, load_data
+from .experiment import Experiment, load_data
 from .plugins import Plugins, get_plugins
 from .specs import DatasetSplits
+from .state import RunState, derive_seeds
 
 MAIN = "imp"
-CONTROLS = {"reinit-random": {"reinit": "random"}, "prune-random": {"prune": "random"}}
 
 
 @dataclass
@@ -41,7 +42,11 @@ def experiments(config: ExperimentConfig, controls: bool) -> dict[str, Experimen
     """The main experiment and, if asked, its controls (skipping one the main run already is)."""
     found = {MAIN: config}
     if controls:
-        for name, change in CONTROLS.items():
+        changes = {
+            "reinit-random": {"reinit": config.control_reinit},
+            "prune-random": {"prune": config.control_prune},
+        }
+        for name, change in changes.items():
             if all(getattr(config, k) == v for k, v in change.items()):
                 continue
             found[name] = config.model_copy(update=change)
@@ -49,11 +54,7 @@ def experiments(config: ExperimentConfig, controls: bool) -> dict[str, Experimen
 
 
 def trial_dir(root: Path, experiment: str, trial: int) -> Path:
-    return root / "runs" / experiment / f"trial_{trial}"
-
-
-def is_group(path: Path) -> bool:
-    return (Path(path) / "runs").is_dir()
+    return Path(root) / rundir.RUNS / experiment / f"trial_{trial}"
 
 
 def run_group(
@@ -69,20 +70,26 @@ def run_group(
         raise LotteryError(f"invalid config: trials must be at least 1 (got {trials})")
     plugins = plugins or get_plugins()
     config = resolve(config, plugins)
+    out = Path(out)
     rundir.check_new(out)
+    rundir.check_writable(out)
     data = load_data(config, plugins)  # before the folder exists: bad data writes nothing
+    Experiment(config, plugins=plugins, data=data).validate()
     rundir.create(out)
-    rundir.write_json(
-        out / "config.json",
-        {
-            "group": {"trials": trials, "controls": controls},
-            "config": config.model_dump(mode="json"),
-            "trial_seeds": {
-                t: {"seed": config.seed + t, **derive_seeds(config.seed + t)} for t in range(trials)
+    with rundir.locked(out):
+        files.write_json(
+            out / rundir.CONFIG,
+            {
+                "group": {"trials": trials, "controls": controls},
+                "config": config.model_dump(mode="json"),
+                "trial_seeds": {
+                    t: {"seed": config.seed + t, **derive_seeds(config.seed + t)}
+                    for t in range(trials)
+                },
             },
-        },
-    )
-    return continue_group(out, progress=progress, plugins=plugins, data=data)
+        )
+        (out / rundir.RUNS).mkdir()
+        return _continue(out, progress, plugins, data)
 
 
 def continue_group(
@@ -92,7 +99,21 @@ def continue_group(
     data: DatasetSplits | None = None,
 ) -> GroupResult:
     """Run whatever the group in ``out`` still lacks: resumes stopped runs, starts missing ones."""
-    plugins = plugins or get_plugins()
+    with rundir.locked(out):
+        return _continue(Path(out), progress, plugins or get_plugins(), data)
+
+
+def read_group_config(out: Path) -> dict:
+    meta = rundir.read_meta(out)
+    group = meta.get("group")
+    if not isinstance(group, dict) or not {"trials", "controls"} <= set(group):
+        raise LotteryError(f"{str(out)!r} is not a lottery trials/controls folder")
+    return meta
+
+
+def _continue(
+    out: Path, progress: bool, plugins: Plugins, data: DatasetSplits | None
+) -> GroupResult:
     meta = read_group_config(out)
     config = ExperimentConfig(**meta["config"])
     trials, controls = meta["group"]["trials"], meta["group"]["controls"]
@@ -101,78 +122,63 @@ def continue_group(
     for trial in range(trials):
         trial_config = config.model_copy(update={"seed": config.seed + trial})
         variants = experiments(trial_config, controls)
-        dense = _run_or_resume(
-            out, MAIN, trial, variants[MAIN], data, plugins, progress, capture=len(variants) > 1
-        )
-        for name, variant in variants.items():
-            if name != MAIN:
-                _run_or_resume(out, name, trial, variant, data, plugins, progress, dense=dense)
+        branches = {
+            name: (trial_dir(out, name, trial), variant)
+            for name, variant in variants.items()
+            if name != MAIN
+        }
+        main = Experiment(variants[MAIN], plugins=plugins, data=data)
+
+        def branch(state: RunState, main: Experiment = main, branches=branches) -> None:
+            if state.next_round == 1:
+                for path, variant in branches.values():
+                    _write_branch(main, state, path, variant, plugins, data)
+
+        _run_or_resume(main, trial_dir(out, MAIN, trial), progress, branch)
+        for path, _ in branches.values():
+            if rundir.kind(path) in ("missing", "empty"):
+                raise LotteryError(
+                    f"{str(path)!r} is missing although the main run is past its dense round; "
+                    "the group folder was changed by hand"
+                )
+            runs.resume(path, progress=progress, plugins=plugins, data=data, complete_ok=True)
         write_tables(out)
-    frame = pd.read_csv(out / "results.csv")
-    return GroupResult(frame, pd.read_csv(out / "aggregate.csv"), out, data.source)
+    frame = pd.read_csv(out / rundir.RESULTS)
+    return GroupResult(frame, pd.read_csv(out / rundir.AGGREGATE), out, data.source)
 
 
-def read_group_config(out: Path) -> dict:
-    path = Path(out) / "config.json"
-    try:
-        meta = json.loads(path.read_text())
-        meta["group"]["trials"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise LotteryError(f"{str(out)!r} is not a lottery trials/controls folder") from None
-    return meta
+def _run_or_resume(experiment: Experiment, path: Path, progress: bool, after_round) -> None:
+    if rundir.kind(path) in ("missing", "empty"):
+        runs.start(experiment, path, progress=progress, after_round=after_round)
+    else:
+        runs.resume(
+            path,
+            progress=progress,
+            plugins=experiment.plugins,
+            data=experiment.data,
+            after_round=after_round,
+            complete_ok=True,
+        )
 
 
-@dataclass
-class DenseRound:
-    """The main run's trained dense round, from which the controls branch."""
-
-    model: dict[str, torch.Tensor]
-    state: RunState
-
-
-def _run_or_resume(
-    root: Path,
-    name: str,
-    trial: int,
+def _write_branch(
+    main: Experiment,
+    state: RunState,
+    path: Path,
     config: ExperimentConfig,
-    data: DatasetSplits,
     plugins: Plugins,
-    progress: bool,
-    capture: bool = False,
-    dense: DenseRound | None = None,
-) -> DenseRound | None:
-    """Run one experiment of the group; returns its dense round when ``capture`` asks for it."""
-    folder = trial_dir(root, name, trial)
-    experiment = Experiment(config, plugins=plugins, data=data)
-    captured: list[DenseRound] = []
-
-    def keep_dense(round_index: int, state: RunState) -> None:
-        if round_index == 0 and capture:
-            assert experiment.model is not None
-            model = {k: v.detach().clone() for k, v in experiment.model.state_dict().items()}
-            captured.append(DenseRound(model, state.copy(next_round=1)))
-
-    if (folder / checkpoint.FILENAME).exists():
-        raw = checkpoint.read(folder)
-        state = checkpoint.restore(experiment, raw)
-        if state.next_round < (experiment.config.rounds or 0):
-            experiment.run(folder, state=state, progress=progress)
-        return None
-    if folder.exists():  # stopped before its first round finished: start it again
-        for child in folder.iterdir():
-            child.unlink()
-    if dense is not None:
-        experiment.build_model()
-        assert experiment.model is not None
-        experiment.model.load_state_dict(dense.model)
-        state = dense.state.copy()
-        if experiment.config.rounds and experiment.config.rounds > 1:
-            experiment.prune(1)
-            experiment.reinitialise(state, 1)
-        experiment.run(folder, state=state, progress=progress)
-        return None
-    experiment.run(folder, progress=progress, on_trained=keep_dense)
-    return captured[0] if captured else None
+    data: DatasetSplits,
+) -> None:
+    """A control's folder holding the main run's trained dense round as its own round 0."""
+    assert main.model is not None
+    if rundir.kind(path) == "run":  # a branch a killed process left: only its own config
+        if rundir.resume_point(path, rundir.read_meta(path)) is not None:
+            return
+        (path / rundir.CONFIG).unlink()
+    control = Experiment(config, plugins=plugins, data=data)
+    model_state = {k: v.detach().clone() for k, v in main.model.state_dict().items()}
+    branched = control.restore(model_state, state.copy())
+    runs.start(control, path, progress=False, state=branched, stop_after=1)
 
 
 def write_tables(root: Path) -> None:
@@ -180,8 +186,8 @@ def write_tables(root: Path) -> None:
     from .report import aggregate
 
     frames = []
-    for folder in sorted((root / "runs").glob("*/trial_*")):
-        path = folder / "results.csv"
+    for folder in sorted((Path(root) / rundir.RUNS).glob("*/trial_*")):
+        path = folder / rundir.RESULTS
         if path.exists():
             frame = pd.read_csv(path)
             frame["experiment"] = folder.parent.name
@@ -190,5 +196,5 @@ def write_tables(root: Path) -> None:
     if not frames:
         return
     combined = pd.concat(frames, ignore_index=True)
-    rundir.write_csv(root / "results.csv", combined)
-    rundir.write_csv(root / "aggregate.csv", aggregate(combined))
+    files.write_csv(Path(root) / rundir.RESULTS, combined)
+    files.write_csv(Path(root) / rundir.AGGREGATE, aggregate(combined))

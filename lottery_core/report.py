@@ -13,7 +13,6 @@ so a report can be made while a long run is still going.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from . import rundir
+from . import files, rundir
 from .errors import LotteryError
 
 if TYPE_CHECKING:
@@ -102,13 +101,8 @@ def read_trial(folder: Path) -> Trial:
     if results.empty:
         raise LotteryError(f"{str(folder)!r} has no finished round yet")
     meta: dict[str, Any] = {}
-    if (folder / "config.json").is_file():
-        try:
-            meta = json.loads((folder / "config.json").read_text())
-        except ValueError as exc:
-            raise LotteryError(
-                f"{str(folder / 'config.json')!r} is not valid JSON ({exc})"
-            ) from None
+    if (folder / rundir.CONFIG).is_file():
+        meta = rundir.read_meta(folder)
     return Trial(
         folder,
         meta,
@@ -120,7 +114,7 @@ def read_trial(folder: Path) -> Trial:
 
 def is_group(folder: Path) -> bool:
     """A trials/controls folder keeps its runs under ``runs/<experiment>/trial_<i>/``."""
-    return (Path(folder) / "runs").is_dir()
+    return rundir.kind(folder) == "group"
 
 
 def _trial_number(folder: Path) -> int:
@@ -135,7 +129,7 @@ def read_group(folder: Path) -> tuple[list[tuple[str, list[Trial]]], list[str]]:
     reported while it is still running.
     """
     notes: list[str] = []
-    names = sorted(p.name for p in (folder / "runs").iterdir() if p.is_dir())
+    names = sorted(p.name for p in (folder / rundir.RUNS).iterdir() if p.is_dir())
     names.sort(key=lambda name: name != MAIN_EXPERIMENT)
     found = []
     for name in names:
@@ -537,7 +531,7 @@ def validation_figure(series: list[Series]) -> Figure:
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    rundir.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    files.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -565,5 +559,5 @@ def write_report(run_dirs: list[Path], out_dir: Path | None = None, tolerance: f
     )
     save_figure(validation_figure(series), out_dir / "validation.png")
     path = out_dir / "report.md"
-    rundir.write_text(path, markdown(series, notes, tolerance))
+    files.write_text(path, markdown(series, notes, tolerance))
     return path

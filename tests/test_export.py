@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from lottery_core import checkpoint, masks
+from lottery_core import checkpoint, masks, runs
 from lottery_core.config import make_config
 from lottery_core.errors import LotteryError
 from lottery_core.experiment import Experiment, derive_seeds
@@ -29,7 +29,8 @@ def run_into(folder: Path, data, **overrides) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        Experiment(make_config(**{**BUDGET, **overrides}), data=data).run(folder, progress=False)
+        experiment = Experiment(make_config(**{**BUDGET, **overrides}), data=data)
+        runs.start(experiment, folder, progress=False)
     finally:
         torch.set_num_threads(threads)
     return folder

@@ -115,6 +115,7 @@ def test_every_hook_is_documented_and_exercised():
 
 
 def test_lifecycle_hooks_see_every_round_and_evaluation(sample_data, tmp_path):
+    from lottery_core import runs
     from lottery_core.config import make_config
     from lottery_core.experiment import Experiment
 
@@ -143,7 +144,8 @@ def test_lifecycle_hooks_see_every_round_and_evaluation(sample_data, tmp_path):
 
     plugins = collect(build_manager(load_entrypoints=False, extra=[Recorder()]))
     config = make_config(dataset="mnist-sample", rounds=2, iterations=100, eval_every=50)
-    Experiment(config, plugins=plugins, data=sample_data).run(tmp_path / "run", progress=False)
+    experiment = Experiment(config, plugins=plugins, data=sample_data)
+    runs.start(experiment, tmp_path / "run", progress=False)
     assert calls == [
         ("on_experiment_start", 2, tmp_path / "run"),
         ("on_round_start", 0, 100.0),
@@ -162,6 +164,7 @@ def test_a_plugin_dataset_and_reinit_policy_drive_a_run(tmp_path):
     """``register_datasets`` and ``register_reinit_policies`` feed the round loop end to end."""
     import torch
 
+    from lottery_core import runs
     from lottery_core.config import make_config
     from lottery_core.experiment import Experiment
     from lottery_core.specs import DatasetSpec, DatasetSplits, ReinitPolicy
@@ -192,7 +195,7 @@ def test_a_plugin_dataset_and_reinit_policy_drive_a_run(tmp_path):
     plugins = collect(build_manager(load_entrypoints=False, extra=[Extras()]))
     config = make_config(dataset="blobs", reinit="flip", rounds=3, iterations=40, eval_every=20,
                          batch_size=30)  # fmt: skip
-    result = Experiment(config, plugins=plugins).run(tmp_path / "run", progress=False)
+    result = runs.start(Experiment(config, plugins=plugins), tmp_path / "run", progress=False)
     assert seen == [1, 2]
     assert result.data_source == "blobs" and result.config.dataset == "blobs"
     assert result.results["test"].iloc[0] > 90  # three well-separated clusters

@@ -12,6 +12,7 @@ import pytest
 import torch
 from matplotlib.collections import PolyCollection
 
+from lottery_core import runs
 from lottery_core.config import make_config
 from lottery_core.errors import LotteryError
 from lottery_core.experiment import Experiment
@@ -39,7 +40,7 @@ def run_into(folder: Path, data, **overrides) -> None:
     torch.set_num_threads(1)
     try:
         config = make_config(**{**BUDGET, **overrides})
-        Experiment(config, data=data).run(folder, progress=False)
+        runs.start(Experiment(config, data=data), folder, progress=False)
     finally:
         torch.set_num_threads(threads)
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lottery_core import LotteryError, run_experiment
+from lottery_core import LotteryError, checkpoint, run_experiment
 from lottery_core.api import resume_experiment
 from lottery_core.errors import RunFailed
 
@@ -65,7 +65,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, cli_env):
     assert pd.read_csv(tmp_path / "cut" / "history.csv")["round"].max() >= done - 1
     assert pd.read_csv(tmp_path / "cut" / "layers.csv")["round"].max() >= done - 1
     assert torch.load(tmp_path / "cut" / "ticket.pt", weights_only=True)["round"] >= done - 1
-    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["next_round"]
+    saved = checkpoint.read(tmp_path / "cut")["next_round"]
     assert saved in (done, done + 1)  # the checkpoint is written before the tables
 
     resumed = run_cli(["run", "--resume", "cut", "--quiet"], tmp_path, cli_env)
@@ -116,12 +116,15 @@ def test_killed_trials_and_controls_resume_to_the_uninterrupted_result(tmp_path,
 def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path, content):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    (run_dir / "config.json").write_text('{"config": {"dataset": "mnist-sample"}}')
     if content is None:
         torch.save({"something": "else"}, run_dir / "checkpoint.pt")
     else:
         (run_dir / "checkpoint.pt").write_bytes(content)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
     with pytest.raises(LotteryError, match="checkpoint"):
         resume_experiment(run_dir, progress=False)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != ".lock"} == before
 
 
 def test_a_diverging_loss_stops_with_round_and_iteration(tmp_path):

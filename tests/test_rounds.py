@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lottery_core import masks
+from lottery_core import masks, runs
 from lottery_core.config import make_config
 from lottery_core.experiment import Experiment, RunState
 from lottery_core.progress import Progress
@@ -99,7 +99,7 @@ def test_late_rewinding_resets_to_the_weights_at_iteration_k(plugins, sample_dat
 def three_rounds(plugins, sample_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "three"
     exp = experiment(plugins, sample_data, test_every_eval=True)
-    return exp.run(out, progress=False)
+    return runs.start(exp, out, progress=False)
 
 
 def test_es_and_accuracies_at_es_follow_from_the_history(three_rounds):
@@ -130,7 +130,7 @@ def test_remaining_and_masks_across_rounds(three_rounds):
 def test_same_seed_same_results_and_another_seed_differs(plugins, sample_data, tmp_path):
     def table(seed, name):
         exp = experiment(plugins, sample_data, seed=seed)
-        return exp.run(tmp_path / name, progress=False).results.drop(columns=["time_s"])
+        return runs.start(exp, tmp_path / name, progress=False).results.drop(columns=["time_s"])
 
     first, second, other = table(3, "a"), table(3, "b"), table(4, "c")
     pd.testing.assert_frame_equal(first, second)
@@ -146,8 +146,10 @@ def test_same_seed_same_results_and_another_seed_differs(plugins, sample_data, t
 def test_a_resumed_run_equals_an_uninterrupted_one(plugins, sample_data, tmp_path):
     from lottery_core.api import resume_experiment
 
-    whole = experiment(plugins, sample_data, rounds=4).run(tmp_path / "whole", progress=False)
-    experiment(plugins, sample_data, rounds=4).run(tmp_path / "cut", progress=False, stop_after=2)
+    whole = runs.start(experiment(plugins, sample_data, rounds=4), tmp_path / "whole",
+                       progress=False)  # fmt: skip
+    runs.start(experiment(plugins, sample_data, rounds=4), tmp_path / "cut", progress=False,
+               stop_after=2)  # fmt: skip
     assert len(pd.read_csv(tmp_path / "cut" / "results.csv")) == 2
     resumed = resume_experiment(tmp_path / "cut", progress=False, plugins=plugins)
     columns = [c for c in whole.results.columns if c != "time_s"]

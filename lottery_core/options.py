@@ -1,0 +1,84 @@
+"""Command-line options generated from the pydantic config: one flag per field, its type,
+description and true default from the field itself, plugin names from the registry."""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import MODEL_FILLED, ExperimentConfig
+from .plugins import Plugins
+
+
+def _base_type(annotation: Any) -> Any:
+    """``int | None`` -> ``int``; a ``Literal`` stays as it is."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0]
+    return annotation
+
+
+def _click_type(name: str, annotation: Any, plugins: Plugins, extra: dict) -> Any:
+    if "plugin" in extra:
+        registry = getattr(plugins, extra["plugin"])
+        return click.Choice(registry.names(), case_sensitive=True)
+    base = _base_type(annotation)
+    if typing.get_origin(base) is typing.Literal:
+        return click.Choice([str(v) for v in typing.get_args(base)], case_sensitive=True)
+    if base is Path:
+        return click.Path(path_type=Path)
+    return {int: int, float: float, str: str}.get(base, str)
+
+
+def _default_text(name: str, value: Any, plugins: Plugins) -> str:
+    """The true default: the field's own, or the model's (shown for the default model)."""
+    if value is not None:
+        return f" [default: {value}]"
+    model = ExperimentConfig.model_fields["model"].default
+    defaults = plugins.models.items.get(model)
+    if name in MODEL_FILLED and defaults is not None:
+        return f" [default: the model's; {model}: {getattr(defaults.defaults, MODEL_FILLED[name])}]"
+    if name == "output_rate":
+        return " [default: the model's; rate / 2]"
+    return ""
+
+
+def config_options(plugins: Plugins) -> list[click.Option]:
+    """One ``click.Option`` per config field; every default is ``None`` so that only flags the
+    user gave override a ``--config`` file."""
+    options = []
+    for name, field in ExperimentConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        description = (field.description or "").rstrip(".")
+        help_text = description + _default_text(name, field.default, plugins)
+        if field.annotation is bool:
+            options.append(
+                click.Option(
+                    [f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text
+                )
+            )
+            continue
+        click_type = _click_type(name, field.annotation, plugins, extra)
+        options.append(click.Option([flag, name], type=click_type, default=None, help=help_text))
+    return options
+
+
+def with_config_options(plugins: Plugins) -> Callable[[click.Command], click.Command]:
+    """Add the generated options to a command."""
+
+    def decorate(command: click.Command) -> click.Command:
+        command.params.extend(config_options(plugins))
+        return command
+
+    return decorate
+
+
+def config_flags(values: dict[str, Any]) -> dict[str, Any]:
+    """The config fields among a command's parsed values."""
+    return {k: v for k, v in values.items() if k in ExperimentConfig.model_fields}

@@ -1,0 +1,140 @@
+"""Starting and resuming one run in its folder: the round loop plus the run folder's writer.
+
+Everything that can be known before training (the data, the batch size against it, the model's
+forward on the data's input shape, a writable ``--out``) is checked before the folder exists. A
+run that fails before its first round finishes removes what it wrote, so the same command can
+simply be run again; after that, every finished round stays and ``--resume`` continues.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import checkpoint, rundir
+from .config import ExperimentConfig
+from .errors import LotteryError
+from .experiment import Experiment, ExperimentResult
+from .plugins import Plugins
+from .specs import DatasetSplits
+from .state import RunState
+
+
+def start(
+    experiment: Experiment,
+    path: Path,
+    progress: bool = True,
+    state: RunState | None = None,
+    stop_after: int | None = None,
+    after_round=None,
+) -> ExperimentResult:
+    """Run ``experiment`` in the new folder ``path``; ``state`` (with the model restored) makes
+    it a branch of another run: its rounds so far are written at once, then it continues."""
+    path = Path(path)
+    experiment.validate()
+    existed = path.exists()
+    rundir.create(path)
+    with rundir.locked(path):
+        if rundir.kind(path) != "empty":  # someone else took it between our check and lock
+            rundir.check_new(path)
+        folder = rundir.RunFolder(path, experiment)
+        try:
+            folder.write_config()
+            experiment.plugins.hook.on_experiment_start(config=experiment.config, run_dir=path)
+            if state is not None:
+                folder.write_round(state)
+        except BaseException:
+            _remove_own(path, existed)
+            raise
+        return _run(experiment, folder, state, progress, stop_after, after_round, existed)
+
+
+def restart(
+    experiment: Experiment, path: Path, progress: bool = True, after_round=None
+) -> ExperimentResult:
+    """A run stopped before its first round finished (only its ``config.json`` is there)."""
+    experiment.validate()
+    folder = rundir.RunFolder(path, experiment)
+    folder.write_config()
+    experiment.plugins.hook.on_experiment_start(config=experiment.config, run_dir=path)
+    return _run(experiment, folder, None, progress, None, after_round, True)
+
+
+def _run(
+    experiment: Experiment,
+    folder: rundir.RunFolder,
+    state: RunState | None,
+    progress: bool,
+    stop_after: int | None,
+    after_round,
+    existed: bool,
+) -> ExperimentResult:
+    def write(current: RunState) -> None:
+        if after_round is not None:
+            after_round(current)
+        folder.write_round(current)
+
+    if state is None:
+        state = experiment.start()
+    try:
+        result = experiment.run(
+            state, progress=progress, stop_after=stop_after, after_round=write, run_dir=folder.path
+        )
+    except BaseException:
+        if state.next_round == 0:
+            _remove_own(folder.path, existed)
+        raise
+    if state.next_round >= (experiment.config.rounds or 0):
+        experiment.plugins.hook.on_experiment_end(results=result.results, run_dir=folder.path)
+    return result
+
+
+def _remove_own(path: Path, existed: bool) -> None:
+    """Undo a start that trained nothing: only the files this run wrote, then the folder."""
+    for name in (*rundir.OWN_FILES, rundir.LOCK):
+        (path / name).unlink(missing_ok=True)
+    rundir.clear_stray_temp_files(path)
+    if not existed:
+        try:
+            path.rmdir()
+        except OSError:
+            pass
+
+
+def experiment_of(
+    meta: dict, plugins: Plugins | None, data: DatasetSplits | None = None
+) -> Experiment:
+    try:
+        config = ExperimentConfig(**meta["config"])
+    except Exception as exc:  # a config.json from a different config schema
+        raise LotteryError(f"config.json holds an unusable config: {exc}".splitlines()[0]) from None
+    return Experiment(config, plugins=plugins, data=data)
+
+
+def resume(
+    path: Path,
+    progress: bool = True,
+    plugins: Plugins | None = None,
+    data: DatasetSplits | None = None,
+    after_round=None,
+    complete_ok: bool = False,
+) -> ExperimentResult:
+    """Continue the run in ``path`` from its last finished round (verified checkpoint)."""
+    path = Path(path)
+    if rundir.kind(path) != "run":
+        raise LotteryError(f"{str(path)!r} is not a lottery run folder")
+    with rundir.locked(path):
+        rundir.clear_stray_temp_files(path)
+        meta = rundir.read_meta(path)
+        body = rundir.resume_point(path, meta)
+        experiment = experiment_of(meta, plugins, data)
+        if body is None:
+            return restart(experiment, path, progress, after_round)
+        model_state, state = checkpoint.state_of(body)
+        experiment.restore(model_state, state)
+        if state.next_round >= (experiment.config.rounds or 0):
+            if complete_ok:
+                return experiment.result(state, path)
+            raise LotteryError(f"{str(path)!r} is already complete ({state.next_round} rounds)")
+        folder = rundir.RunFolder(path, experiment)
+        folder.meta = meta  # the folder's own record stays as it was written
+        return _run(experiment, folder, state, progress, None, after_round, True)
