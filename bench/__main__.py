@@ -1,19 +1,18 @@
 """``python -m bench``: the training-step benchmark. ``--quick`` runs it at a tiny size.
 
-Sections: (1) step overhead of the framework's round loop against a bare PyTorch loop with the
-same model and masks, LeNet-300-100 at batch 60, at 100%, ~21% and ~3.6% of weights remaining;
-(2) the framework against the usual torchvision Dataset + DataLoader loop; (3) the compute floor;
+Sections: (1-2) LeNet-300-100 at batch 60, at 100%, ~21% and ~3.6% of weights remaining: the
+framework's ``train_round`` step against a bare PyTorch loop with the same ``torch.nn.utils.prune``
+pre-hooks, and against the usual torchvision Dataset + DataLoader loop; (3) the compute floor;
 (4) the share of a round spent evaluating at eval_every=100, and a 50K-iteration round
-extrapolated from a measured shorter one; (5) the same ratios for Conv-2 on CIFAR-10-shaped
-data; (6) the peak memory of a default CLI run.
+extrapolated from a measured shorter one; (5) the same comparisons for Conv-2 on CIFAR-10-shaped
+data; (6) the peak memory of a default CLI run. The last lines name the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import os
-import platform
+import math
 import statistics
 import sys
 import tempfile
@@ -21,21 +20,19 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lottery_core import onednn
+from lottery_core.training import default_threads
 
 from . import data as bdata
 from . import floor, rounds, steps
-from .report import Row, read_values, render, write_json
+from .report import Row, machine, machine_lines, read_values, render, write_json
 
 PRUNINGS = {"100%": 0, "21%": 7, "3.6%": 15}  # layerwise magnitude prunings to reach each level
 OVERHEAD_TARGET = ("<=", 1.10)
 LOADER_TARGET = (">=", 4.0)
 EVAL_SHARE_TARGET = ("<=", 15.0)
-LIBRARIES = {"blas": "torch.mm (BLAS: MKL)", "onednn": "oneDNN's linear"}
 
 
 @dataclass(frozen=True)
@@ -89,9 +86,8 @@ class StepResults:
     """Sections 1-2 (or 5) for one model, and what the floor section needs."""
 
     rows: list[Row]
-    step_s: float
-    dense: nn.Module  # a plain copy of the model at 100% remaining
-    ours: nn.Module  # the framework's model, re-parametrised (pruned to the last level)
+    step_s: float  # our step at 100% remaining (median)
+    dense: nn.Module  # a bare copy of the framework's model at 100% remaining
 
 
 def step_section(
@@ -105,55 +101,58 @@ def step_section(
     levels: tuple[str, ...],
     workers: tuple[int, ...],
 ) -> StepResults:
-    """Our step against the bare loop at each sparsity level, then (dense) against the
+    """Our step against the bare loop at each sparsity level and, at 100%, against the
     DataLoader loop; each comparison interleaves its variants with ours, repeat by repeat."""
+    assert levels[0] == "100%", "the DataLoader loop and the floor are timed at 100%"
     key = "" if model == "lenet_fc" else f"{model}_"
+    add = functools.partial(Row, title)
     ours = steps.FrameworkStep(model, dataset, bdata.with_small_eval(data, 1), n_steps)
-    lr = ours.experiment.config.lr
+    lr = ours.settings.lr
     probe = max(1, n_steps // 20)
+    threads = steps.thread_choices()
     rows: list[Row] = []
+    shown: dict[str, list[float]] = {}
+    ours_times: list[float] = []
+    speedup = math.nan
     dense: nn.Module = nn.Identity()
-    bare_times: dict[str, list[float]] = {"ours": []}
     for level in levels:
         remaining = ours.prune_until(PRUNINGS[level])
         log(f"{model}: {remaining:.1f}% remaining")
-        dense = steps.bare_copy(ours.experiment.model) if level == "100%" else dense
-        runners = {
-            f"bare loop step, {style}, {_threads(t)}": steps.bare_runner(
-                steps.bare_copy(ours.experiment.model, style), data, n_steps, lr, t
+        bare = {
+            f"bare loop step, {_threads(t)}": steps.bare_runner(
+                steps.bare_copy(ours.model), data, n_steps, lr, t
             )
-            for style in steps.STYLES
-            for t in steps.thread_choices()
+            for t in threads
         }
-        times = steps.interleave({"ours": ours, **runners}, repeats, [list(runners)], probe)
-        ratio = steps.paired_ratio(times["ours"], steps.best_of(times, list(runners)))
-        label = f"our step / bare loop (its best style and threads), {remaining:.1f}% remaining"
-        rows.append(Row(title, f"{key}overhead_{level}", label, ratio, "x", OVERHEAD_TARGET))
-        label = "  intra-op threads our step ended on (chosen by speed)"
-        rows.append(Row(title, f"{key}threads_{level}", label, ours.threads(), ""))
-        if level == "100%":
-            bare_times = times
-    log(f"{model}: DataLoader loop")
-    loaders = {
-        f"DataLoader step, {w} workers, {_threads(t)}": steps.dataloader_runner(
-            steps.bare_copy(ours.experiment.model, steps.STYLES[1]), images, n_steps, lr, w, t
-        )
-        for w in workers
-        for t in steps.thread_choices()
-    }
-    times = steps.interleave({"ours": ours, **loaders}, repeats, [list(loaders)], probe)
-    step_s = statistics.median(bare_times["ours"] + times["ours"])
-    add = functools.partial(Row, title)
+        times = steps.interleave({"ours": ours, **bare}, repeats, list(bare), probe)
+        ratio = steps.paired_ratio(times["ours"], steps.best_of(times, list(bare)))
+        label = f"our step / bare loop (faster thread count), {remaining:.1f}% remaining"
+        rows.append(add(f"{key}overhead_{level}", label, ratio, "x", OVERHEAD_TARGET))
+        if level != "100%":
+            continue
+        dense = steps.bare_copy(ours.model)
+        log(f"{model}: DataLoader loop")
+        loaders = {
+            f"DataLoader step, {w} workers, {_threads(t)}": steps.dataloader_runner(
+                steps.bare_copy(ours.model), images, n_steps, lr, w, t
+            )
+            for w in workers
+            for t in threads
+        }
+        loaded = steps.interleave({"ours": ours, **loaders}, repeats, list(loaders), probe)
+        speedup = steps.paired_ratio(steps.best_of(loaded, list(loaders)), loaded["ours"])
+        ours_times = times["ours"] + loaded["ours"]
+        shown = {**times, **loaded}
+    target = LOADER_TARGET if model == "lenet_fc" else None
+    label = "DataLoader loop (best variant) / our step: our speed-up, 100% remaining"
+    rows.append(add(f"{key}datapath", label, speedup, "x", target))
+    step_s = statistics.median(ours_times)
     rows.append(add(f"{key}step_ms", "our step, 100% remaining (median)", 1e3 * step_s, "ms"))
-    for name, values in [*bare_times.items(), *times.items()]:
+    for name, values in shown.items():
         value = steps.median(values)
         if name != "ours" and value == value:  # a setting that sat out every repeat: no row
-            rows.append(add(f"{key}{_slug(name)}_ms", name, 1e3 * value, "ms"))
-    speedup = steps.paired_ratio(steps.best_of(times, list(loaders)), times["ours"])
-    target = LOADER_TARGET if model == "lenet_fc" else None
-    label = "DataLoader loop (best) / our step: our speed-up"
-    rows.append(add(f"{key}datapath", label, speedup, "x", target))
-    return StepResults(rows, step_s, dense, ours.experiment.model)
+            rows.append(add(f"{key}{_slug(name)}_ms", f"  {name}", 1e3 * value, "ms"))
+    return StepResults(rows, step_s, dense)
 
 
 def fixed_cost_rows(
@@ -185,55 +184,22 @@ def _slug(name: str) -> str:
 def floor_rows(
     title: str, key: str, models: StepResults, data, size: int, repeats: int
 ) -> list[Row]:
-    """The step's FLOPs against the measured matmul rate and against its own kernels."""
+    """The step's FLOPs against the measured torch.mm rate and against its own kernels."""
     x, y = data.train_x[: steps.BATCH], data.train_y[: steps.BATCH]
     flops = floor.step_flops(models.dense, x, y)
     repeats = min(repeats, 3)  # medians of rates: 3 samples suffice
-    rates = floor.matmul_rates(size, repeats)
-    rate = max(rates.values())
-    kernels = floor.kernel_replay_times(models.ours, x, y, repeats)
-    step_s = models.step_s
+    rate = floor.matmul_rate(size, repeats)
+    kernels = floor.kernel_replay_time(models.dense, x, y, repeats)
+    add = functools.partial(Row, title)
     return [
-        Row(
-            title,
-            f"{key}flops",
-            "matmul/conv work per step (forward + backward)",
-            flops / 1e6,
-            "MFLOP",
-        ),
-        Row(
-            title,
-            f"{key}mm_rate",
-            f"measured fp32 matmul rate ({size}x{size}, best library and threads)",
-            rate / 1e9,
-            "GFLOP/s",
-        ),
-        *(
-            Row(title, f"{key}mm_rate_{name}", f"  through {LIBRARIES[name]}", per / 1e9, "GFLOP/s")
-            for name, per in rates.items()
-        ),
-        Row(
-            title,
-            f"{key}floor_ratio",
-            "our step / hardware floor (FLOPs / matmul rate)",
-            step_s / (flops / rate),
-            "x",
-        ),
-        Row(
-            title,
-            f"{key}kernel_ratio",
-            "our step / its own GEMM+conv kernels replayed (best)",
-            step_s / min(kernels.values()),
-            "x",
-        ),
-        Row(
-            title,
-            f"{key}kernel_ratio_1",
-            "our step / its own GEMM+conv kernels on 1 thread",
-            step_s / kernels[1],
-            "x",
-        ),
-    ]
+        add(f"{key}flops", "matmul/conv work per step (forward + backward)", flops / 1e6, "MFLOP"),
+        add(f"{key}mm_rate", f"measured fp32 torch.mm rate ({size}x{size}, faster thread count)",
+            rate / 1e9, "GFLOP/s"),
+        add(f"{key}floor_ratio", "our step / hardware floor (FLOPs / torch.mm rate)",
+            models.step_s / (flops / rate), "x"),
+        add(f"{key}kernel_ratio", "our step / its own matmul+conv kernels replayed",
+            models.step_s / kernels, "x"),
+    ]  # fmt: skip
 
 
 def eval_rows(data, size: Sizes, model: nn.Module, rate: float) -> list[Row]:
@@ -242,54 +208,30 @@ def eval_rows(data, size: Sizes, model: nn.Module, rate: float) -> list[Row]:
     round_50k, share_50k = share.extrapolated()
     val_s = (share.eval_s - share.end_eval_s) / (share.iterations // 100)
     val_flops = floor.forward_flops(model, data.val_x)
-    alone = share.alone
-    title = "4. evaluation, LeNet-300-100, eval_every=100 (5K val, 10K test)"
+    add = functools.partial(Row, "4. evaluation, LeNet-300-100, eval_every=100 (5K val, 10K test)")
     return [
-        Row(
-            title,
-            "val_pass_ms",
-            f"one validation pass ({data.val_x.shape[0]:,} images), in a round",
-            1e3 * val_s,
-            "ms",
-        ),
-        Row(
-            title,
-            "val_pass_floor",
-            "  validation pass / its floor (forward FLOPs / matmul rate)",
-            val_s / (val_flops / rate),
-            "x",
-        ),
-        Row(
-            title,
-            "val_pass_onednn_ms",
-            "  one validation pass alone, linear layers on oneDNN (as in a round)",
-            1e3 * alone["onednn"],
-            "ms",
-        ),
-        Row(
-            title,
-            "val_pass_blas_ms",
-            "  one validation pass alone, torch's own linear (BLAS)",
-            1e3 * alone["blas"],
-            "ms",
-        ),
-        Row(
-            title,
-            "eval_share_measured",
+        add("val_pass_ms", f"one validation pass ({data.val_x.shape[0]:,} images), in a round",
+            1e3 * val_s, "ms"),
+        add("val_pass_floor", "  validation pass / its floor (forward FLOPs / torch.mm rate)",
+            val_s / (val_flops / rate), "x"),
+        add("eval_share_measured",
             f"share of a measured {share.iterations}-iteration round spent evaluating",
-            100 * share.share,
-            "%",
-        ),
-        Row(
-            title,
-            "eval_share_50k",
-            "share of a 50K-iteration round (extrapolated)",
-            100 * share_50k,
-            "%",
-            EVAL_SHARE_TARGET,
-        ),
-        Row(title, "round_50k_s", "one 50K-iteration round (extrapolated)", round_50k, "s"),
-    ]
+            100 * share.share, "%"),
+        add("eval_share_50k", "share of a 50K-iteration round (extrapolated)", 100 * share_50k,
+            "%", EVAL_SHARE_TARGET),
+        add("round_50k_s", "one 50K-iteration round (extrapolated)", round_50k, "s"),
+    ]  # fmt: skip
+
+
+def memory_rows(size: Sizes) -> list[Row]:
+    rss, imports = rounds.peak_rss_mib(size.rss_rounds, size.rss_iterations)
+    add = functools.partial(Row, "6. memory")
+    command = f"cli.py run --dataset mnist-sample --rounds {size.rss_rounds} --iterations"
+    return [
+        add("peak_rss_mib", f"peak RSS, {command} {size.rss_iterations}", rss, "MiB"),
+        add("import_rss_mib", "  of which: importing torch, torchvision, pandas, ...", imports,
+            "MiB"),
+    ]  # fmt: skip
 
 
 def run(size: Sizes) -> list[Row]:
@@ -310,9 +252,8 @@ def run(size: Sizes) -> list[Row]:
         )
         rows += fc.rows
         log("compute floor")
-        lenet_floor = floor_rows(
-            "3. compute floor, LeNet-300-100 step", "", fc, lenet, size.matmul_size, size.repeats
-        )
+        title = "3. compute floor, LeNet-300-100 step"
+        lenet_floor = floor_rows(title, "", fc, lenet, size.matmul_size, size.repeats)
         rows += lenet_floor
         log("evaluation share")
         rate = next(r.value for r in lenet_floor if r.key == "mm_rate") * 1e9
@@ -338,41 +279,8 @@ def run(size: Sizes) -> list[Row]:
         log("conv2 compute floor")
         rows += floor_rows(title, "conv2_", conv, cifar_shape, size.matmul_size, size.conv_repeats)
     log("peak memory")
-    rss, imports = rounds.peak_rss_mib(size.rss_rounds, size.rss_iterations)
-    rows += [
-        Row(
-            "6. memory",
-            "peak_rss_mib",
-            f"peak RSS, cli.py run --dataset mnist-sample --rounds "
-            f"{size.rss_rounds} --iterations {size.rss_iterations}",
-            rss,
-            "MiB",
-        ),
-        Row(
-            "6. memory",
-            "import_rss_mib",
-            "of which: importing torch, torchvision, pandas, ...",
-            imports,
-            "MiB",
-        ),
-    ]
+    rows += memory_rows(size)
     return rows
-
-
-def cpu_name() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what ``platform`` says."""
-    return onednn.cpu_info("model name") or platform.processor() or "unknown CPU"
-
-
-def machine() -> str:
-    """The facts a figure depends on: the CPU, its vector width as torch sees it, and which
-    library runs the linear layers' GEMMs (``lottery_core.onednn.preferred``)."""
-    gemms = "oneDNN" if onednn.preferred() else "torch's BLAS"
-    return (
-        f"CPU: {cpu_name()} ({onednn.cpu_vendor() or 'vendor unknown'}, "
-        f"{os.cpu_count()} cores, torch capability {torch.backends.cpu.get_cpu_capability()}); "
-        f"linear layers' GEMMs on {gemms}"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,24 +291,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", type=Path, help="an earlier --json file: adds a column")
     args = parser.parse_args(argv)
     size = sizes(args.quick, args.repeats)
+    before = read_values(args.compare) if args.compare else None  # a bad file fails first
     started = time.perf_counter()
     rows = run(size)
     elapsed = time.perf_counter() - started
-    before = read_values(args.compare) if args.compare else None
+    facts = machine(default_threads(), steps.thread_choices())
     print(render(rows, before))
-    print(
-        f"\nbenchmark took {elapsed:.0f} s; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads by default, {platform.machine()}\n{machine()}"
-    )
+    print(f"\nbenchmark took {elapsed:.0f} s\n{machine_lines(facts)}")
     if args.json:
-        meta = {
-            "argv": sys.argv[1:],
-            "seconds": elapsed,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "machine": machine(),
-            "sizes": asdict(size),
-        }
+        meta = {"argv": sys.argv[1:], "seconds": elapsed, "sizes": asdict(size), **facts}
         write_json(args.json, rows, meta)
     return 0
 

@@ -1,11 +1,16 @@
-"""The printed table: one row per measurement, with its target and PASS/MISS where it has one."""
+"""The printed table (one row per measurement, with its target and PASS/FAIL where it has one),
+its JSON form, and the lines that name the machine."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import torch
 
 
 @dataclass
@@ -25,7 +30,7 @@ class Row:
             return ""
         op, bound = self.target
         ok = self.value <= bound if op == "<=" else self.value >= bound
-        return "PASS" if ok else "MISS"
+        return "PASS" if ok else "FAIL"
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -80,3 +85,35 @@ def write_json(path: Path, rows: list[Row], meta: dict) -> None:
 def read_values(path: Path) -> dict[str, float]:
     """The ``values`` of an earlier ``--json`` file, for the ``before`` column."""
     return json.loads(Path(path).read_text())["values"]
+
+
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's ``model name`` from ``/proc/cpuinfo`` (Linux), else what ``platform`` says."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "cpu model") and value.strip():
+                return " ".join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine(threads: int, baseline_threads: list[int]) -> dict:
+    """What a figure depends on: the CPU, its core count, torch, and the thread counts used."""
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count() or 0,
+        "torch": torch.__version__,
+        "threads": threads,
+        "baseline_threads": baseline_threads,
+    }
+
+
+def machine_lines(facts: dict) -> str:
+    choices = ", ".join(str(t) for t in facts["baseline_threads"])
+    return (
+        f"CPU: {facts['cpu']}, {facts['cores']} cores\n"
+        f"torch {facts['torch']}; our step on {facts['threads']} threads (the config's default, "
+        f"one per core); the baselines on the faster of {choices} threads"
+    )

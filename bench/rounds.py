@@ -12,11 +12,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lottery_core import onednn, training
+from lottery_core import training
 from lottery_core.config import make_config
 from lottery_core.experiment import Experiment
 from lottery_core.progress import Progress
 from lottery_core.specs import DatasetSplits
+
+from .steps import num_threads
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_ITERATIONS = 50_000
@@ -30,7 +32,6 @@ class EvalShare:
     round_s: float
     eval_s: float
     end_eval_s: float
-    alone: dict[str, float]  # one validation pass by itself, per linear-layer library
 
     @property
     def share(self) -> float:
@@ -55,10 +56,10 @@ def _timed_evaluate(test_x) -> Iterator[dict[str, float]]:
     original = training.evaluate
     spent = {"all": 0.0, "test": 0.0}
 
-    def timed(model, x, y, *args, **kwargs):
+    def timed(model, x, y):
         start = time.perf_counter()
         try:
-            return original(model, x, y, *args, **kwargs)
+            return original(model, x, y)
         finally:
             elapsed = time.perf_counter() - start
             spent["all"] += elapsed
@@ -73,7 +74,8 @@ def _timed_evaluate(test_x) -> Iterator[dict[str, float]]:
 
 
 def eval_share(data: DatasetSplits, iterations: int, eval_every: int, repeats: int) -> EvalShare:
-    """Time whole LeNet-300-100 rounds of ``iterations`` through ``Experiment.train``."""
+    """Time whole LeNet-300-100 rounds of ``iterations`` through ``Experiment.train``, on the
+    config's thread count (as ``Experiment.run`` sets it)."""
     config = make_config(
         model="lenet_fc",
         dataset="mnist",
@@ -87,35 +89,18 @@ def eval_share(data: DatasetSplits, iterations: int, eval_every: int, repeats: i
     state = experiment.start()
     progress = Progress(iterations, enabled=False)
     rounds, evals, ends = [], [], []
-    for repeat in range(repeats + 1):
-        with _timed_evaluate(experiment.data.test_x) as spent:
-            start = time.perf_counter()
-            experiment.train(state, 1, progress)
-            elapsed = time.perf_counter() - start
-        if repeat:  # the first round is a warm-up
-            rounds.append(elapsed)
-            evals.append(spent["all"])
-            ends.append(spent["test"])
-    median = statistics.median
-    alone = val_pass_times(experiment.model, experiment.data, repeats)
-    return EvalShare(iterations, median(rounds), median(evals), median(ends), alone)
-
-
-def val_pass_times(model, data: DatasetSplits, repeats: int) -> dict[str, float]:
-    """Median seconds of one validation pass of the framework's ``model`` with its linear
-    layers on oneDNN and on torch's own linear, interleaved, on torch's thread count."""
-    samples: dict[str, list[float]] = {"onednn": [], "blas": []}
-    enabled = onednn.ENABLED
-    try:
-        for _ in range(3 * repeats + 1):
-            for name in samples:
-                onednn.ENABLED = name == "onednn"
+    with num_threads(experiment.config.threads):  # type: ignore[arg-type]
+        for repeat in range(repeats + 1):
+            with _timed_evaluate(experiment.data.test_x) as spent:
                 start = time.perf_counter()
-                training.evaluate(model, data.val_x, data.val_y)
-                samples[name].append(time.perf_counter() - start)
-    finally:
-        onednn.ENABLED = enabled
-    return {name: statistics.median(values[1:]) for name, values in samples.items()}
+                experiment.train(state, 1, progress)
+                elapsed = time.perf_counter() - start
+            if repeat:  # the first round is a warm-up
+                rounds.append(elapsed)
+                evals.append(spent["all"])
+                ends.append(spent["test"])
+    median = statistics.median
+    return EvalShare(iterations, median(rounds), median(evals), median(ends))
 
 
 _MEASURE_CHILD = (
