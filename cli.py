@@ -91,6 +91,9 @@ def build_cli(plugins: Plugins) -> click.Group:
             click.echo(json.dumps(rows, indent=2))
             return
         for row in rows:
+            if row["broken"]:
+                click.echo(f"{row['name']}  ({row['origin']}) BROKEN: {row['broken']}")
+                continue
             click.echo(f"{row['name']}  ({row['origin']}; module {row['module']})")
             for item in row["registers"]:
                 click.echo(f"    registers {item}")

@@ -9,7 +9,7 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 from .api import resume_experiment, run_experiment
 from .config import ExperimentConfig, make_config
-from .errors import LotteryError
+from .errors import LotteryError, PluginError
 from .experiment import Experiment, ExperimentResult
 from .hookspecs import hookimpl
 from .plugins import get_plugins
@@ -20,6 +20,7 @@ from .specs import (
     DatasetSplits,
     ModelDefaults,
     ModelSpec,
+    PruningContext,
     PruningStrategy,
     ReinitContext,
     ReinitPolicy,
@@ -36,6 +37,8 @@ __all__ = [
     "LotteryError",
     "ModelDefaults",
     "ModelSpec",
+    "PluginError",
+    "PruningContext",
     "PruningStrategy",
     "ReinitContext",
     "ReinitPolicy",

@@ -59,6 +59,17 @@ class ExperimentConfig(BaseModel):
         description="layerwise: each layer loses its own rate; global: one threshold for all.",
     )
     reinit: str = _plugin("reinits", "rewind", "What the survivors start the next round from.")
+    prune_at: Literal["imp", "init"] = Field(
+        default="imp",
+        description="imp: prune the trained weights after each round; init: prune at θ0, each "
+        "round to the sparsity IMP would reach there, then train once.",
+    )
+    init_steps: int = Field(
+        default=1,
+        ge=1,
+        description="With --prune-at init: pruning steps without training to reach a round's "
+        "sparsity (1: one shot; SynFlow iterates, e.g. 100).",
+    )
     rate: float | None = _fraction(
         "Fraction of surviving fc weights pruned per round (global scope: of all weights)."
     )
@@ -110,8 +121,14 @@ class ExperimentConfig(BaseModel):
         return value
 
     def identity(self) -> dict[str, Any]:
-        """The settings that change what is computed (not where it is stored or run)."""
-        return self.model_dump(mode="json", exclude=NOT_IDENTITY)
+        """The settings that change what is computed (not where it is stored or run). Fields
+        added after the first release count only when set away from their default, so the
+        names of earlier runs stay as they were."""
+        values = self.model_dump(mode="json", exclude=NOT_IDENTITY)
+        for name in ADDED_LATER:
+            if values.get(name) == type(self).model_fields[name].default:
+                values.pop(name)
+        return values
 
     def short_hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True).encode()
@@ -130,6 +147,7 @@ NOT_IDENTITY = {
     "out", "device", "data_dir", "download", "threads", "control_prune", "control_reinit"
 }  # fmt: skip
 LAYERWISE_ONLY = ("conv_rate", "output_rate")
+ADDED_LATER = ("prune_at", "init_steps")
 
 
 def _explain(error: ValidationError) -> str:
@@ -230,6 +248,10 @@ def resolve(config: ExperimentConfig, plugins: Plugins) -> ExperimentConfig:
         raise LotteryError(f"model {config.model!r} names no default dataset; give --dataset")
     plugins.datasets.get(values["dataset"])
     resolved = ExperimentConfig(**values)
+    if resolved.prune_at == "init" and resolved.rewind_iter:
+        raise LotteryError(
+            "invalid config: --prune-at init prunes and trains from θ0; drop --rewind-iter"
+        )
     if resolved.rewind_iter >= resolved.iterations:  # type: ignore[operator]
         raise LotteryError(
             f"invalid config: rewind_iter ({resolved.rewind_iter}) must be below "

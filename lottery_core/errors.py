@@ -15,10 +15,25 @@ class LotteryError(Exception):
     exit_code = 2
 
 
+class PluginError(LotteryError):
+    """A plugin raised, or handed the core something it cannot use: one line naming the plugin
+    and the name it registered, exit 2, and every finished round kept."""
+
+
 class RunFailed(LotteryError):
     """A run stopped for a reason found while training (a diverging loss, memory)."""
 
     exit_code = 1
+
+
+class WriteFailed(RunFailed):
+    """A file could not be written (a full disk, a read-only file system...): the message names
+    the file and the reason; the file it would have replaced is left as it was."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"could not write {str(path)!r}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
 
 
 class Interrupted(Exception):

@@ -20,11 +20,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import masks
+from . import guards, masks
 from .config import ExperimentConfig, resolve
-from .errors import Interrupted, LotteryError, RunFailed
+from .errors import Interrupted, LotteryError, PluginError, RunFailed
 from .plugins import Plugins, get_plugins
 from .progress import Progress
+from .pruning import prune_round
 from .specs import DataRequest, DatasetSplits, ReinitContext
 from .state import RunState, derive_seeds, round_generator
 from .training import NonFiniteLoss, TrainSettings, train_round, use_threads
@@ -64,7 +65,9 @@ def load_data(config: ExperimentConfig, plugins: Plugins) -> DatasetSplits:
         validation_size=config.validation_size,
         download=config.download,
     )
-    data = spec.load(request)
+    who = plugins.datasets.who(spec.name)
+    data = guards.call(who, "loading", spec.load, request)
+    data = guards.check_splits(who, data, config.validation_size)
     if not data.name:
         data.name = spec.name
     return data
@@ -142,17 +145,27 @@ class Experiment:
                 f"--batch-size {self.config.batch_size} is larger than the {n} training "
                 f"examples of {self.config.dataset!r}"
             )
-        model = self.fresh_model(self.seeds["init"])
-        masks.prunable_layers(model)
+        who = self.plugins.models.who(self.config.model)
+        with guards.blame(who, f"building for input shape {tuple(data.input_shape)}"):
+            model = self.fresh_model(self.seeds["init"])
+        try:
+            masks.prunable_layers(model)
+        except LotteryError as exc:
+            raise PluginError(f"{who}: {exc}") from None
         try:
             with torch.no_grad():
-                model.eval()(data.train_x[:2])
+                out = model.eval()(data.train_x[:2])
         except Exception as exc:  # a model that cannot take this input: name both
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise LotteryError(
-                f"model {self.config.model!r} does not run on dataset {self.config.dataset!r} "
-                f"(input shape {tuple(data.input_shape)}): {first}"
+            raise PluginError(
+                f"{who} does not run on dataset {self.config.dataset!r} (input shape "
+                f"{tuple(data.input_shape)}): {guards.describe_error(exc)}"
             ) from None
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, data.num_classes):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise PluginError(
+                f"{who} returns {shape} for 2 inputs of dataset {self.config.dataset!r}; "
+                f"expected (2, {data.num_classes}) logits"
+            )
 
     def start(self) -> RunState:
         """A fresh model (θ0 from the init seed) and an empty state."""
@@ -184,32 +197,37 @@ class Experiment:
         c = self.config
         return masks.layer_rates(self.layers, c.rate, c.conv_rate, c.output_rate)  # type: ignore[arg-type]
 
-    def prune(self, round_index: int) -> None:
-        """Prune the lowest-scoring survivors, as the strategy ranks them, in place."""
-        current = masks.current_masks(self.layers)
-        generator = round_generator(self.seeds["pruning"], round_index)
-        scores = self.strategy.scores(masks.effective_weights(self.layers), generator)
-        if self.config.scope == "global":
-            new = masks.global_masks(scores, current, self.config.rate)  # type: ignore[arg-type]
-        else:
-            new = masks.layerwise_masks(scores, current, self.rates())
-        masks.apply_masks(self.layers, new)
+    def prune(self, state: RunState, round_index: int) -> None:
+        """Prune for ``round_index`` with the strategy, in place (``lottery_core.pruning``)."""
+        prune_round(self, state, round_index)
 
     def reinitialise(self, state: RunState, round_index: int) -> None:
-        """Set the survivors' starting values for ``round_index`` with the reinit policy."""
+        """Set the survivors' starting values for ``round_index`` with the reinit policy,
+        which must write ``ctx.parameters`` in place (checked)."""
+        who = self.plugins.reinits.who(self.reinit.name)
+        live = self.parameters()
+        given = {k: v.data for k, v in live.items()}
+        layer_masks = masks.current_masks(self.layers)
+        survivors = {f"{name}.weight_orig": mask for name, mask in layer_masks.items()}
         context = ReinitContext(
-            parameters={k: v.data for k, v in self.parameters().items()},
+            parameters=dict(given),
             rewind_state=state.rewind_state,
             fresh_parameters=self.fresh_parameters,
             generator=round_generator(self.seeds["reinit"], round_index),
             round_index=round_index,
+            initial_state=state.initial_state,
+            masks=layer_masks,
+            kinds={layer.name: layer.kind for layer in self.layers},
         )
-        self.reinit.apply(context)
+        before = {k: (v.device, v.dtype, tuple(v.shape)) for k, v in live.items()}
+        returned = guards.call(who, f"reinitialising round {round_index}", self.reinit.apply,
+                               context)  # fmt: skip
+        guards.check_reinit(who, returned, given, context.parameters, live, before, survivors)
         for layer in self.layers:
             masks.refresh_weight(layer)
         masks.check_pruned_are_zero(self.layers)
         if self.reinit.rewinds:
-            check_rewound(self.parameters(), state.rewind_state, self.layers)
+            check_rewound(self.parameters(), state.rewind_state, self.layers, who)
 
     def settings(self, round_index: int) -> TrainSettings:
         c = self.config
@@ -225,9 +243,11 @@ class Experiment:
     def train(self, state: RunState, round_index: int, progress: Progress) -> dict:
         """Train one round, record it in ``state`` and return its row of ``results.csv``."""
         assert self.model is not None
-        hook = self.plugins.hook
+        notify = self.plugins.notify
+        self.check_masks(state, round_index)
+        trained_with = masks.current_masks(self.layers)
         remaining = masks.remaining_percent(self.layers)
-        hook.on_round_start(round_index=round_index, remaining=remaining, model=self.model)
+        notify("on_round_start", round_index=round_index, remaining=remaining, model=self.model)
         settings = self.settings(round_index)
         rewind_at = self.config.rewind_iter if round_index == 0 else 0
 
@@ -238,8 +258,11 @@ class Experiment:
         def on_evaluation(row: dict) -> dict:
             progress.describe(round_index, row["val_acc"])
             extra: dict = {}
-            for result in hook.on_evaluation(
-                round_index=round_index, iteration=row["iteration"], metrics=dict(row)
+            for result in notify(
+                "on_evaluation",
+                round_index=round_index,
+                iteration=row["iteration"],
+                metrics=dict(row),
             ):
                 extra.update(result or {})
             return extra
@@ -267,18 +290,40 @@ class Experiment:
             "iterations": settings.iterations - settings.start_iteration,
             "time_s": time.perf_counter() - started,
         }
-        for extra in hook.on_round_end(
-            round_index=round_index, record=dict(record), model=self.model
+        for extra in notify(
+            "on_round_end", round_index=round_index, record=dict(record), model=self.model
         ):
             record.update(extra or {})
+        self.check_unchanged(trained_with, round_index)
         state.records.append(record)
         state.history.extend({"round": round_index, **row} for row in outcome.history)
         state.layers.extend(self.layer_rows(round_index))
-        state.masks[round_index] = {
-            k: v.bool().cpu() for k, v in masks.current_masks(self.layers).items()
-        }
+        state.masks[round_index] = {k: v.bool().cpu() for k, v in trained_with.items()}
         state.next_round = round_index + 1
         return record
+
+    def check_masks(self, state: RunState, round_index: int) -> None:
+        """Masks never regain a one, whoever changed them: under IMP each round's masks are a
+        subset of the previous round's recorded ones."""
+        previous = state.masks.get(round_index - 1)
+        if self.config.prune_at != "imp" or previous is None:
+            return
+        for layer in self.layers:
+            if bool((layer.mask.bool().cpu() & ~previous[layer.name]).any()):
+                raise PluginError(
+                    f"the mask of layer {layer.name} regained a one between rounds "
+                    f"{round_index - 1} and {round_index}: a plugin wrote weight_mask; masks "
+                    "never regain a one"
+                )
+
+    def check_unchanged(self, trained_with: dict[str, torch.Tensor], round_index: int) -> None:
+        """No hook may change the masks while a round trains or is recorded."""
+        for layer in self.layers:
+            if not torch.equal(layer.mask, trained_with[layer.name]):
+                raise PluginError(
+                    f"the mask of layer {layer.name} changed while round {round_index} trained: "
+                    "a plugin hook wrote weight_mask; lifecycle hooks must not change the model"
+                )
 
     def layer_rows(self, round_index: int) -> list[dict]:
         rates = self.rates() if self.config.scope == "layerwise" else {}
@@ -328,7 +373,7 @@ class Experiment:
             with Progress(total, enabled=progress) as bar:
                 for round_index in todo:
                     if round_index > 0:
-                        self.prune(round_index)
+                        self.prune(state, round_index)
                         self.reinitialise(state, round_index)
                     self.train(state, round_index, bar)
                     if after_round is not None:
@@ -400,8 +445,10 @@ def check_rewound(
     parameters: dict[str, torch.Tensor],
     rewind_state: dict[str, torch.Tensor],
     layers: list[masks.PrunableLayer],
+    who: str = "the reinit policy",
 ) -> None:
-    """Invariant: right after rewinding, every survivor and bias equals its rewind value."""
+    """Invariant of a policy that declares ``rewinds``: right after it ran, every survivor and
+    bias equals its rewind value."""
     mask_of = {f"{layer.name}.weight_orig": layer.mask for layer in layers}
     for name, value in parameters.items():
         expected = rewind_state[name]
@@ -409,7 +456,9 @@ def check_rewound(
             mask_of[name] > 0 if name in mask_of else torch.ones_like(value, dtype=torch.bool)
         )
         if not torch.equal(value.detach()[survivors], expected[survivors]):
-            raise RuntimeError(f"invariant broken: {name} differs from its rewind value")
+            raise PluginError(
+                f"{who} declares rewinds=True, but {name} differs from its rewind value"
+            )
 
 
 def versions() -> dict[str, str]:

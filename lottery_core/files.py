@@ -1,13 +1,17 @@
-"""Atomic file writes: a killed process leaves the old file or the new one, never half of one.
+"""Atomic writes: a killed process leaves the old file or the new one, never half of one.
 
-Every file goes through a temporary sibling and ``os.replace``. An ``OSError`` while writing
-(a full disk, a read-only file system) becomes one ``RunFailed`` line naming the file.
+Every file is built in memory, written to a temporary sibling, flushed to disk and renamed into
+place with ``os.replace``. An ``OSError`` while writing (a full disk, a read-only file system, a
+folder where the file should be) becomes one ``RunFailed`` line naming the file and the reason;
+the file it would have replaced is left as it was.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +20,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .errors import RunFailed
+from .errors import WriteFailed
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -36,38 +40,68 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         _discard(tmp)
-        raise RunFailed(f"could not write {str(path)!r}: {exc.strerror or exc}") from None
-    except RuntimeError as exc:  # torch.save reports a failed write as a RuntimeError
-        _discard(tmp)
-        if "write" in str(exc).lower() or "file" in str(exc).lower():
-            raise RunFailed(f"could not write {str(path)!r}: {exc}".splitlines()[0]) from None
-        raise
+        raise WriteFailed(path, reason(exc)) from None
     except BaseException:
         _discard(tmp)
         raise
 
 
+def reason(exc: OSError) -> str:
+    """An ``OSError`` in words: ``No space left on device``, ``Is a directory``..."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 def _discard(tmp: str | None) -> None:
-    if tmp is not None and os.path.exists(tmp):
-        os.unlink(tmp)
+    if tmp is not None:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def write_all(tmp: str, data: bytes) -> None:
+    """``data`` into the file ``tmp``, flushed to the disk (the one place files are written)."""
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: write_all(tmp, data))
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
-    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    write_bytes(path, frame.to_csv(index=False).encode())
 
 
 def write_json(path: Path, value: Any) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as handle:
-            json.dump(value, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
+    write_bytes(path, (json.dumps(value, indent=2, sort_keys=False, default=str) + "\n").encode())
 
-    atomic_write(path, write)
+
+def torch_bytes(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
 
 
 def write_torch(path: Path, value: Any) -> None:
-    atomic_write(path, lambda tmp: torch.save(value, tmp))
+    write_bytes(path, torch_bytes(value))
 
 
 def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    write_bytes(path, text.encode())
+
+
+def keep_copy(source: Path, target: Path) -> None:
+    """Make ``target`` the same file as ``source`` (a hard link, or a copy where links are not
+    supported), atomically: ``target`` is its old self or ``source``'s bytes, never half."""
+
+    def link(tmp: str) -> None:
+        os.unlink(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+    atomic_write(target, link)

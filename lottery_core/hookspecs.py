@@ -1,68 +1,95 @@
 """Every hook a lottery plugin can implement.
 
 Registration hooks take a ``register`` callback that a plugin may call as often as it likes.
-Lifecycle hooks are called with keyword arguments only and let loggers and metric plugins
-observe a run; they must not change the model.
+Lifecycle hooks are called with keyword arguments only (an implementation may take any subset)
+and let loggers and metric plugins observe a run; they must not change the model or its masks
+(the core checks the masks). An exception in any hook is one line naming the hook and the
+plugin; the run's finished rounds stay on disk and ``--resume`` continues them.
+
+Order for one run: ``on_experiment_start``, then per round ``on_round_start``,
+``on_evaluation`` (every ``eval_every`` iterations), ``on_round_end``; ``on_experiment_end``
+after the last round. A resumed run gets ``on_resume`` instead of ``on_experiment_start``.
+Under ``--trials``/``--controls`` each trial runs in turn: the main (``imp``) run's round 0,
+then each control's folder is started from it (``on_experiment_start`` for the control, no
+rounds trained), then the main run's remaining rounds, then each control from round 1 (as a
+resume: ``on_resume`` with ``next_round=1``), then the next trial.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pluggy
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from torch import nn
+
+    from .config import ExperimentConfig
+    from .specs import DatasetSpec, ModelSpec, PruningStrategy, ReinitPolicy
 
 hookspec = pluggy.HookspecMarker("lottery")
 hookimpl = pluggy.HookimplMarker("lottery")
 
 
 @hookspec
-def register_datasets(register: Callable[[Any], None]) -> None:
+def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
     """Called once at start-up: call ``register(DatasetSpec(...))`` for each dataset."""
 
 
 @hookspec
-def register_models(register: Callable[[Any], None]) -> None:
+def register_models(register: Callable[[ModelSpec], None]) -> None:
     """Called once at start-up: call ``register(ModelSpec(...))`` for each architecture."""
 
 
 @hookspec
-def register_pruning_strategies(register: Callable[[Any], None]) -> None:
+def register_pruning_strategies(register: Callable[[PruningStrategy], None]) -> None:
     """Called once at start-up: call ``register(PruningStrategy(...))`` for each strategy."""
 
 
 @hookspec
-def register_reinit_policies(register: Callable[[Any], None]) -> None:
+def register_reinit_policies(register: Callable[[ReinitPolicy], None]) -> None:
     """Called once at start-up: call ``register(ReinitPolicy(...))`` for each policy."""
 
 
 @hookspec
-def on_experiment_start(config: Any, run_dir: Any) -> None:
-    """Called before the first round, with the resolved config and the run folder."""
+def on_experiment_start(config: ExperimentConfig, run_dir: Path) -> None:
+    """Called once when a run's folder is created, before its first round, with the resolved
+    config."""
 
 
 @hookspec
-def on_round_start(round_index: int, remaining: float, model: Any) -> None:
-    """Called before a round trains, with the share of weights remaining (percent)."""
+def on_resume(config: ExperimentConfig, run_dir: Path, next_round: int) -> None:
+    """Called when a stopped run continues from its checkpoint; ``next_round`` is the first
+    round it will train (the rounds before it are already in ``run_dir``)."""
 
 
 @hookspec
-def on_evaluation(round_index: int, iteration: int, metrics: dict) -> dict | None:
+def on_round_start(round_index: int, remaining: float, model: nn.Module) -> None:
+    """Called before a round trains, after pruning, with the share of weights remaining
+    (percent of prunable weights)."""
+
+
+@hookspec
+def on_evaluation(round_index: int, iteration: int, metrics: dict[str, float]) -> dict | None:
     """Called after each validation evaluation.
 
-    ``metrics`` holds ``val_loss`` and ``val_acc``; a plugin may return a dict of extra metrics,
-    which are added to that row of ``history.csv``.
+    ``metrics`` holds ``iteration``, ``train_loss``, ``val_loss`` and ``val_acc``; a plugin may
+    return a dict of extra metrics, which are added to that row of ``history.csv``.
     """
 
 
 @hookspec
-def on_round_end(round_index: int, record: dict, model: Any) -> dict | None:
-    """Called after a round's training and evaluation, before pruning.
+def on_round_end(round_index: int, record: dict[str, float], model: nn.Module) -> dict | None:
+    """Called after a round's training and evaluation, before the round is saved.
 
-    A plugin may return a dict of extra columns for that row of ``results.csv``.
+    ``record`` is the round's row of ``results.csv``; a plugin may return a dict of extra
+    columns for it.
     """
 
 
 @hookspec
-def on_experiment_end(results: Any, run_dir: Any) -> None:
+def on_experiment_end(results: pd.DataFrame, run_dir: Path) -> None:
     """Called once after the last round with the results DataFrame."""

@@ -9,15 +9,13 @@ never stacked in a ``PruningContainer`` (which keeps a full copy each round).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
 from .errors import LotteryError
-
-LayerKind = Literal["conv", "fc", "output"]
+from .specs import LayerKind
 
 
 @dataclass(frozen=True)
@@ -82,30 +80,38 @@ def _lowest(scores: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tenso
     return torch.topk(flat, count, largest=False, sorted=False).indices
 
 
-def layerwise_masks(
-    scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], rates: dict[str, float]
+def survivors_after(alive: int, rate: float, rounds: int) -> int:
+    """Survivors of ``alive`` after ``rounds`` prunings at ``rate``, rounded each time as IMP
+    rounds them: the sparsity pruning at init targets for a round."""
+    for _ in range(rounds):
+        alive -= prune_count(rate, alive)
+    return alive
+
+
+def layerwise_to_counts(
+    scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], keep: dict[str, int]
 ) -> dict[str, torch.Tensor]:
-    """Each layer loses ``rate`` of its own survivors: the lowest-scoring ones."""
+    """Each layer keeps its ``keep[name]`` highest-scoring survivors."""
     new_masks = {}
     for name, mask in masks.items():
-        count = prune_count(rates[name], int(mask.sum().item()))
+        count = int(mask.sum().item()) - keep[name]
         new = mask.clone()
-        if count:
+        if count > 0:
             new.view(-1)[_lowest(scores[name], mask, count)] = 0
         new_masks[name] = new
     return new_masks
 
 
-def global_masks(
-    scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], rate: float
+def global_to_count(
+    scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], keep: int
 ) -> dict[str, torch.Tensor]:
-    """All layers ranked together: the ``rate`` lowest-scoring survivors overall are pruned."""
+    """All layers ranked together: the ``keep`` highest-scoring survivors overall stay."""
     names = list(masks)
     flat_scores = torch.cat([scores[n].detach().flatten().to(torch.float64) for n in names])
     flat_mask = torch.cat([masks[n].flatten() for n in names])
-    count = prune_count(rate, int(flat_mask.sum().item()))
+    count = int(flat_mask.sum().item()) - keep
     new_flat = flat_mask.clone()
-    if count:
+    if count > 0:
         new_flat[_lowest(flat_scores, flat_mask, count)] = 0
     new_masks, start = {}, 0
     for n in names:
@@ -113,6 +119,25 @@ def global_masks(
         new_masks[n] = new_flat[start : start + size].view_as(masks[n])
         start += size
     return new_masks
+
+
+def layerwise_masks(
+    scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], rates: dict[str, float]
+) -> dict[str, torch.Tensor]:
+    """Each layer loses ``rate`` of its own survivors: the lowest-scoring ones."""
+    keep = {}
+    for name, mask in masks.items():
+        alive = int(mask.sum().item())
+        keep[name] = alive - prune_count(rates[name], alive)
+    return layerwise_to_counts(scores, masks, keep)
+
+
+def global_masks(
+    scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], rate: float
+) -> dict[str, torch.Tensor]:
+    """All layers ranked together: the ``rate`` lowest-scoring survivors overall are pruned."""
+    alive = int(sum(int(m.sum().item()) for m in masks.values()))
+    return global_to_count(scores, masks, alive - prune_count(rate, alive))
 
 
 def current_masks(layers: list[PrunableLayer]) -> dict[str, torch.Tensor]:
@@ -132,6 +157,14 @@ def apply_masks(layers: list[PrunableLayer], new_masks: dict[str, torch.Tensor])
         if bool((new > layer.mask).any()):
             raise RuntimeError(f"invariant broken: the mask of layer {layer.name} regained a one")
         layer.mask.copy_(new)
+        refresh_weight(layer)
+
+
+@torch.no_grad()
+def reset_masks(layers: list[PrunableLayer]) -> None:
+    """All ones again: pruning at init computes each round's mask from the dense network."""
+    for layer in layers:
+        layer.mask.fill_(1)
         refresh_weight(layer)
 
 

@@ -10,7 +10,9 @@ plugins by name.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Generic, TypeVar
@@ -18,7 +20,8 @@ from typing import Any, Generic, TypeVar
 import pluggy
 
 from . import hookspecs
-from .errors import LotteryError
+from .errors import LotteryError, PluginError
+from .guards import blame, describe_error
 from .specs import DatasetSpec, ModelSpec, PruningStrategy, ReinitPolicy
 
 GROUP = "lottery"
@@ -65,6 +68,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self.items)
 
+    def who(self, name: str) -> str:
+        """``pruning strategy 'snip' (plugin 'lottery_examples')``: for one-line errors."""
+        return f"{self.kind} {name!r} (plugin {self.sources.get(name, '?')!r})"
+
 
 @dataclass
 class Plugins:
@@ -75,23 +82,37 @@ class Plugins:
     models: Registry[ModelSpec]
     strategies: Registry[PruningStrategy]
     reinits: Registry[ReinitPolicy]
+    broken: dict[str, str] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
 
     @property
     def hook(self) -> Any:
         return self.manager.hook
 
+    def notify(self, hook_name: str, **kwargs: Any) -> list[Any]:
+        """Call a lifecycle hook plugin by plugin (pluggy's order: last registered first); an
+        exception names the hook and the plugin; a non-dict, non-None result is refused."""
+        results = []
+        caller = getattr(self.manager.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):
+            who = f"plugin {impl.plugin_name!r}"
+            with blame(who, f"in {hook_name}"):
+                result = impl.function(**{name: kwargs[name] for name in impl.argnames})
+            if result is not None and not isinstance(result, dict):
+                raise PluginError(
+                    f"{who} returned a {type(result).__name__} from {hook_name}; expected a dict "
+                    "of extra columns or None"
+                )
+            results.append(result)
+        return results
+
     def describe(self) -> list[dict[str, Any]]:
         """One entry per plugin: its name, where it comes from, its hooks and what it registers."""
-        dists = {id(plugin): dist for plugin, dist in self.manager.list_plugin_distinfo()}
         rows = []
         for name, plugin in self.manager.list_name_plugin():
             if plugin is None:
                 continue
-            dist = dists.get(id(plugin))
-            if dist is not None:
-                origin = f"{dist.project_name} {dist.version}"
-            else:
-                origin = "built-in (not installed)"
+            origin = self.origins.get(name, "built-in (not installed)")
             registers = []
             for registry in (self.datasets, self.models, self.strategies, self.reinits):
                 for item, source in sorted(registry.sources.items()):
@@ -105,27 +126,86 @@ class Plugins:
                     "module": getattr(plugin, "__name__", type(plugin).__name__),
                     "hooks": hooks,
                     "registers": registers,
+                    "broken": "",
+                }
+            )
+        for name, reason in sorted(self.broken.items()):
+            rows.append(
+                {
+                    "name": name,
+                    "origin": self.origins.get(name, "?"),
+                    "module": "",
+                    "hooks": [],
+                    "registers": [],
+                    "broken": reason,
                 }
             )
         return rows
 
 
-def _collect(manager: pluggy.PluginManager, hook_name: str, registry: Registry) -> Registry:
-    """Call one registration hook plugin by plugin, so each registered name keeps its source."""
+def _collect(
+    manager: pluggy.PluginManager, hook_name: str, registry: Registry, broken: dict[str, str]
+) -> Registry:
+    """Call one registration hook plugin by plugin, so each registered name keeps its source.
+
+    A plugin whose hook raises is marked broken (with the reason) and what it registered in
+    that call is dropped; a mistake such as a wrong type or a duplicate name still stops."""
     caller = getattr(manager.hook, hook_name)
     for impl in caller.get_hookimpls():
+        if impl.plugin_name in broken:
+            continue
+        added: list[str] = []
 
-        def register(item: Any, _source: str = impl.plugin_name) -> None:
+        def register(item: Any, _source: str = impl.plugin_name, _added=added) -> None:
             registry.add(item, _source)
+            _added.append(item.name)
 
-        impl.function(register=register)
+        try:
+            impl.function(register=register)
+        except LotteryError:
+            raise
+        except Exception as exc:  # a third-party bug must not take the tool down
+            for name in added:
+                registry.items.pop(name, None)
+                registry.sources.pop(name, None)
+            _mark_broken(broken, impl.plugin_name, f"{hook_name} raised {describe_error(exc)}")
     return registry
 
 
+def _mark_broken(broken: dict[str, str], name: str, reason: str) -> None:
+    broken[name] = reason
+    print(f"Warning: plugin {name!r} is skipped: {reason}", file=sys.stderr)
+
+
+def _load_entrypoints(
+    manager: pluggy.PluginManager, broken: dict[str, str], origins: dict[str, str]
+) -> None:
+    """Each ``lottery`` entry point imported and registered on its own, so one that raises is
+    skipped with one warning line instead of breaking every command."""
+    for entry in importlib.metadata.entry_points(group=GROUP):
+        if manager.is_blocked(entry.name) or manager.has_plugin(entry.name):
+            continue
+        dist = entry.dist
+        origins[entry.name] = f"{dist.name} {dist.version}" if dist is not None else "?"
+        try:
+            plugin = entry.load()
+            manager.register(plugin, name=entry.name)
+        except pluggy.PluginValidationError as exc:
+            raise LotteryError(f"plugin {entry.name!r} is invalid: {exc}") from exc
+        except Exception as exc:  # an import error or a bug in the package
+            _mark_broken(broken, entry.name, f"import failed: {describe_error(exc)}")
+
+
 def build_manager(
-    load_entrypoints: bool | None = None, extra: list[Any] | None = None
+    load_entrypoints: bool | None = None,
+    extra: list[Any] | None = None,
+    broken: dict[str, str] | None = None,
+    origins: dict[str, str] | None = None,
 ) -> pluggy.PluginManager:
-    """A plugin manager with entry points loaded, built-ins ensured and spelling checked."""
+    """A plugin manager with entry points loaded, built-ins ensured and spelling checked;
+    plugins that fail to import land in ``broken`` (name -> reason)."""
+    broken = {} if broken is None else broken
+    origins = {} if origins is None else origins
     manager = pluggy.PluginManager(GROUP)
     manager.add_hookspecs(hookspecs)
     for blocked in filter(None, os.environ.get("LOTTERY_BLOCK_PLUGINS", "").split(",")):
@@ -134,7 +214,7 @@ def build_manager(
         load_entrypoints = os.environ.get("LOTTERY_NO_ENTRYPOINTS", "") in ("", "0")
     try:
         if load_entrypoints:
-            manager.load_setuptools_entrypoints(GROUP)
+            _load_entrypoints(manager, broken, origins)
         for name, module_path in BUILTIN_MODULES.items():
             if manager.has_plugin(name) or manager.is_blocked(name):
                 continue
@@ -146,27 +226,36 @@ def build_manager(
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
         raise LotteryError(f"plugin {exc.plugin!r} is invalid: {exc}") from exc
-    except ImportError as exc:
-        raise LotteryError(f"a lottery plugin failed to import: {exc}") from exc
     return manager
 
 
-def collect(manager: pluggy.PluginManager) -> Plugins:
+def collect(
+    manager: pluggy.PluginManager,
+    broken: dict[str, str] | None = None,
+    origins: dict[str, str] | None = None,
+) -> Plugins:
     """Resolve every registration hook of ``manager`` into name registries."""
-    return Plugins(
-        manager=manager,
-        datasets=_collect(manager, "register_datasets", Registry("dataset", DatasetSpec)),
-        models=_collect(manager, "register_models", Registry("model", ModelSpec)),
-        strategies=_collect(
-            manager, "register_pruning_strategies", Registry("pruning strategy", PruningStrategy)
-        ),
-        reinits=_collect(
-            manager, "register_reinit_policies", Registry("reinit policy", ReinitPolicy)
-        ),
-    )
+    broken = {} if broken is None else broken
+    kinds = [
+        ("register_datasets", Registry("dataset", DatasetSpec)),
+        ("register_models", Registry("model", ModelSpec)),
+        ("register_pruning_strategies", Registry("pruning strategy", PruningStrategy)),
+        ("register_reinit_policies", Registry("reinit policy", ReinitPolicy)),
+    ]
+    registries = [_collect(manager, hook, registry, broken) for hook, registry in kinds]
+    for name in broken:  # a plugin broken in one registration hook is dropped from all
+        for registry in registries:
+            for item in [k for k, source in registry.sources.items() if source == name]:
+                registry.items.pop(item)
+                registry.sources.pop(item)
+        if manager.has_plugin(name):
+            manager.unregister(name=name)
+    return Plugins(manager, *registries, broken=broken, origins=origins or {})  # type: ignore[arg-type]
 
 
 @lru_cache(maxsize=1)
 def get_plugins() -> Plugins:
     """The process-wide plugins, loaded on first use."""
-    return collect(build_manager())
+    broken: dict[str, str] = {}
+    origins: dict[str, str] = {}
+    return collect(build_manager(broken=broken, origins=origins), broken, origins)

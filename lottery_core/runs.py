@@ -39,7 +39,9 @@ def start(
         folder = rundir.RunFolder(path, experiment)
         try:
             folder.write_config()
-            experiment.plugins.hook.on_experiment_start(config=experiment.config, run_dir=path)
+            experiment.plugins.notify(
+                "on_experiment_start", config=experiment.config, run_dir=path
+            )
             if state is not None:
                 folder.write_round(state)
         except BaseException:
@@ -55,7 +57,7 @@ def restart(
     experiment.validate()
     folder = rundir.RunFolder(path, experiment)
     folder.write_config()
-    experiment.plugins.hook.on_experiment_start(config=experiment.config, run_dir=path)
+    experiment.plugins.notify("on_experiment_start", config=experiment.config, run_dir=path)
     return _run(experiment, folder, None, progress, None, after_round, True)
 
 
@@ -84,7 +86,9 @@ def _run(
             _remove_own(folder.path, existed)
         raise
     if state.next_round >= (experiment.config.rounds or 0):
-        experiment.plugins.hook.on_experiment_end(results=result.results, run_dir=folder.path)
+        experiment.plugins.notify(
+            "on_experiment_end", results=result.results, run_dir=folder.path
+        )
     return result
 
 
@@ -131,6 +135,9 @@ def resume(
             return restart(experiment, path, progress, after_round)
         model_state, state = checkpoint.state_of(body)
         experiment.restore(model_state, state)
+        experiment.plugins.notify(
+            "on_resume", config=experiment.config, run_dir=path, next_round=state.next_round
+        )
         if state.next_round >= (experiment.config.rounds or 0):
             if complete_ok:
                 return experiment.result(state, path)

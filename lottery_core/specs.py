@@ -7,12 +7,16 @@ function.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .config import ExperimentConfig
 
 
 @dataclass(frozen=True)
@@ -112,19 +116,76 @@ class ModelSpec:
     description: str = ""
 
 
+LayerKind = Literal["conv", "fc", "output"]
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class PruningContext:
+    """Everything a pruning strategy may read, all of it rebuilt from the checkpoint on resume.
+
+    Keys of ``masks``, ``weights``, ``initial`` and ``rewind`` (and of the scores or masks a
+    strategy returns) are prunable layer names, e.g. ``"1"`` for ``model[1]``; each tensor has
+    that layer's weight shape and lives on ``device``.
+
+    - ``model``: the live network (``torch.nn.utils.prune`` re-parametrisation attached). A
+      strategy may run forwards and backwards through it (SNIP, GraSP, SynFlow); the core
+      restores its parameters, masks and mode afterwards. It must not change the masks itself.
+    - ``masks``: the current masks (1 = alive), float, read-only copies.
+    - ``weights``: the effective weights ``weight_orig * weight_mask`` the strategy ranks
+      (trained ones under IMP, θ0's under ``prune_at = "init"``).
+    - ``initial``: θ0, the weights at initialisation; ``rewind``: θk, where ``reinit`` rewinds
+      to (θ0 unless ``rewind_iter`` > 0).
+    - ``round_index``: the round about to train; ``step``/``steps``: the pruning step within
+      it (``steps`` > 1 only for iterative pruning at init, ``init_steps``).
+    - ``config``: the resolved experiment config; ``scope`` and ``rates`` (layer -> fraction
+      of survivors this step removes; the whole network's fraction under ``"global"`` scope,
+      keyed ``"*"``), ``kinds`` (layer -> ``"conv"``, ``"fc"`` or ``"output"``).
+    - ``generator``: a seeded generator for this round and step; ``batches(n)`` yields ``n``
+      training batches ``(x, y)`` on ``device``, the same ones on every resume; ``loss(logits,
+      y)`` is the training loss (cross-entropy).
+    """
+
+    model: nn.Module
+    masks: Tensors
+    weights: Tensors
+    initial: Tensors
+    rewind: Tensors
+    round_index: int
+    step: int
+    steps: int
+    config: ExperimentConfig
+    scope: str
+    rates: dict[str, float]
+    kinds: dict[str, LayerKind]
+    generator: torch.Generator
+    batches: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    device: torch.device
+
+
 @dataclass(frozen=True)
 class PruningStrategy:
-    """A named way to rank weights.
+    """A named way to decide which weights go.
 
-    ``scores(weights, generator)`` receives the effective (masked, trained) weight of every
-    prunable layer and returns a same-shaped importance score for each; the core prunes the
-    lowest-scoring survivors through ``torch.nn.utils.prune``. Scores of already-pruned entries
-    are ignored.
+    Give exactly one of:
+
+    - ``scores(ctx) -> {layer: tensor}``: an importance score of the weight's shape per layer;
+      the core prunes the lowest-scoring survivors by the scope and rates (so every scoring
+      strategy gets layerwise and global pruning, IMP and pruning at init, for free). Scores
+      of pruned entries are ignored; they must be finite.
+    - ``masks(ctx) -> {layer: tensor}``: the new masks themselves, for strategies that set
+      their own sparsity or structure (neurons, channels). Each must be binary, of the layer's
+      shape, and a subset of ``ctx.masks``.
+
+    ``scores`` functions written for the first contract, ``scores(weights, generator)``, are
+    still called that way (weights = ``ctx.weights``).
     """
 
     name: str
-    scores: Callable[[dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]]
+    scores: Callable[..., Tensors] | None = None
     description: str = ""
+    masks: Callable[[PruningContext], Tensors] | None = None
 
 
 @dataclass
@@ -132,16 +193,22 @@ class ReinitContext:
     """What a reinitialisation policy may read and write between rounds.
 
     ``parameters`` are the live trainable tensors keyed by ``named_parameters()`` names (pruned
-    weights appear as ``<layer>.weight_orig``); ``rewind_state`` holds their values at the rewind
-    point; ``fresh_parameters(generator)`` draws a new initialisation of the same distribution,
-    keyed the same way.
+    weights appear as ``<layer>.weight_orig``): write them **in place** (``tensor.copy_(...)``),
+    never rebind a key or return new tensors. ``initial_state`` is θ0 and ``rewind_state`` θk
+    (the same unless ``rewind_iter`` > 0), keyed the same way; ``masks`` and ``kinds`` are keyed
+    by layer name (``"<layer>.weight_orig"`` = ``masks["<layer>"]``); ``fresh_parameters(
+    generator)`` draws a new initialisation of the model's distribution, keyed like
+    ``parameters``. What is written into pruned entries does not count (the mask zeroes it).
     """
 
-    parameters: dict[str, torch.Tensor]
-    rewind_state: dict[str, torch.Tensor]
-    fresh_parameters: Callable[[torch.Generator], dict[str, torch.Tensor]]
+    parameters: Tensors
+    rewind_state: Tensors
+    fresh_parameters: Callable[[torch.Generator], Tensors]
     generator: torch.Generator
     round_index: int
+    initial_state: Tensors = field(default_factory=dict)
+    masks: Tensors = field(default_factory=dict)
+    kinds: dict[str, LayerKind] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

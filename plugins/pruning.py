@@ -9,22 +9,19 @@ from __future__ import annotations
 import torch
 
 from lottery_core.hookspecs import hookimpl
-from lottery_core.specs import PruningStrategy
+from lottery_core.specs import PruningContext, PruningStrategy
 
 
-def magnitude_scores(
-    weights: dict[str, torch.Tensor], generator: torch.Generator
-) -> dict[str, torch.Tensor]:
-    """Larger absolute value, more important: IMP's criterion."""
-    return {name: w.detach().abs() for name, w in weights.items()}
+def magnitude_scores(ctx: PruningContext) -> dict[str, torch.Tensor]:
+    """Larger absolute value, more important: IMP's criterion (at θ0 under ``prune_at=init``)."""
+    return {name: w.abs() for name, w in ctx.weights.items()}
 
 
-def random_scores(
-    weights: dict[str, torch.Tensor], generator: torch.Generator
-) -> dict[str, torch.Tensor]:
+def random_scores(ctx: PruningContext) -> dict[str, torch.Tensor]:
     """Uniform random scores drawn from the seeded generator: the random-pruning control."""
     return {
-        name: torch.rand(w.shape, generator=generator).to(w.device) for name, w in weights.items()
+        name: torch.rand(w.shape, generator=ctx.generator).to(w.device)
+        for name, w in ctx.weights.items()
     }
 
 

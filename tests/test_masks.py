@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -112,7 +113,8 @@ def test_random_prunes_the_same_counts_at_random_under_the_seed(plugins):
     def random_round(seed):
         _, layers = build(plugins, "lenet_fc")
         generator = torch.Generator().manual_seed(seed)
-        scores = strategy.scores(masks.effective_weights(layers), generator)
+        context = SimpleNamespace(weights=masks.effective_weights(layers), generator=generator)
+        scores = strategy.scores(context)
         rates = masks.layer_rates(layers, 0.2, 0.1, 0.1)
         masks.apply_masks(layers, masks.layerwise_masks(scores, masks.current_masks(layers), rates))
         return masks.current_masks(layers)

@@ -8,6 +8,7 @@ import torch
 
 from lottery_core import masks, runs
 from lottery_core.config import make_config
+from lottery_core.errors import PluginError
 from lottery_core.experiment import Experiment, RunState
 from lottery_core.progress import Progress
 
@@ -23,7 +24,7 @@ def trained_round_zero(plugins, data, **changes) -> tuple[Experiment, RunState, 
     exp = experiment(plugins, data, **changes)
     state = exp.start()
     with Progress(0, enabled=False) as bar:
-        state.records.append(exp.train(state, 0, bar))
+        exp.train(state, 0, bar)
     return exp, state, exp.snapshot()
 
 
@@ -38,7 +39,7 @@ def survivors_and_biases(exp: Experiment) -> dict[str, torch.Tensor]:
 def test_rewind_resets_every_survivor_and_bias_to_its_initial_value_exactly(plugins, sample_data):
     exp, state, trained = trained_round_zero(plugins, sample_data, reinit="rewind")
     assert not torch.equal(trained["1.weight_orig"], state.initial_state["1.weight_orig"])
-    exp.prune(1)
+    exp.prune(state, 1)
     exp.reinitialise(state, 1)
     for layer in exp.layers:
         alive = layer.mask.bool()
@@ -50,7 +51,7 @@ def test_rewind_resets_every_survivor_and_bias_to_its_initial_value_exactly(plug
 
 def test_random_reinit_keeps_masks_and_draws_new_values(plugins, sample_data):
     exp, state, trained = trained_round_zero(plugins, sample_data, reinit="random")
-    exp.prune(1)
+    exp.prune(state, 1)
     pruned_masks = masks.current_masks(exp.layers)
     exp.reinitialise(state, 1)
     after = masks.current_masks(exp.layers)
@@ -69,7 +70,7 @@ def test_random_reinit_keeps_masks_and_draws_new_values(plugins, sample_data):
 
 def test_none_keeps_the_trained_values(plugins, sample_data):
     exp, state, trained = trained_round_zero(plugins, sample_data, reinit="none")
-    exp.prune(1)
+    exp.prune(state, 1)
     exp.reinitialise(state, 1)
     for name, value in exp.parameters().items():
         assert torch.equal(value.detach(), trained[name])
@@ -86,7 +87,7 @@ def test_late_rewinding_resets_to_the_weights_at_iteration_k(plugins, sample_dat
     exp, state, _ = trained_round_zero(plugins, sample_data, rewind_iter=k)
     for name, value in at_k.items():
         assert torch.equal(state.rewind_state[name], value)
-    exp.prune(1)
+    exp.prune(state, 1)
     exp.reinitialise(state, 1)
     for layer in exp.layers:
         alive = layer.mask.bool()
@@ -161,13 +162,13 @@ def test_the_rewind_invariant_catches_a_survivor_that_moved(plugins, sample_data
     from lottery_core.experiment import check_rewound
 
     exp, state, _ = trained_round_zero(plugins, sample_data)
-    exp.prune(1)
+    exp.prune(state, 1)
     exp.reinitialise(state, 1)  # passes: everything was rewound
     layer = exp.layers[0]
     alive = layer.mask.nonzero()[0].tolist()
     with torch.no_grad():
         layer.weight_orig[tuple(alive)] += 1e-7
-    with pytest.raises(RuntimeError, match="differs from its rewind value"):
+    with pytest.raises(PluginError, match="differs from its rewind value"):
         check_rewound(exp.parameters(), state.rewind_state, exp.layers)
     dead = (layer.mask == 0).nonzero()[0].tolist()
     with torch.no_grad():
