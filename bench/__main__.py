@@ -23,7 +23,7 @@ from pathlib import Path
 from torch import nn
 from torch.utils.data import Dataset
 
-from lottery_core.training import default_threads
+from lottery_core.resolution import default_threads
 
 from . import data as bdata
 from . import floor, rounds, steps

@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 from lottery_core.config import make_config
 from lottery_core.experiment import Experiment
 from lottery_core.masks import remaining_percent
+from lottery_core.resolution import default_threads
 from lottery_core.specs import DatasetSplits
-from lottery_core.training import TrainSettings, default_threads, train_round
+from lottery_core.training import TrainSettings, train_round
 
 Runner = Callable[..., float]
 BATCH = 60

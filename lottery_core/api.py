@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir, runs
-from .config import ExperimentConfig, make_config, resolve
+from .config import ExperimentConfig, make_config
 from .errors import LotteryError
 from .experiment import Experiment, ExperimentResult
 from .group import GroupResult, continue_group, run_group
 from .plugins import Plugins, get_plugins
+from .resolution import resolve
 
 
 def _with_overrides(config: ExperimentConfig | None, overrides: dict[str, Any]) -> ExperimentConfig:
@@ -69,13 +70,23 @@ def run_trials(
 
 
 def resume_experiment(
-    run_dir: Path | str, *, progress: bool = True, plugins: Plugins | None = None
+    run_dir: Path | str,
+    *,
+    progress: bool = True,
+    plugins: Plugins | None = None,
+    from_previous: bool = False,
 ) -> ExperimentResult | GroupResult:
-    """Continue a stopped run (or trials/controls folder) from its last finished round."""
+    """Continue a stopped run (or trials/controls folder) from its last finished round; with
+    ``from_previous``, a run from its previous checkpoint (``checkpoint.pt`` is damaged)."""
     run_dir = Path(run_dir)
     found = rundir.kind(run_dir)
+    if found == "group" and from_previous:
+        raise LotteryError(
+            f"{str(run_dir)!r} is a trials/controls folder: --from-previous continues one run "
+            "folder; give the folder its error named"
+        )
     if found == "group":
         return continue_group(run_dir, progress=progress, plugins=plugins)
     if found != "run":
         raise LotteryError(f"{str(run_dir)!r} is not a lottery run folder (nothing to resume)")
-    return runs.resume(run_dir, progress=progress, plugins=plugins)
+    return runs.resume(run_dir, progress=progress, plugins=plugins, from_previous=from_previous)

@@ -7,16 +7,20 @@ an uninterrupted run bit for bit.
 
 The file proves what it is: its body is stored as bytes beside their SHA-256, so one flipped
 byte is caught, and it carries the run's identity (a hash of the resolved config, seeds and
-plugin sources, see :func:`run_identity`), so another run's checkpoint is refused.
+plugin sources, see :func:`run_identity`) and the whole ``config.json`` it was written beside,
+so another run's checkpoint, or an edited ``config.json``, is refused.
+
+The previous round's checkpoint is kept as ``checkpoint.prev.pt``: a new checkpoint is written
+to a temporary file and read back before the current one becomes the previous one and the new
+one takes its place, so a damaged ``checkpoint.pt`` always has an older, verified fallback.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ from .state import RunState
 FORMAT = "lottery-checkpoint"
 VERSION = 2
 FILENAME = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
 
 
 def run_identity(meta: dict[str, Any]) -> str:
@@ -43,6 +48,11 @@ def run_identity(meta: dict[str, Any]) -> str:
         default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def canonical(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` as ``config.json`` holds it once written and read back (paths as strings)."""
+    return json.loads(json.dumps(meta, default=str))
 
 
 def pack_mask(mask: torch.Tensor) -> dict[str, Any]:
@@ -65,10 +75,13 @@ def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save(
     path: Path, meta: dict[str, Any], model_state: dict[str, torch.Tensor], state: RunState
 ) -> None:
-    """Write the checkpoint of ``state`` (``meta`` is what ``config.json`` records)."""
+    """Write the checkpoint of ``state`` (``meta`` is what ``config.json`` records); the one it
+    replaces becomes ``checkpoint.prev.pt`` once the new one is written and read back whole."""
+    path = Path(path)
     body = {
         "config": meta["config"],
         "identity": run_identity(meta),
+        "meta": canonical(meta),
         "next_round": state.next_round,
         "model": _cpu(model_state),
         "rewind_state": _cpu(state.rewind_state),
@@ -81,24 +94,39 @@ def save(
             for r, layer_masks in state.masks.items()
         },
     }
-    buffer = io.BytesIO()
-    torch.save(body, buffer)
-    data = buffer.getvalue()
-    envelope = {
-        "format": FORMAT,
-        "version": VERSION,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "body": torch.frombuffer(bytearray(data), dtype=torch.uint8),
-    }
-    files.write_torch(path, envelope)
+    data = files.torch_bytes(body)
+    envelope = files.torch_bytes(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "body": torch.frombuffer(bytearray(data), dtype=torch.uint8),
+        }
+    )
+
+    def write(tmp: str) -> None:
+        files.write_all(tmp, envelope)
+        if Path(tmp).read_bytes() != envelope:
+            raise OSError(errno.EIO, "the file read back differs from what was written")
+        if path.exists():
+            files.keep_copy(path, path.with_name(PREVIOUS))
+
+    files.atomic_write(path, write)
 
 
-def read(run_dir: Path) -> dict[str, Any]:
-    """The checkpoint body of ``run_dir``, or one line saying why it cannot be trusted."""
-    path = Path(run_dir) / FILENAME
+def read(run_dir: Path, name: str = FILENAME) -> dict[str, Any]:
+    """The checkpoint body ``name`` of ``run_dir``, or one line saying why it cannot be
+    trusted."""
+    path = Path(run_dir) / name
     if not path.is_file():
-        raise LotteryError(f"{str(run_dir)!r} has no {FILENAME}: not a lottery run folder")
-    envelope = _load(path, path.read_bytes() if path.stat().st_size else b"")
+        raise LotteryError(f"{str(run_dir)!r} has no {name}: not a lottery run folder")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise LotteryError(f"{str(path)!r} cannot be read: {files.reason(exc)}") from None
+    if not raw:
+        raise LotteryError(f"{str(path)!r} is empty: it is damaged")
+    envelope = _load(path, raw)
     if not isinstance(envelope, dict) or envelope.get("format") != FORMAT:
         raise LotteryError(f"{str(path)!r} is not a lottery checkpoint")
     if envelope.get("version") != VERSION:
@@ -106,11 +134,14 @@ def read(run_dir: Path) -> dict[str, Any]:
             f"{str(path)!r} has checkpoint version {envelope.get('version')}; "
             f"this lottery reads version {VERSION}"
         )
-    data = envelope["body"].numpy().tobytes()
+    blob = envelope.get("body")
+    if not isinstance(blob, torch.Tensor) or blob.dtype != torch.uint8:
+        raise LotteryError(f"{str(path)!r} is not a lottery checkpoint")
+    data = blob.numpy().tobytes()
     if hashlib.sha256(data).hexdigest() != envelope.get("sha256"):
         raise LotteryError(f"{str(path)!r} is damaged: its contents fail their checksum")
     body = _load(path, data)
-    if not isinstance(body, dict):
+    if not isinstance(body, dict) or not {"next_round", "records", "masks"} <= set(body):
         raise LotteryError(f"{str(path)!r} is not a lottery checkpoint")
     return body
 
@@ -118,10 +149,9 @@ def read(run_dir: Path) -> dict[str, Any]:
 def _load(path: Path, data: bytes) -> Any:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError,
-            ValueError, KeyError, AttributeError) as exc:  # fmt: skip
+    except Exception as exc:  # damaged bytes can fail in any way the unpickler can
         raise LotteryError(
-            f"{str(path)!r} is corrupt or unreadable ({type(exc).__name__})"
+            f"{str(path)!r} is damaged: it is not a whole torch file ({type(exc).__name__})"
         ) from None
 
 

@@ -1,10 +1,10 @@
 """The experiment's configuration: one validated pydantic model, from flags, files or code.
 
 Fields left at ``None`` are filled from the chosen model's own defaults (the paper's
-hyperparameters) by :func:`resolve`, so a config file can say as little as it likes. The command
-line is generated from these fields (name, type, description, default), so a new field appears
-in ``--help`` without touching ``cli.py``; a field whose values are plugin names says which
-registry in ``json_schema_extra={"plugin": ...}``.
+hyperparameters) by ``resolution.resolve``, so a config file can say as little as it likes.
+The command line is generated from these fields (name, type, description, default), so a new
+field appears in ``--help`` without touching ``cli.py``; a field whose values are plugin names
+says which registry in ``json_schema_extra={"plugin": ...}``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import LotteryError
-from .plugins import Plugins
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -202,6 +201,10 @@ def check_file_types(values: dict[str, Any], source: str) -> None:
             raise LotteryError(
                 f"invalid config in {source}: {name} must be {kind} (got {value!r})"
             )
+        if field.annotation is bool and not is_bool:  # ``download = "no"`` would be False
+            raise LotteryError(
+                f"invalid config in {source}: {name} must be true or false (got {value!r})"
+            )
 
 
 def make_config(file: Path | None = None, **overrides: Any) -> ExperimentConfig:
@@ -212,49 +215,3 @@ def make_config(file: Path | None = None, **overrides: Any) -> ExperimentConfig:
         return ExperimentConfig(**values)
     except ValidationError as exc:
         raise LotteryError(_explain(exc)) from None
-
-
-def resolve(config: ExperimentConfig, plugins: Plugins) -> ExperimentConfig:
-    """Check every plugin name and fill unset fields from the model's defaults.
-
-    With ``scope = "global"`` one rate ranks every layer, so a per-kind rate would be ignored:
-    giving one is an error naming it.
-    """
-    if config.scope == "global":
-        ignored = [name for name in LAYERWISE_ONLY if getattr(config, name) is not None]
-        if ignored:
-            flags = ", ".join(f"--{n.replace('_', '-')}" for n in ignored)
-            raise LotteryError(
-                f"invalid config: {flags} only apply with --scope layerwise; with --scope "
-                "global, --rate prunes all layers together"
-            )
-    model = plugins.models.get(config.model)
-    for name in ("prune", "control_prune"):
-        plugins.strategies.get(getattr(config, name))
-    for name in ("reinit", "control_reinit"):
-        plugins.reinits.get(getattr(config, name))
-    defaults = model.defaults
-    values = config.model_dump()
-    for key, attribute in MODEL_FILLED.items():
-        if values[key] is None and (key != "conv_rate" or config.scope == "layerwise"):
-            values[key] = getattr(defaults, attribute)
-    if config.scope == "layerwise" and values["output_rate"] is None:
-        values["output_rate"] = values["rate"] * defaults.output_rate_factor
-    if values["threads"] is None:
-        from .training import default_threads
-
-        values["threads"] = default_threads()
-    if values["dataset"] is None:
-        raise LotteryError(f"model {config.model!r} names no default dataset; give --dataset")
-    plugins.datasets.get(values["dataset"])
-    resolved = ExperimentConfig(**values)
-    if resolved.prune_at == "init" and resolved.rewind_iter:
-        raise LotteryError(
-            "invalid config: --prune-at init prunes and trains from θ0; drop --rewind-iter"
-        )
-    if resolved.rewind_iter >= resolved.iterations:  # type: ignore[operator]
-        raise LotteryError(
-            f"invalid config: rewind_iter ({resolved.rewind_iter}) must be below "
-            f"iterations ({resolved.iterations})"
-        )
-    return resolved

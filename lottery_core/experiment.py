@@ -21,11 +21,13 @@ import torch
 from torch import nn
 
 from . import guards, masks
-from .config import ExperimentConfig, resolve
+from .config import ExperimentConfig
+from .divergence import round_flag
 from .errors import Interrupted, LotteryError, PluginError, RunFailed
 from .plugins import Plugins, get_plugins
 from .progress import Progress
-from .pruning import prune_round
+from .pruning import Pruner, prune_round
+from .resolution import resolve
 from .specs import DataRequest, DatasetSplits, ReinitContext
 from .state import RunState, derive_seeds, round_generator
 from .training import NonFiniteLoss, TrainSettings, train_round, use_threads
@@ -199,7 +201,18 @@ class Experiment:
 
     def prune(self, state: RunState, round_index: int) -> None:
         """Prune for ``round_index`` with the strategy, in place (``lottery_core.pruning``)."""
-        prune_round(self, state, round_index)
+        assert self.model is not None
+        pruner = Pruner(
+            self.model,
+            self.layers,
+            self.config,
+            self.seeds["pruning"],
+            self.data,
+            self.strategy,
+            self.plugins.strategies.who(self.strategy.name),
+            self.device,
+        )
+        prune_round(pruner, state, round_index)
 
     def reinitialise(self, state: RunState, round_index: int) -> None:
         """Set the survivors' starting values for ``round_index`` with the reinit policy,
@@ -290,6 +303,7 @@ class Experiment:
             "iterations": settings.iterations - settings.start_iteration,
             "time_s": time.perf_counter() - started,
         }
+        record["flag"] = round_flag(outcome.history, outcome.es_val_acc, self.data.num_classes)
         for extra in notify(
             "on_round_end", round_index=round_index, record=dict(record), model=self.model
         ):

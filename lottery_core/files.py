@@ -96,6 +96,8 @@ def write_text(path: Path, text: str) -> None:
 def keep_copy(source: Path, target: Path) -> None:
     """Make ``target`` the same file as ``source`` (a hard link, or a copy where links are not
     supported), atomically: ``target`` is its old self or ``source``'s bytes, never half."""
+    if target.exists() and os.path.samefile(source, target):
+        return  # already one file (renaming a link onto its twin would leave the link behind)
 
     def link(tmp: str) -> None:
         os.unlink(tmp)

@@ -20,10 +20,11 @@ from pathlib import Path
 import pandas as pd
 
 from . import files, rundir, runs
-from .config import ExperimentConfig, resolve
+from .config import ExperimentConfig
 from .errors import LotteryError
 from .experiment import Experiment, load_data
 from .plugins import Plugins, get_plugins
+from .resolution import resolve
 from .specs import DatasetSplits
 from .state import RunState, derive_seeds
 
@@ -64,11 +65,19 @@ def run_group(
     controls: bool = False,
     progress: bool = True,
     plugins: Plugins | None = None,
+    workers: int | None = None,
 ) -> GroupResult:
-    """Run ``trials`` trials of the experiment and its controls into the group folder ``out``."""
+    """Run ``trials`` trials of the experiment and its controls into the group folder ``out``;
+    with ``workers``, as that many Ray workers at once (``lottery_core.engine``)."""
     if trials < 1:
         raise LotteryError(f"invalid config: trials must be at least 1 (got {trials})")
     plugins = plugins or get_plugins()
+    engine_plan = None
+    if workers is not None:
+        from .engine import plan
+
+        engine_plan = plan(workers, None, config.threads)
+        config = config.model_copy(update={"threads": engine_plan.threads})
     config = resolve(config, plugins)
     out = Path(out)
     rundir.check_new(out)
@@ -77,19 +86,28 @@ def run_group(
     Experiment(config, plugins=plugins, data=data).validate()
     rundir.create(out)
     with rundir.locked(out):
-        files.write_json(
-            out / rundir.CONFIG,
-            {
-                "group": {"trials": trials, "controls": controls},
-                "config": config.model_dump(mode="json"),
-                "trial_seeds": {
-                    t: {"seed": config.seed + t, **derive_seeds(config.seed + t)}
-                    for t in range(trials)
-                },
-            },
-        )
-        (out / rundir.RUNS).mkdir()
+        write_group_config(out, config, trials, controls)
+        if engine_plan is not None:
+            from .sweep import run_groups
+
+            return run_groups([out], engine_plan, progress, data.source)
         return _continue(out, progress, plugins, data)
+
+
+def write_group_config(out: Path, config: ExperimentConfig, trials: int, controls: bool) -> None:
+    """A group folder's ``config.json`` (its resolved config, trials, controls) and ``runs/``."""
+    files.write_json(
+        Path(out) / rundir.CONFIG,
+        {
+            "group": {"trials": trials, "controls": controls},
+            "config": config.model_dump(mode="json"),
+            "trial_seeds": {
+                t: {"seed": config.seed + t, **derive_seeds(config.seed + t)}
+                for t in range(trials)
+            },
+        },
+    )
+    (Path(out) / rundir.RUNS).mkdir(exist_ok=True)
 
 
 def continue_group(
@@ -97,9 +115,17 @@ def continue_group(
     progress: bool = True,
     plugins: Plugins | None = None,
     data: DatasetSplits | None = None,
+    workers: int | None = None,
 ) -> GroupResult:
-    """Run whatever the group in ``out`` still lacks: resumes stopped runs, starts missing ones."""
+    """Run whatever the group in ``out`` still lacks: resumes stopped runs, starts missing ones
+    (with ``workers``, on that many Ray workers)."""
     with rundir.locked(out):
+        if workers is not None:
+            from .engine import plan
+            from .sweep import run_groups
+
+            threads = ExperimentConfig(**read_group_config(out)["config"]).threads
+            return run_groups([Path(out)], plan(workers, None, threads), progress)
         return _continue(Path(out), progress, plugins or get_plugins(), data)
 
 
@@ -120,36 +146,65 @@ def _continue(
     if data is None:
         data = load_data(resolve(config, plugins), plugins)
     for trial in range(trials):
-        trial_config = config.model_copy(update={"seed": config.seed + trial})
-        variants = experiments(trial_config, controls)
-        branches = {
-            name: (trial_dir(out, name, trial), variant)
-            for name, variant in variants.items()
-            if name != MAIN
-        }
-        main = Experiment(variants[MAIN], plugins=plugins, data=data)
-
-        def branch(state: RunState, main: Experiment = main, branches=branches) -> None:
-            if state.next_round == 1:
-                for path, variant in branches.values():
-                    _write_branch(main, state, path, variant, plugins, data)
-
-        _run_or_resume(main, trial_dir(out, MAIN, trial), progress, branch)
-        for path, _ in branches.values():
-            if rundir.kind(path) in ("missing", "empty"):
-                raise LotteryError(
-                    f"{str(path)!r} is missing although the main run is past its dense round; "
-                    "the group folder was changed by hand"
-                )
-            runs.resume(path, progress=progress, plugins=plugins, data=data, complete_ok=True)
+        for name in experiments(config, controls):
+            advance(out, trial, name, progress=progress, plugins=plugins, data=data, meta=meta)
         write_tables(out)
     frame = pd.read_csv(out / rundir.RESULTS)
     return GroupResult(frame, pd.read_csv(out / rundir.AGGREGATE), out, data.source)
 
 
-def _run_or_resume(experiment: Experiment, path: Path, progress: bool, after_round) -> None:
+def advance(
+    out: Path,
+    trial: int,
+    experiment: str = MAIN,
+    dense_only: bool = False,
+    progress: bool = False,
+    plugins: Plugins | None = None,
+    data: DatasetSplits | None = None,
+    meta: dict | None = None,
+) -> None:
+    """Bring one run of the group further: the main run (writing its controls' branches after
+    its dense round; with ``dense_only`` it stops there, or trains on if that round was lost),
+    or a control, which continues from its branch. One of these is one unit of the engine."""
+    out = Path(out)
+    plugins = plugins or get_plugins()
+    meta = meta or read_group_config(out)
+    config = ExperimentConfig(**meta["config"])
+    trial_config = config.model_copy(update={"seed": config.seed + trial})
+    variants = experiments(trial_config, meta["group"]["controls"])
+    path = trial_dir(out, experiment, trial)
+    if experiment != MAIN:
+        if rundir.kind(path) in ("missing", "empty"):
+            raise LotteryError(
+                f"{str(path)!r} is missing although the main run is past its dense round; "
+                "the group folder was changed by hand"
+            )
+        runs.resume(path, progress=progress, plugins=plugins, data=data, complete_ok=True)
+        return
+    branches = {
+        name: (trial_dir(out, name, trial), variant)
+        for name, variant in variants.items()
+        if name != MAIN
+    }
+    main = Experiment(variants[MAIN], plugins=plugins, data=data)
+
+    def branch(state: RunState) -> None:
+        if state.next_round == 1:
+            for branch_path, variant in branches.values():
+                _write_branch(main, state, branch_path, variant, plugins, main.data)
+
+    if dense_only and (path / rundir.RESULTS).exists():
+        return  # the dense round (and so every branch) is on disk
+    _run_or_resume(main, path, progress, branch, stop_after=1 if dense_only else None)
+
+
+def _run_or_resume(
+    experiment: Experiment, path: Path, progress: bool, after_round, stop_after=None
+) -> None:
     if rundir.kind(path) in ("missing", "empty"):
-        runs.start(experiment, path, progress=progress, after_round=after_round)
+        runs.start(
+            experiment, path, progress=progress, after_round=after_round, stop_after=stop_after
+        )
     else:
         runs.resume(
             path,

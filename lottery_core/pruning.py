@@ -13,22 +13,42 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from . import guards, masks
-from .specs import PruningContext
+from .config import ExperimentConfig
+from .specs import DatasetSplits, PruningContext, PruningStrategy
 from .state import RunState, round_generator
 
-if TYPE_CHECKING:
-    from .experiment import Experiment
+
+@dataclass
+class Pruner:
+    """What a pruning step works on: the round loop's model and layers, and its plugins."""
+
+    model: nn.Module
+    layers: list[masks.PrunableLayer]
+    config: ExperimentConfig
+    seed: int
+    data: DatasetSplits
+    strategy: PruningStrategy
+    who: str
+    device: torch.device
+
+    def rates(self) -> dict[str, float]:
+        c = self.config
+        return masks.layer_rates(self.layers, c.rate, c.conv_rate, c.output_rate)  # type: ignore[arg-type]
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.named_parameters())
 
 GLOBAL = "*"
 
 
-def targets(experiment: Experiment, round_index: int) -> dict[str, int]:
+def targets(experiment: Pruner, round_index: int) -> dict[str, int]:
     """Survivors each layer (or ``GLOBAL``) keeps after this round's pruning."""
     layers, config = experiment.layers, experiment.config
     at_init = config.prune_at == "init"
@@ -62,14 +82,14 @@ def _step_keep(
     return keep
 
 
-def _alive(experiment: Experiment) -> dict[str, int]:
+def _alive(experiment: Pruner) -> dict[str, int]:
     counts = {layer.name: int(layer.mask.sum()) for layer in experiment.layers}
     if experiment.config.scope == "global":
         return {GLOBAL: sum(counts.values())}
     return counts
 
 
-def prune_round(experiment: Experiment, state: RunState, round_index: int) -> None:
+def prune_round(experiment: Pruner, state: RunState, round_index: int) -> None:
     """Prune for ``round_index`` in place (see the module docstring)."""
     config = experiment.config
     goal = targets(experiment, round_index)
@@ -85,7 +105,7 @@ def prune_round(experiment: Experiment, state: RunState, round_index: int) -> No
 
 
 @torch.no_grad()
-def _load(experiment: Experiment, values: dict[str, torch.Tensor]) -> None:
+def _load(experiment: Pruner, values: dict[str, torch.Tensor]) -> None:
     for name, parameter in experiment.parameters().items():
         parameter.copy_(values[name])
     for layer in experiment.layers:
@@ -93,7 +113,7 @@ def _load(experiment: Experiment, values: dict[str, torch.Tensor]) -> None:
 
 
 def _one_step(
-    experiment: Experiment,
+    experiment: Pruner,
     state: RunState,
     round_index: int,
     step: int,
@@ -102,7 +122,7 @@ def _one_step(
 ) -> None:
     layers, config = experiment.layers, experiment.config
     strategy = experiment.strategy
-    who = experiment.plugins.strategies.who(strategy.name)
+    who = experiment.who
     current = masks.current_masks(layers)
     alive = _alive(experiment)
     rates = {name: 1.0 - keep[name] / n if n else 0.0 for name, n in alive.items()}
@@ -145,7 +165,7 @@ def _legacy(function) -> bool:
 
 
 def _context(
-    experiment: Experiment,
+    experiment: Pruner,
     state: RunState,
     round_index: int,
     step: int,
@@ -155,7 +175,7 @@ def _context(
 ) -> PruningContext:
     layers = experiment.layers
     data = experiment.data
-    seed = experiment.seeds["pruning"]
+    seed = experiment.seed
     generator = round_generator(seed, round_index * 1_000 + step) if steps > 1 else (
         round_generator(seed, round_index)
     )
@@ -174,7 +194,7 @@ def _context(
         return {layer.name: source[f"{layer.name}.weight_orig"].clone() for layer in layers}
 
     return PruningContext(
-        model=experiment.model,  # type: ignore[arg-type]
+        model=experiment.model,
         masks=current,
         weights=masks.effective_weights(layers),
         initial=layer_values(state.initial_state),

@@ -9,6 +9,13 @@ A *series* is one curve of a figure: a single run folder, or one experiment (``i
 ``reinit-random``, ``prune-random``...) of a trials/controls group folder, whose trials are
 averaged with a min/max band as in the paper. Everything is read from the files a run writes,
 so a report can be made while a long run is still going.
+
+A report never gives a verdict over tables it cannot trust: where a run folder has a checkpoint,
+the checkpoint must verify (checksum, identity, ``config.json``) and every table beside it must
+say what it says (``rundir.check_tables``); without one, the tables must parse, list each round
+from 0 once, and have a number in every key column. Anything else is one line naming the file.
+Rounds flagged ``diverged`` or ``chance`` (``divergence``) are named in the verdict, and a dense
+round so flagged gives no verdict at all.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from . import files, rundir
+from . import divergence, files, rundir
 from .errors import LotteryError
 
 if TYPE_CHECKING:
@@ -73,42 +80,130 @@ class Series:
     def summary(self) -> pd.DataFrame:
         return aggregate(self.frame())
 
+    def flags(self) -> dict[int, list[str]]:
+        """Each flagged round's flags (``divergence``), naming the trial when there are several."""
+        found: dict[int, list[str]] = {}
+        for trial in self.trials:
+            if "flag" not in trial.results:
+                continue
+            results = trial.results
+            for round_index, flag in zip(results["round"], results["flag"], strict=True):
+                if isinstance(flag, str) and flag:
+                    where = f" in {trial.folder.name}" if len(self.trials) > 1 else ""
+                    found.setdefault(int(round_index), []).append(flag + where)
+        return found
+
+
+def _without(frame: pd.DataFrame, rounds: dict[int, list[str]], column: str) -> pd.DataFrame:
+    """``frame`` with ``column`` blanked in flagged ``rounds``: the verdict's walk stops there."""
+    frame = frame.copy()
+    frame.loc[frame["round"].isin(list(rounds)), column] = math.nan
+    return frame
+
+
+class Unfinished(LotteryError):
+    """A run folder with no finished round yet: a group's report skips it with a note."""
+
 
 def _read_csv(path: Path, required: bool) -> pd.DataFrame:
     if not path.is_file():
         if required:
-            raise LotteryError(
+            raise Unfinished(
                 f"{str(path.parent)!r} has no {path.name}: not a lottery run or trials folder"
             )
         return pd.DataFrame()
     try:
         return pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise LotteryError(f"{str(path)!r} is not a readable table ({exc})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LotteryError(f"{str(path)!r} is not a readable table ({first})") from None
+    except OSError as exc:
+        raise LotteryError(f"{str(path)!r} cannot be read: {files.reason(exc)}") from None
+
+
+# Columns each table must have, and those of them that must hold a finite number in every row.
+KEY_COLUMNS = {
+    rundir.RESULTS: (("round", "remaining", *METRICS), ("round", "remaining", *METRICS)),
+    rundir.HISTORY: (("round", "iteration", "val_acc"), ("round", "iteration", "val_acc")),
+    rundir.LAYERS: (
+        ("round", "layer", "kind", "remaining_pct", "target_pct"),
+        ("round", "remaining_pct"),
+    ),
+}
+
+
+def check_table(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``frame`` (the table in ``path``) if it is whole: its columns, a finite number in each
+    key column, and for ``results.csv`` each round from 0 exactly once; else one line."""
+    if frame.empty and path.name != rundir.RESULTS:
+        return frame
+    columns, numeric = KEY_COLUMNS[path.name]
+    missing = set(columns) - set(frame.columns)
+    if missing:
+        raise LotteryError(f"{str(path)!r} lacks the columns {', '.join(sorted(missing))}")
+    if frame.empty:
+        raise Unfinished(f"{str(path.parent)!r} has no finished round yet")
+    for column in numeric:
+        values = pd.to_numeric(frame[column], errors="coerce").astype(float)
+        bad = ~np.isfinite(values.to_numpy())
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise LotteryError(
+                f"{str(path)!r} has no number in column {column} (row {row + 1}: "
+                f"{frame[column].iloc[row]!r}): the table is damaged; no report over it"
+            )
+        frame[column] = values
+    if path.name == rundir.RESULTS:
+        rounds = frame["round"]
+        if not (rounds == rounds.round()).all():
+            raise LotteryError(f"{str(path)!r} has a round that is not a whole number")
+        rounds = rounds.astype(int)
+        frame["round"] = rounds
+        twice = sorted(set(rounds[rounds.duplicated()]))
+        if twice:
+            raise LotteryError(
+                f"{str(path)!r} lists round {twice[0]} more than once: the table is damaged; "
+                "no verdict over it"
+            )
+        lacking = sorted(set(range(int(rounds.max()) + 1)) - set(rounds))
+        if lacking or rounds.min() < 0:
+            listed = ", ".join(map(str, sorted(rounds)))
+            gap = ", ".join(map(str, lacking)) if lacking else "a negative round"
+            raise LotteryError(
+                f"{str(path)!r} lacks round {gap} (it lists {listed}): the table is damaged; "
+                "no verdict over a gap"
+            )
+    return frame
 
 
 def read_trial(folder: Path) -> Trial:
-    """A single run folder; an error naming it if it is missing or has no finished round."""
+    """A single run folder; an error naming it if it is missing, has no finished round, or its
+    files cannot be trusted (see the module's docstring)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise LotteryError(f"{str(folder)!r} does not exist or is not a folder")
-    results = _read_csv(folder / "results.csv", required=True)
-    missing = {"round", "remaining", *METRICS} - set(results.columns)
-    if missing:
-        raise LotteryError(
-            f"{str(folder / 'results.csv')!r} lacks the columns {', '.join(sorted(missing))}"
-        )
-    if results.empty:
-        raise LotteryError(f"{str(folder)!r} has no finished round yet")
     meta: dict[str, Any] = {}
-    if (folder / rundir.CONFIG).is_file():
+    if (folder / rundir.CHECKPOINT).exists():
         meta = rundir.read_meta(folder)
+        try:
+            body = rundir.verified(folder, meta)
+        except LotteryError as exc:
+            raise LotteryError(f"{exc}{rundir.fallback_hint(folder, meta)}") from None
+        rundir.check_tables(folder, body)
+        results, history, layers = rundir.tables_of(body)
+    else:
+        results = _read_csv(folder / rundir.RESULTS, required=True)
+        history = _read_csv(folder / rundir.HISTORY, required=False)
+        layers = _read_csv(folder / rundir.LAYERS, required=False)
+        if (folder / rundir.CONFIG).is_file():
+            meta = rundir.read_meta(folder)
+    results = check_table(results, folder / rundir.RESULTS)
     return Trial(
         folder,
         meta,
         results.sort_values("round", ignore_index=True),
-        _read_csv(folder / "history.csv", required=False),
-        _read_csv(folder / "layers.csv", required=False),
+        check_table(history, folder / rundir.HISTORY),
+        check_table(layers, folder / rundir.LAYERS),
     )
 
 
@@ -137,7 +232,7 @@ def read_group(folder: Path) -> tuple[list[tuple[str, list[Trial]]], list[str]]:
         for trial_dir in sorted((folder / "runs" / name).glob("trial_*"), key=_trial_number):
             try:
                 trials.append(read_trial(trial_dir))
-            except LotteryError as exc:
+            except Unfinished as exc:  # still running: anything else is refused
                 notes.append(f"skipped {trial_dir.relative_to(folder)}: {exc}")
         if trials:
             found.append((name, trials))
@@ -268,8 +363,15 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 def verdict_lines(series: Series, tolerance: float) -> list[str]:
     """The headline for one series: how sparse it gets while matching its dense round."""
     summary = series.summary()
-    best = sparsest_within(summary, tolerance)
+    flags = series.flags()
     head = f"- **{series.label}**: "
+    if 0 in flags:
+        kinds = sorted({flag.split()[0] for flag in flags[0]})
+        return [
+            head + f"the dense round (round 0) is flagged {', '.join(flags[0])}: "
+            f"{'; '.join(divergence.describe(k) for k in kinds)}; no verdict."
+        ]
+    best = sparsest_within(_without(summary, flags, "test_mean"), tolerance)
     if best is None:
         return [head + "no dense round (round 0) to compare with."]
     dense = summary.iloc[0]
@@ -294,16 +396,21 @@ def verdict_lines(series: Series, tolerance: float) -> list[str]:
     if len(series.trials) > 1:
         per_trial = []
         for trial in series.trials:
-            own = sparsest_within(trial.results, tolerance, column="test")
+            own_flags = {r: f for r, f in flags.items() if any(trial.folder.name in x for x in f)}
+            own = sparsest_within(_without(trial.results, own_flags, "test"), tolerance, "test")
             per_trial.append(
                 f"{trial.folder.name} {'–' if own is None else pct(own['remaining'])}%"
             )
         line += f"; each trial against its own dense round: {', '.join(per_trial)}"
+    if flags:
+        named = ", ".join(f"round {r} {', '.join(f)}" for r, f in sorted(flags.items()))
+        line += f"; flagged (the verdict stops before them): {named}"
     return [line + "."]
 
 
 def round_table(series: Series) -> list[str]:
     rows = []
+    flags = series.flags()
     for _, row in series.summary().iterrows():
         es = f"{row['ES_mean']:.0f}"
         if np.isfinite(row["ES_std"]):
@@ -319,9 +426,10 @@ def round_table(series: Series) -> list[str]:
                 num(row["test_min"]),
                 num(row["test_max"]),
             ]
+            + ([", ".join(flags.get(int(row["round"]), []))] if flags else [])
         )
     header = ["round", "remaining %", "trials", "ES (mean ± std)", "val %", "test %", "min", "max"]
-    return table(header, rows)
+    return table(header + (["flag"] if flags else []), rows)
 
 
 def layer_table(series: Series) -> list[str]:
@@ -543,8 +651,10 @@ def write_report(run_dirs: list[Path], out_dir: Path | None = None, tolerance: f
     ``out_dir`` defaults to ``<first run dir>/report/``; returns the path of ``report.md``.
     Files: ``report.md``, ``accuracy.png``, ``early_stop.png``, ``validation.png``.
     """
-    if tolerance < 0:
-        raise LotteryError(f"tolerance must be zero or positive (got {tolerance})")
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise LotteryError(
+            f"tolerance must be a finite number of points, 0 or more (got {tolerance})"
+        )
     series, notes = load_series([Path(p) for p in run_dirs])
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
     if out_dir.exists() and not out_dir.is_dir():

@@ -4,11 +4,18 @@ One place knows every file name. A run folder is created once and never overwrit
 deleted by the tool: a run holds an exclusive OS lock on it for its whole life (released by the
 kernel if the process is killed), writes its files atomically (``files``), the checkpoint first
 and ``results.csv`` last, so a round listed there has all its other files in place.
+
+The checkpoint is the folder's record of truth: it proves its own bytes (a checksum) and whose
+it is (the run's identity and the ``config.json`` it was written beside). The tables beside it
+(``results.csv``, ``history.csv``, ``layers.csv``, ``ticket.pt``) must say what it says, for its
+last round or the one before (a run stopped between writing the checkpoint and the tables);
+anything else is refused with one line naming the file, and nothing in the folder is changed.
 """
 
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -17,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
+import torch
 
 from . import checkpoint, files
 from .errors import LotteryError
@@ -28,6 +36,8 @@ if TYPE_CHECKING:
 RESULTS_ROOT = Path("results")
 CONFIG = "config.json"
 CHECKPOINT = checkpoint.FILENAME
+PREVIOUS = checkpoint.PREVIOUS  # the checkpoint of the round before, kept as a fallback
+SET_ASIDE = "checkpoint.damaged"  # where --from-previous moves a damaged checkpoint.pt
 RESULTS = "results.csv"
 HISTORY = "history.csv"
 LAYERS = "layers.csv"
@@ -35,7 +45,10 @@ TICKET = "ticket.pt"
 AGGREGATE = "aggregate.csv"
 LOCK = ".lock"
 RUNS = "runs"  # a trials/controls folder keeps its runs under runs/<experiment>/trial_<i>/
-OWN_FILES = (CONFIG, CHECKPOINT, HISTORY, LAYERS, TICKET, RESULTS)
+TABLES = (HISTORY, LAYERS, TICKET, RESULTS)  # written after the checkpoint, in this order
+OWN_FILES = (CONFIG, CHECKPOINT, PREVIOUS, *TABLES)
+NAME_MAX = 255
+PATH_MAX = 4096
 
 Kind = Literal["missing", "empty", "run", "group", "other"]
 
@@ -43,16 +56,19 @@ Kind = Literal["missing", "empty", "run", "group", "other"]
 def kind(path: Path) -> Kind:
     """What a folder is: a single run, a trials/controls group, empty, missing or other."""
     path = Path(path)
-    if not path.exists():
+    try:
+        if not path.exists():
+            return "missing"
+        if not path.is_dir():
+            return "other"
+        if (path / RUNS).is_dir():
+            return "group"
+        if (path / CHECKPOINT).exists() or (path / CONFIG).exists():
+            return "run"
+        if not any(p.name != LOCK for p in path.iterdir()):
+            return "empty"
+    except OSError:  # a name the file system refuses (too long...): nothing is there
         return "missing"
-    if not path.is_dir():
-        return "other"
-    if (path / RUNS).is_dir():
-        return "group"
-    if (path / CHECKPOINT).exists() or (path / CONFIG).exists():
-        return "run"
-    if not any(p.name != LOCK for p in path.iterdir()):
-        return "empty"
     return "other"
 
 
@@ -62,6 +78,11 @@ def read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(file.read_text())
     except FileNotFoundError:
+        if (Path(path) / CHECKPOINT).exists():
+            raise LotteryError(
+                f"{str(path)!r} has {CHECKPOINT} but no {CONFIG}: its run cannot be verified; "
+                "nothing was changed"
+            ) from None
         raise LotteryError(f"{str(path)!r} has no {CONFIG}: not a lottery run folder") from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise LotteryError(f"{str(file)!r} is not readable JSON ({exc})") from None
@@ -80,7 +101,8 @@ def default_run_dir(name: str, root: Path = RESULTS_ROOT) -> Path:
 
 
 def check_new(path: Path) -> None:
-    """Refuse an existing non-empty folder before any work starts, so nothing is lost."""
+    """Refuse an ``--out`` that cannot be created or is taken, before any work starts."""
+    check_writable(path)
     if kind(path) not in ("missing", "empty"):
         raise LotteryError(
             f"{str(path)!r} already exists and is not empty; choose another --out, "
@@ -91,17 +113,34 @@ def check_new(path: Path) -> None:
 def check_writable(path: Path) -> None:
     """Refuse an ``--out`` the file system will not accept, before anything is created."""
     path = Path(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise LotteryError(
+                f"--out {str(path)[:40]!r}...: the name {part[:20]}... is "
+                f"{len(os.fsencode(part))} bytes long; the file system allows {NAME_MAX}"
+            )
+    if len(os.fsencode(path.absolute())) >= PATH_MAX:
+        raise LotteryError(
+            f"--out {str(path)[:40]!r}...: the path is longer than the {PATH_MAX} bytes "
+            "the file system allows"
+        )
     ancestor = path
-    while not ancestor.exists():
-        if len(ancestor.name.encode()) > 255:
-            raise LotteryError(f"--out {str(path)!r}: the name {ancestor.name[:20]}... is too long")
-        ancestor = ancestor.parent
-    if len(str(path.absolute()).encode()) > 4000:
-        raise LotteryError(f"--out {str(path)!r}: the path is too long")
-    if not ancestor.is_dir():
+    try:
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        is_dir = ancestor.is_dir()
+    except OSError as exc:
+        raise LotteryError(f"--out {str(path)!r}: {files.reason(exc)}") from None
+    if not is_dir:
         raise LotteryError(f"--out {str(path)!r}: {str(ancestor)!r} is a file, not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise LotteryError(f"--out {str(path)!r}: {str(ancestor)!r} is not writable")
+        why = "is not writable"
+        try:
+            if os.statvfs(ancestor).f_flag & os.ST_RDONLY:
+                why = "is on a read-only file system"
+        except OSError:
+            pass
+        raise LotteryError(f"--out {str(path)!r}: {str(ancestor)!r} {why}")
 
 
 @contextmanager
@@ -111,14 +150,15 @@ def locked(path: Path) -> Iterator[None]:
     try:
         fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise LotteryError(f"cannot lock {str(path)!r}: {exc.strerror}") from None
+        raise LotteryError(f"cannot lock {str(path)!r}: {files.reason(exc)}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise LotteryError(
-                f"{str(path)!r} is in use by another lottery process (pid {holder})"
+                f"{str(path)!r} is in use by another lottery process (pid {holder}); "
+                "wait for it to finish or stop it"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -130,11 +170,10 @@ def locked(path: Path) -> Iterator[None]:
 def create(path: Path) -> None:
     """Make the folder (or take an empty one): the caller then holds it with ``locked``."""
     check_new(path)
-    check_writable(path)
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise LotteryError(f"cannot create {str(path)!r}: {exc.strerror}") from None
+        raise LotteryError(f"cannot create {str(path)!r}: {files.reason(exc)}") from None
 
 
 def clear_stray_temp_files(path: Path) -> None:
@@ -144,39 +183,206 @@ def clear_stray_temp_files(path: Path) -> None:
             stray.unlink()
 
 
+# -- verifying what a folder holds ---------------------------------------------------------
+
+
+def verified(path: Path, meta: dict[str, Any], name: str = CHECKPOINT) -> dict[str, Any]:
+    """The body of checkpoint ``name`` if it is whole and belongs to ``meta`` (the folder's
+    ``config.json``); else one line naming what differs."""
+    path = Path(path)
+    body = checkpoint.read(path, name)
+    if body.get("identity") != checkpoint.run_identity(meta):
+        changed = _differences(body.get("config", {}), meta["config"], name)
+        what = f" ({changed})" if changed else " (seeds or plugins differ)"
+        raise LotteryError(
+            f"{str(path / name)!r} does not belong to {str(path / CONFIG)!r}{what}: "
+            "another run's checkpoint or an edited config"
+        )
+    saved, current = body.get("meta"), checkpoint.canonical(meta)
+    if saved is not None and saved != current:
+        keys = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+        if "config" in keys:
+            keys.remove("config")
+            keys += [
+                f"config.{k}"
+                for k in sorted(set(saved["config"]) | set(current["config"]))
+                if saved["config"].get(k) != current["config"].get(k)
+            ]
+        raise LotteryError(
+            f"{str(path / CONFIG)!r} was changed after {str(path / name)!r} was written "
+            f"({', '.join(keys)} differ)"
+        )
+    return body
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any], name: str) -> str:
+    from .config import NOT_IDENTITY
+
+    keys = sorted((set(saved) | set(current)) - NOT_IDENTITY)
+    return ", ".join(
+        f"{k}: {saved.get(k)!r} in {name}, {current.get(k)!r} in config.json"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    )
+
+
 def resume_point(path: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
     """The verified checkpoint body to continue from, or ``None`` for a run that may start
     again (its folder holds only the ``config.json`` it wrote before its first round finished).
-    Anything else is one line saying what is there and what is missing; nothing is touched."""
+    Anything else is one line saying what is there and what is wrong; nothing is touched."""
     path = Path(path)
     if not (path / CHECKPOINT).exists():
         extra = sorted(p.name for p in path.iterdir() if p.name not in (CONFIG, LOCK))
         if extra:
             raise LotteryError(
                 f"{str(path)!r} has {', '.join(extra)} but no {CHECKPOINT}: it cannot be "
-                "resumed, and nothing in it was changed"
+                f"resumed{fallback_hint(path, meta)}; nothing in it was changed"
             )
         return None
-    body = checkpoint.read(path)
-    if body.get("identity") != checkpoint.run_identity(meta):
-        changed = _differences(body.get("config", {}), meta["config"])
-        what = f" ({changed})" if changed else " (seeds or plugins differ)"
-        raise LotteryError(
-            f"{str(path / CHECKPOINT)!r} does not belong to {str(path / CONFIG)!r}{what}: "
-            "another run's checkpoint or an edited config; nothing was changed"
-        )
+    try:
+        body = verified(path, meta)
+    except LotteryError as exc:
+        raise LotteryError(f"{exc}{fallback_hint(path, meta)}; nothing was changed") from None
+    check_tables(path, body)
     return body
 
 
-def _differences(saved: dict[str, Any], current: dict[str, Any]) -> str:
-    from .config import NOT_IDENTITY
-
-    keys = sorted((set(saved) | set(current)) - NOT_IDENTITY)
-    return ", ".join(
-        f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} in config.json"
-        for k in keys
-        if saved.get(k) != current.get(k)
+def fallback_hint(path: Path, meta: dict[str, Any]) -> str:
+    """How to continue from ``checkpoint.prev.pt``, if it is there, whole and this run's."""
+    if not (Path(path) / PREVIOUS).exists():
+        return ""
+    try:
+        previous = verified(path, meta, PREVIOUS)
+    except LotteryError:
+        return ""
+    done = previous["next_round"]
+    return (
+        f"; {PREVIOUS} (rounds 0-{done - 1}) is intact: to redo round {done} from it, run: "
+        f"python cli.py run --resume {path} --from-previous"
     )
+
+
+def previous_point(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The verified body of ``checkpoint.prev.pt``, for ``--from-previous``: only when
+    ``checkpoint.pt`` is missing or unusable, and the tables do not contradict it."""
+    path = Path(path)
+    if (path / CHECKPOINT).exists():
+        try:
+            verified(path, meta)
+        except LotteryError:
+            pass
+        else:
+            raise LotteryError(
+                f"{str(path / CHECKPOINT)!r} is intact: resume without --from-previous"
+            )
+    if not (path / PREVIOUS).exists():
+        raise LotteryError(f"{str(path)!r} has no {PREVIOUS} to fall back to")
+    body = verified(path, meta, PREVIOUS)
+    check_tables(path, body, ahead=True)
+    return body
+
+
+def set_aside(path: Path) -> Path | None:
+    """Move an unusable ``checkpoint.pt`` to a free ``checkpoint.damaged[-N].pt``: kept, never
+    deleted, and out of the way of the checkpoint the run writes next."""
+    current = Path(path) / CHECKPOINT
+    if not current.exists():
+        return None
+    target, n = Path(path) / f"{SET_ASIDE}.pt", 2
+    while target.exists():
+        target, n = Path(path) / f"{SET_ASIDE}-{n}.pt", n + 1
+    try:
+        os.rename(current, target)
+    except OSError as exc:
+        raise LotteryError(f"cannot move {str(current)!r} aside: {files.reason(exc)}") from None
+    return target
+
+
+def check_tables(path: Path, body: dict[str, Any], ahead: bool = False) -> None:
+    """Each table in ``path`` must hold what the checkpoint ``body`` says, for its last round
+    or the one before; with ``ahead`` (falling back to the previous checkpoint) also one round
+    more, of which only the rounds the checkpoint knows are compared."""
+    path = Path(path)
+    done = int(body["next_round"])
+    counts = [k for k in (done - 1, done) if k >= 1]
+    problems = {
+        RESULTS: lambda file: _csv_matches(file, body["records"], counts, done, ahead),
+        HISTORY: lambda file: _csv_matches(file, body["history"], counts, done, ahead),
+        LAYERS: lambda file: _csv_matches(file, body["layers"], counts, done, ahead),
+        TICKET: lambda file: _ticket_matches(file, body, counts, done, ahead),
+    }
+    for name in TABLES:
+        file = path / name
+        if file.exists() and not problems[name](file):
+            raise LotteryError(
+                f"{str(file)!r} does not match {str(path / CHECKPOINT)!r}: it was damaged, "
+                f"edited or copied from another run; move it aside and run again (it is written "
+                "anew from the checkpoint); nothing was changed"
+            )
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    """``rows`` as the CSV reader returns them once written, so files compare like for like."""
+    return _parse(pd.DataFrame(rows).to_csv(index=False))
+
+
+def _parse(text: str) -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(text), float_precision="round_trip")
+
+
+def _csv_matches(file: Path, rows: list[dict], counts: list[int], done: int, ahead: bool) -> bool:
+    try:
+        found = _parse(file.read_text())
+        rounds = found["round"]
+    except Exception:  # unreadable, truncated into nothing, no round column: not ours
+        return False
+    for k in counts:
+        if found.equals(_frame([r for r in rows if r["round"] < k])):
+            return True
+    if ahead and len(found) and rounds.max() == done:
+        known = found[rounds < done].reset_index(drop=True)
+        return known.equals(_frame([r for r in rows if r["round"] < done]))
+    return False
+
+
+def _ticket_matches(
+    file: Path, body: dict[str, Any], counts: list[int], done: int, ahead: bool
+) -> bool:
+    try:
+        ticket = torch.load(file, map_location="cpu", weights_only=True)
+        last = ticket["round"]
+        if ahead and last == done:
+            return True  # the round the damaged checkpoint had: written anew
+        if last + 1 not in counts:
+            return False
+        masks = {
+            name: checkpoint.unpack_mask(packed) for name, packed in body["masks"][last].items()
+        }
+        config = body["config"]
+        return (
+            set(ticket) == {"round", "masks", "weights", "model", "rewind_iter"}
+            and ticket["model"] == config["model"]
+            and ticket["rewind_iter"] == config["rewind_iter"]
+            and _same(ticket["masks"], masks)
+            and _same(ticket["weights"], body["rewind_state"])
+        )
+    except Exception:  # unreadable or not shaped like a ticket: not ours
+        return False
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return set(a) == set(b) and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
+
+
+def tables_of(body: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``results``, ``history`` and ``layers`` of a checkpoint body, as their CSV files read."""
+    from .experiment import results_frame
+
+    results = _parse(results_frame(body["records"]).to_csv(index=False))
+    return results, _frame(body["history"]), _frame(body["layers"])
+
+
+# -- writing -------------------------------------------------------------------------------
 
 
 class RunFolder:
@@ -186,17 +392,23 @@ class RunFolder:
         self.path = Path(path)
         self.experiment = experiment
         self.meta = experiment.describe()
+        self.saved_rounds = 0  # rounds the folder's checkpoint holds, as far as this run knows
 
     def write_config(self) -> None:
         files.write_json(self.path / CONFIG, self.meta)
 
     def write_round(self, state: RunState) -> None:
-        """The checkpoint, then the ticket and the per-round tables, and ``results.csv`` last."""
-        from .experiment import results_frame
-
+        """The checkpoint (the one it replaces kept as ``checkpoint.prev.pt``), then the ticket
+        and the per-round tables, and ``results.csv`` last."""
         experiment = self.experiment
         assert experiment.model is not None
         checkpoint.save(self.path / CHECKPOINT, self.meta, experiment.model.state_dict(), state)
+        self.saved_rounds = state.next_round
+        self.write_tables(state)
+
+    def write_tables(self, state: RunState) -> None:
+        from .experiment import results_frame
+
         files.write_csv(self.path / HISTORY, pd.DataFrame(state.history))
         files.write_csv(self.path / LAYERS, pd.DataFrame(state.layers))
         last = max(state.masks)
@@ -206,8 +418,8 @@ class RunFolder:
                 "round": last,
                 "masks": state.masks[last],
                 "weights": {k: v.cpu() for k, v in state.rewind_state.items()},
-                "model": experiment.config.model,
-                "rewind_iter": experiment.config.rewind_iter,
+                "model": self.experiment.config.model,
+                "rewind_iter": self.experiment.config.rewind_iter,
             },
         )
         files.write_csv(self.path / RESULTS, results_frame(state.records))

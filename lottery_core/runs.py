@@ -2,17 +2,22 @@
 
 Everything that can be known before training (the data, the batch size against it, the model's
 forward on the data's input shape, a writable ``--out``) is checked before the folder exists. A
-run that fails before its first round finishes removes what it wrote, so the same command can
-simply be run again; after that, every finished round stays and ``--resume`` continues.
+run that fails before its first round is saved removes what it wrote, so the same command can
+simply be run again; after that, every saved round stays and ``--resume`` continues. A file that
+cannot be written (a full disk) is one line naming it, the rounds saved and how to continue.
+
+``--resume`` trusts nothing it cannot verify (``rundir.resume_point``); ``--from-previous``
+continues from ``checkpoint.prev.pt`` when ``checkpoint.pt`` is damaged, moving the damaged one
+aside, never deleting it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import checkpoint, rundir
+from . import checkpoint, files, rundir
 from .config import ExperimentConfig
-from .errors import LotteryError
+from .errors import Interrupted, LotteryError, RunFailed, WriteFailed
 from .experiment import Experiment, ExperimentResult
 from .plugins import Plugins
 from .specs import DatasetSplits
@@ -47,7 +52,7 @@ def start(
         except BaseException:
             _remove_own(path, existed)
             raise
-        return _run(experiment, folder, state, progress, stop_after, after_round, existed)
+        return _run(experiment, folder, state, progress, stop_after, after_round, existed, True)
 
 
 def restart(
@@ -58,7 +63,7 @@ def restart(
     folder = rundir.RunFolder(path, experiment)
     folder.write_config()
     experiment.plugins.notify("on_experiment_start", config=experiment.config, run_dir=path)
-    return _run(experiment, folder, None, progress, None, after_round, True)
+    return _run(experiment, folder, None, progress, None, after_round, True, False)
 
 
 def _run(
@@ -69,27 +74,47 @@ def _run(
     stop_after: int | None,
     after_round,
     existed: bool,
+    fresh: bool,
 ) -> ExperimentResult:
+    """The rounds, each written by ``folder``. On any failure a ``fresh`` start (this call
+    wrote the folder's files) that saved no round removes what it wrote."""
+
     def write(current: RunState) -> None:
         if after_round is not None:
             after_round(current)
         folder.write_round(current)
 
-    if state is None:
-        state = experiment.start()
     try:
+        if state is None:
+            state = experiment.start()
         result = experiment.run(
             state, progress=progress, stop_after=stop_after, after_round=write, run_dir=folder.path
         )
+    except WriteFailed as exc:
+        raise RunFailed(f"{exc}; {_after_failure(folder, existed, fresh)}") from None
+    except Interrupted:
+        _after_failure(folder, existed, fresh)
+        saved = folder.saved_rounds
+        raise Interrupted(folder.path if saved else None, saved) from None
     except BaseException:
-        if state.next_round == 0:
-            _remove_own(folder.path, existed)
+        _after_failure(folder, existed, fresh)
         raise
     if state.next_round >= (experiment.config.rounds or 0):
         experiment.plugins.notify(
             "on_experiment_end", results=result.results, run_dir=folder.path
         )
     return result
+
+
+def _after_failure(folder: rundir.RunFolder, existed: bool, fresh: bool) -> str:
+    """Remove a fresh start's files if it saved no round; say what is kept and what next."""
+    path = folder.path
+    if fresh and not (path / rundir.CHECKPOINT).exists():
+        _remove_own(path, existed)
+        return "no round was saved and nothing was kept; run the same command again once fixed"
+    saved = folder.saved_rounds
+    kept = f"rounds 0-{saved - 1} are saved in {path}" if saved else "no round was saved"
+    return f"{kept}; once fixed, continue with: python cli.py run --resume {path}"
 
 
 def _remove_own(path: Path, existed: bool) -> None:
@@ -121,20 +146,33 @@ def resume(
     data: DatasetSplits | None = None,
     after_round=None,
     complete_ok: bool = False,
+    from_previous: bool = False,
 ) -> ExperimentResult:
-    """Continue the run in ``path`` from its last finished round (verified checkpoint)."""
+    """Continue the run in ``path`` from its last finished round (verified checkpoint), or with
+    ``from_previous`` from the round before it (``checkpoint.prev.pt``), when ``checkpoint.pt``
+    is missing or damaged: that one is moved aside and the tables rewritten to match."""
     path = Path(path)
     if rundir.kind(path) != "run":
         raise LotteryError(f"{str(path)!r} is not a lottery run folder")
     with rundir.locked(path):
         rundir.clear_stray_temp_files(path)
         meta = rundir.read_meta(path)
-        body = rundir.resume_point(path, meta)
+        if from_previous:
+            body = rundir.previous_point(path, meta)
+        else:
+            body = rundir.resume_point(path, meta)
         experiment = experiment_of(meta, plugins, data)
         if body is None:
             return restart(experiment, path, progress, after_round)
         model_state, state = checkpoint.state_of(body)
         experiment.restore(model_state, state)
+        folder = rundir.RunFolder(path, experiment)
+        folder.meta = meta  # the folder's own record stays as it was written
+        folder.saved_rounds = state.next_round
+        if from_previous:  # tables first: a stop in between leaves a state that resumes again
+            folder.write_tables(state)
+            rundir.set_aside(path)
+            files.keep_copy(path / rundir.PREVIOUS, path / rundir.CHECKPOINT)
         experiment.plugins.notify(
             "on_resume", config=experiment.config, run_dir=path, next_round=state.next_round
         )
@@ -142,6 +180,4 @@ def resume(
             if complete_ok:
                 return experiment.result(state, path)
             raise LotteryError(f"{str(path)!r} is already complete ({state.next_round} rounds)")
-        folder = rundir.RunFolder(path, experiment)
-        folder.meta = meta  # the folder's own record stays as it was written
-        return _run(experiment, folder, state, progress, None, after_round, True)
+        return _run(experiment, folder, state, progress, None, after_round, True, False)

@@ -16,7 +16,6 @@ ES exactly without evaluating the test set at every evaluation.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -58,13 +57,6 @@ class NonFiniteLoss(RuntimeError):
         super().__init__(f"loss became {value} by iteration {iteration}")
         self.iteration = iteration
         self.value = value
-
-
-def default_threads() -> int:
-    """The thread rule: one intra-op thread per core this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def use_threads(count: int) -> None:

@@ -12,9 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lottery_core.config import make_config, resolve  # noqa: E402
+from lottery_core.config import make_config  # noqa: E402
 from lottery_core.experiment import load_data  # noqa: E402
 from lottery_core.plugins import get_plugins  # noqa: E402
+from lottery_core.resolution import resolve  # noqa: E402
 
 # A budget that trains for real but finishes a round in well under a second.
 TINY = dict(dataset="mnist-sample", iterations=150, eval_every=50, batch_size=60)

@@ -53,7 +53,7 @@ def test_experiment_runner_accepts_the_seed_projects_keywords(tmp_path):
 
 def test_run_folder_names_are_stable(plugins):
     """Pinned: the same experiment must land in the same folder across versions."""
-    from lottery_core.config import resolve
+    from lottery_core.resolution import resolve
 
     names = [
         resolve(make_config(dataset="mnist-sample"), plugins).run_name(),

@@ -12,7 +12,8 @@ from torch.nn.utils import prune
 from lottery_core import masks, runs
 from lottery_core.config import make_config
 from lottery_core.experiment import Experiment
-from lottery_core.training import TrainSettings, default_threads, train_round
+from lottery_core.resolution import default_threads
+from lottery_core.training import TrainSettings, train_round
 
 from .conftest import ROOT, TINY
 
@@ -52,7 +53,7 @@ def test_the_thread_count_changes_no_number_and_is_recorded(plugins, sample_data
 
 
 def test_the_default_thread_count_is_one_per_usable_core(plugins):
-    from lottery_core.config import resolve
+    from lottery_core.resolution import resolve
 
     assert resolve(make_config(**TINY), plugins).threads == default_threads() >= 1
     assert resolve(make_config(**TINY, threads=1), plugins).threads == 1

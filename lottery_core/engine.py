@@ -1,0 +1,389 @@
+"""Ray as the engine: every unit of work (a run, or a run's first round) is one Ray task.
+
+By default a sweep starts an embedded Ray instance on this machine: bound to loopback only, no
+dashboard, a modest object store, and ``workers x threads`` CPUs so that ``workers`` runs train
+at once with ``threads`` torch threads each and the cores are not oversubscribed. ``address``
+sends the same work to an existing cluster instead; a process that already called
+``ray.init`` (a notebook, a test) is used as it is. Only sweeps and ``run --workers`` import
+this module, and Ray is imported inside it on first use, so a plain run never loads Ray.
+
+A unit is a function named by ``"module:function"`` with keyword arguments; it runs in a Ray
+worker, brings one run folder further and returns. Units restart safely, since a run resumes
+from its last checkpoint: a worker that dies (killed, out of memory) has its unit retried by
+Ray (``max_retries``); a unit that fails for its own reason (a ``LotteryError``: a diverging
+loss...) is recorded with its one-line error and not retried, the units that depend on it are
+skipped, and everything else finishes. Ctrl-C cancels the running units (they stop like a run
+does on Ctrl-C: finished rounds stay) and raises :class:`EngineInterrupted`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import Interrupted, LotteryError
+from .resolution import default_threads
+
+LOOPBACK = "127.0.0.1"
+OBJECT_STORE_BYTES = 128 * 1024**2  # units exchange small dicts; files carry the results
+MAX_RETRIES = 3  # a unit whose worker died is run again this many times
+CANCEL_WAIT_S = 15.0
+# Ray uses loopback for a node's address only with its cluster mode off; the embedded instance
+# and a cluster on 127.0.0.1 need that, a real multi-machine cluster must not have it.
+_LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+class EngineInterrupted(Exception):
+    """Ctrl-C: the running units were cancelled; every finished round is on disk."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where the units run: ``workers`` at once (``None``: as many as the cluster's CPUs fit),
+    with ``threads`` torch threads each, on the embedded instance or at ``address``."""
+
+    workers: int | None
+    threads: int
+    address: str | None = None
+
+    def describe(self) -> str:
+        where = "local Ray" if self.address is None else f"Ray at {self.address}"
+        many = "as many workers as the cluster fits" if self.workers is None else (
+            f"{self.workers} worker{'s' if self.workers != 1 else ''}"
+        )
+        return f"{many}, {self.threads} thread{'s' if self.threads != 1 else ''} each, {where}"
+
+
+def plan(workers: int | None, address: str | None, threads: int | None) -> Plan:
+    """The thread rule for parallel runs: ``workers`` defaults to this machine's cores and each
+    run gets ``cores // workers`` threads (at least one); on a cluster a run gets one thread
+    unless the config says otherwise."""
+    if workers is not None and workers < 1:
+        raise LotteryError(f"--workers must be at least 1 (got {workers})")
+    if address is not None and not address.strip():
+        raise LotteryError("--address must name a Ray cluster (host:port, or auto)")
+    cores = default_threads()
+    if address is None:
+        workers = workers or cores
+        threads = threads or max(1, cores // workers)
+    else:
+        threads = threads or 1
+    return Plan(workers, threads, address)
+
+
+def is_loopback(address: str | None) -> bool:
+    if address is None:
+        return True
+    host = address.rpartition(":")[0] if ":" in address else address
+    host = host.removeprefix("ray://")
+    return host in ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def _import_ray(address: str | None):
+    """Import Ray, with loopback addressing for the embedded instance and loopback clusters."""
+    if "ray" not in sys.modules and is_loopback(address):
+        os.environ.setdefault(_LOCAL_ONLY, "0")
+    import ray
+
+    return ray
+
+
+@dataclass
+class Unit:
+    """One task: ``target(**kwargs)`` in a worker. ``run`` names the run folder it advances
+    (progress counts runs), ``after`` the units that must have succeeded first, ``rounds`` how
+    many rounds it trains and ``count`` (in the driver) how many its run has finished so far."""
+
+    key: str
+    run: str
+    target: str
+    kwargs: dict[str, Any]
+    after: tuple[str, ...] = ()
+    rounds: int = 1
+    count: Callable[[], int] | None = None
+    gpu: bool = True  # may ask for a GPU share (False: the config says device cpu)
+    first: bool = False  # schedule before units that are not ``first`` (it unlocks others)
+
+
+@dataclass
+class Outcome:
+    """How a unit ended: ``ok``, or its one-line ``error``; where it ran, and how long."""
+
+    key: str
+    ok: bool
+    error: str = ""
+    skipped: bool = False
+    value: Any = None
+    pid: int | None = None
+    node: str | None = None
+    host: str | None = None
+    seconds: float = 0.0
+    traceback: str = ""
+
+
+@dataclass
+class Event:
+    """What the driver's callback sees after a change or a tick."""
+
+    done: int
+    running: int
+    failed: int
+    total: int
+    rounds_done: int
+    rounds_total: int
+    elapsed: float
+    outcome: Outcome | None = None  # set when a unit just ended
+    unit: Unit | None = None
+    running_units: list[Unit] = field(default_factory=list)
+
+    def eta(self, rounds_at_start: int = 0) -> float | None:
+        """Seconds left at the rate rounds were finished since the start (None: unknown)."""
+        done = self.rounds_done - rounds_at_start
+        if done <= 0 or self.elapsed <= 0:
+            return None
+        return (self.rounds_total - self.rounds_done) * self.elapsed / done
+
+
+def call(target: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What a Ray task runs: ``target(**kwargs)``, its errors as data (not retried)."""
+    import socket
+
+    started = time.perf_counter()
+    info: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(), "node": None}
+    try:
+        import ray
+
+        info["node"] = ray.get_runtime_context().get_node_id()
+    except Exception:  # not in a Ray worker (called directly)
+        pass
+    module, _, name = target.partition(":")
+    try:
+        value = getattr(importlib.import_module(module), name)(**kwargs)
+        return {**info, "ok": True, "value": value, "seconds": time.perf_counter() - started}
+    except (KeyboardInterrupt, Interrupted):
+        raise  # a cancel: the driver knows
+    except LotteryError as exc:
+        error, trace = str(exc), ""
+    except Exception as exc:  # a bug or a plugin's error: one line here, the trace kept
+        error, trace = f"{type(exc).__name__}: {exc}".splitlines()[0], traceback.format_exc()
+    return {**info, "ok": False, "error": error, "traceback": trace,
+            "seconds": time.perf_counter() - started}  # fmt: skip
+
+
+class Engine:
+    """A Ray connection (started, joined or borrowed) that runs units."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.ray: Any = None
+        self.owned = False
+        self.startup_s = 0.0
+        self.gpu_share = 0.0
+
+    def __enter__(self) -> Engine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        started = time.perf_counter()
+        ray = self.ray = _import_ray(self.plan.address)
+        quiet = {"log_to_driver": False, "logging_level": "error", "configure_logging": True}
+        if ray.is_initialized():
+            self._check_same_cluster()
+        elif self.plan.address is None:
+            ray.init(
+                address="local",
+                num_cpus=self.plan.workers * self.plan.threads,
+                include_dashboard=False,
+                object_store_memory=OBJECT_STORE_BYTES,
+                **quiet,
+            )
+            self.owned = True
+        else:
+            try:
+                ray.init(address=self.plan.address, **quiet)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise LotteryError(
+                    f"cannot connect to the Ray cluster at {self.plan.address}: {first}"
+                ) from None
+            self.owned = True
+        self.gpu_share = self._gpu_share()
+        self.startup_s = time.perf_counter() - started
+
+    def _check_same_cluster(self) -> None:
+        wanted = self.plan.address
+        if wanted is None or wanted == "auto":
+            return
+        current = self.ray.get_runtime_context().gcs_address
+        if wanted.removeprefix("ray://") != current:
+            raise LotteryError(
+                f"this process is already connected to the Ray cluster at {current}; "
+                f"it cannot also use --address {wanted}"
+            )
+
+    def _gpu_share(self) -> float:
+        """A GPU share per run when the cluster has GPUs: the GPUs split over the runs that
+        train at once (at most one GPU a run), so every worker slot can get one."""
+        resources = self.ray.cluster_resources()
+        gpus = float(resources.get("GPU", 0))
+        if gpus <= 0:
+            return 0.0
+        slots = self.plan.workers or max(1, int(resources.get("CPU", 1) // self.plan.threads))
+        return math.floor(min(1.0, gpus / slots) * 10_000) / 10_000
+
+    def stop(self) -> None:
+        if self.owned and self.ray is not None and self.ray.is_initialized():
+            self.ray.shutdown()
+        self.owned = False
+
+    def cluster(self) -> dict[str, Any]:
+        """The nodes and resources units can use (for messages and tests)."""
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        return {"nodes": len(nodes), "resources": self.ray.cluster_resources()}
+
+    # -- running units -------------------------------------------------------------------
+
+    def run(
+        self,
+        units: list[Unit],
+        on_event: Callable[[Event], None] | None = None,
+        poll_s: float = 0.5,
+    ) -> dict[str, Outcome]:
+        """Run ``units`` (respecting ``after``) and return every unit's outcome by key."""
+        ray = self.ray
+        remote = ray.remote(call).options(
+            num_cpus=self.plan.threads,
+            max_retries=MAX_RETRIES,
+            retry_exceptions=False,
+        )
+        by_key = {u.key: u for u in units}
+        order = sorted(range(len(units)), key=lambda i: (not units[i].first, i))
+        waiting = [units[i] for i in order]
+        outcomes: dict[str, Outcome] = {}
+        inflight: dict[Any, Unit] = {}
+        counted: dict[str, int] = {}
+        limit = self.plan.workers
+        started = time.perf_counter()
+        runs = {u.run for u in units}
+
+        def counts() -> tuple[int, int, int]:
+            failed_runs = {by_key[k].run for k, o in outcomes.items() if not o.ok}
+            busy = {u.run for u in inflight.values()} - failed_runs
+            open_runs = {u.run for u in units if u.key not in outcomes}
+            done = len(runs - open_runs - failed_runs)
+            return done, len(busy), len(failed_runs)
+
+        def rounds_done() -> int:
+            total = sum(by_key[k].rounds for k, o in outcomes.items() if o.ok)
+            for unit in inflight.values():
+                if unit.count is not None:
+                    now = unit.count() - counted.get(unit.key, 0)
+                    total += max(0, min(unit.rounds, now))
+            return total
+
+        def emit(outcome: Outcome | None = None, unit: Unit | None = None) -> None:
+            if on_event is None:
+                return
+            done, running, failed = counts()
+            on_event(
+                Event(
+                    done, running, failed, len(runs), rounds_done(),
+                    sum(u.rounds for u in units), time.perf_counter() - started,
+                    outcome, unit, list(inflight.values()),
+                )
+            )  # fmt: skip
+
+        def submit_ready() -> None:
+            for unit in list(waiting):
+                bad = [k for k in unit.after if k in outcomes and not outcomes[k].ok]
+                if bad:
+                    waiting.remove(unit)
+                    outcomes[unit.key] = Outcome(
+                        unit.key, False, f"not run: {by_key[bad[0]].run} failed", skipped=True
+                    )
+                    continue
+                if not all(k in outcomes for k in unit.after):
+                    continue
+                if limit is not None and len(inflight) >= limit:
+                    break
+                waiting.remove(unit)
+                options = {}
+                if unit.gpu and self.gpu_share > 0:
+                    options["num_gpus"] = self.gpu_share
+                task = remote.options(**options) if options else remote
+                counted[unit.key] = unit.count() if unit.count is not None else 0
+                inflight[task.remote(unit.target, unit.kwargs)] = unit
+
+        try:
+            submit_ready()
+            emit()
+            while waiting or inflight:
+                if not inflight:  # everything left waits on a unit that never ran
+                    for unit in waiting:
+                        outcomes[unit.key] = Outcome(unit.key, False, "not run", skipped=True)
+                    break
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=poll_s)
+                for ref in ready:
+                    unit = inflight.pop(ref)
+                    outcome = self._outcome(unit, ref)
+                    outcomes[unit.key] = outcome
+                    submit_ready()
+                    emit(outcome, unit)
+                if not ready:
+                    emit()
+        except KeyboardInterrupt:
+            self._cancel(list(inflight))
+            raise EngineInterrupted() from None
+        return outcomes
+
+    def _outcome(self, unit: Unit, ref: Any) -> Outcome:
+        exceptions = self.ray.exceptions
+        try:
+            result = self.ray.get(ref)
+        except exceptions.TaskCancelledError:
+            return Outcome(unit.key, False, "cancelled")
+        except exceptions.RayTaskError as exc:  # raised past ``call``: keep its first line
+            cause = getattr(exc, "cause", None) or exc
+            return Outcome(unit.key, False, f"{type(cause).__name__}: {cause}".splitlines()[0])
+        except exceptions.RayError as exc:  # the worker or its node died more than it may
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return Outcome(
+                unit.key,
+                False,
+                f"its worker died {MAX_RETRIES + 1} times ({type(exc).__name__}: {first})",
+            )
+        return Outcome(
+            unit.key,
+            bool(result["ok"]),
+            result.get("error", ""),
+            value=result.get("value"),
+            pid=result.get("pid"),
+            node=result.get("node"),
+            host=result.get("host"),
+            seconds=float(result.get("seconds", 0.0)),
+            traceback=result.get("traceback", ""),
+        )
+
+    def _cancel(self, refs: list[Any]) -> None:
+        """Ask the running units to stop (a KeyboardInterrupt in each), then wait for them."""
+        for ref in refs:
+            try:
+                self.ray.cancel(ref)
+            except Exception:  # already finished
+                pass
+        if refs:
+            try:
+                self.ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
+            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+                pass
