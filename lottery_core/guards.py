@@ -30,7 +30,13 @@ def blame(who: str, doing: str) -> Iterator[None]:
     """Run plugin code; an exception becomes one line naming the plugin and what it was doing."""
     try:
         yield
-    except (LotteryError, KeyboardInterrupt):
+    except PluginError:
+        raise
+    except LotteryError as exc:
+        if type(exc) is not LotteryError:  # RunFailed and the like keep their meaning
+            raise
+        raise PluginError(f"{who}: {exc}") from None
+    except KeyboardInterrupt:
         raise
     except Exception as exc:  # a plugin's own bug: name it, no traceback
         raise PluginError(f"{who} failed {doing}: {describe_error(exc)}") from None

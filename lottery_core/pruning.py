@@ -15,6 +15,7 @@ import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -156,6 +157,12 @@ def _one_step(
     masks.apply_masks(layers, new)
 
 
+def _step_generator(seed: int, round_index: int, step: int, stream: int) -> torch.Generator:
+    """A generator for (seed, round, step, stream) with no two tuples sharing a seed."""
+    value = np.random.SeedSequence([seed, round_index, step, stream]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(value))
+
+
 def _legacy(function) -> bool:
     """A ``scores(weights, generator)`` function of the first contract."""
     try:
@@ -176,15 +183,16 @@ def _context(
     layers = experiment.layers
     data = experiment.data
     seed = experiment.seed
-    generator = round_generator(seed, round_index * 1_000 + step) if steps > 1 else (
-        round_generator(seed, round_index)
+    generator = (
+        _step_generator(seed, round_index, step, 0)
+        if steps > 1
+        else round_generator(seed, round_index)  # one step: the generator IMP always used
     )
     batch_size = experiment.config.batch_size
     assert batch_size is not None
 
     def batches(count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order_seed = seed * 7_919 + round_index * 1_000 + step
-        order = torch.Generator().manual_seed(order_seed)
+        order = _step_generator(seed, round_index, step, 1)
         n = int(data.train_x.shape[0])
         for _ in range(count):
             index = torch.randperm(n, generator=order)[:batch_size].to(data.train_x.device)
