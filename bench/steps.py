@@ -69,7 +69,7 @@ class FrameworkStep:
             batch_size=BATCH,
         )
         self.experiment = Experiment(config, data=data)
-        self.experiment.start()
+        self.state = self.experiment.start()
         self.threads: int = self.experiment.config.threads  # type: ignore[assignment]
         self.settings = TrainSettings(
             iterations=steps,
@@ -89,7 +89,7 @@ class FrameworkStep:
         returns the percentage of weights remaining."""
         while self.pruned < prunings:
             self.pruned += 1
-            self.experiment.prune(self.pruned)
+            self.experiment.prune(self.state, self.pruned)
         return remaining_percent(self.experiment.layers)
 
     def __call__(self, steps: int | None = None) -> float:

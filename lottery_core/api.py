@@ -53,11 +53,12 @@ def run_trials(
     out: Path | str | None = None,
     progress: bool = True,
     plugins: Plugins | None = None,
+    workers: int | None = None,
     **overrides: Any,
 ) -> GroupResult:
     """Run ``trials`` seeded trials of an experiment and, with ``controls``, its random-reinit
     and random-pruning controls branching off the same dense round; returns all rows and the
-    per-round aggregate (mean, std, min, max)."""
+    per-round aggregate (mean, std, min, max). ``workers``: that many at once, on Ray."""
     config = _with_overrides(config, overrides)
     resolved = resolve(config, plugins or get_plugins())
     target = Path(out) if out is not None else resolved.out
@@ -65,8 +66,9 @@ def run_trials(
         suffix = f"-trials{trials}" + ("-controls" if controls else "")
         target = rundir.default_run_dir(resolved.run_name() + suffix)
     return run_group(
-        config, Path(target), trials=trials, controls=controls, progress=progress, plugins=plugins
-    )
+        config, Path(target), trials=trials, controls=controls, progress=progress,
+        plugins=plugins, workers=workers,
+    )  # fmt: skip
 
 
 def resume_experiment(
@@ -75,6 +77,7 @@ def resume_experiment(
     progress: bool = True,
     plugins: Plugins | None = None,
     from_previous: bool = False,
+    workers: int | None = None,
 ) -> ExperimentResult | GroupResult:
     """Continue a stopped run (or trials/controls folder) from its last finished round; with
     ``from_previous``, a run from its previous checkpoint (``checkpoint.pt`` is damaged)."""
@@ -86,7 +89,14 @@ def resume_experiment(
             "folder; give the folder its error named"
         )
     if found == "group":
-        return continue_group(run_dir, progress=progress, plugins=plugins)
+        return continue_group(run_dir, progress=progress, plugins=plugins, workers=workers)
+    if found == "sweep":
+        raise LotteryError(
+            f"{str(run_dir)!r} is a sweep folder; continue it with: python cli.py sweep "
+            f"--resume {run_dir}"
+        )
+    if workers is not None:
+        raise LotteryError("--workers runs a trials/controls folder in parallel; this is one run")
     if found != "run":
         raise LotteryError(f"{str(run_dir)!r} is not a lottery run folder (nothing to resume)")
     return runs.resume(run_dir, progress=progress, plugins=plugins, from_previous=from_previous)

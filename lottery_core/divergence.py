@@ -3,7 +3,8 @@
 A non-finite loss already stops a run (``training.NonFiniteLoss``); a learning rate far too high
 can instead leave every loss finite but huge (``--lr 1e4``: losses of 1e16) and the accuracy at
 chance, and exit 0. Each round's record says so in its ``flag`` column, which the CLI table and
-the report show: ``"diverged"``, ``"chance"`` or ``""``.
+the report show: ``"diverged"``, ``"chance"``, or an empty cell (NaN, as pandas reads an empty
+cell back, so a run's in-memory table equals its ``results.csv``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,14 @@ GROWTH = 4.0
 CHANCE_MARGIN = 5.0
 
 
-def round_flag(history: list[dict], val_acc: float, num_classes: int) -> str:
-    """``"diverged"``, ``"chance"`` or ``""`` for a round with evaluation rows ``history``
+def round_flag(history: list[dict], val_acc: float, num_classes: int) -> str | float:
+    """``"diverged"``, ``"chance"`` or NaN for a round with evaluation rows ``history``
     (``train_loss``, ``val_loss``) and validation accuracy ``val_acc`` (%) at early stopping."""
+    return check(history, val_acc, num_classes) or math.nan
+
+
+def check(history: list[dict], val_acc: float, num_classes: int) -> str:
+    """``round_flag``'s verdict, ``""`` when nothing is wrong."""
     if not history or num_classes < 2:
         return ""
     bound = EXPLODED * math.log(num_classes)

@@ -37,9 +37,11 @@ class WriteFailed(RunFailed):
 
 
 class Interrupted(Exception):
-    """Ctrl-C during a run: every finished round is already saved in ``run_dir``."""
+    """Ctrl-C during a run: every saved round is in ``run_dir`` (``None``: nothing was kept);
+    ``kept`` says what is there, when "rounds before ``next_round``" would not."""
 
-    def __init__(self, run_dir: Path | None, next_round: int):
+    def __init__(self, run_dir: Path | None, next_round: int, kept: str | None = None):
         super().__init__(f"interrupted before round {next_round} finished")
         self.run_dir = run_dir
         self.next_round = next_round
+        self.kept = kept or f"rounds before round {next_round} are saved in {run_dir}"

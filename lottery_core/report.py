@@ -148,9 +148,11 @@ def check_table(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
         bad = ~np.isfinite(values.to_numpy())
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
+            value = frame[column].iloc[row]
+            shown = repr(value) if isinstance(value, str) else str(value)
             raise LotteryError(
-                f"{str(path)!r} has no number in column {column} (row {row + 1}: "
-                f"{frame[column].iloc[row]!r}): the table is damaged; no report over it"
+                f"{str(path)!r} has no number in column {column} (row {row + 1}: {shown}): "
+                "the table is damaged; no report over it"
             )
         frame[column] = values
     if path.name == rundir.RESULTS:
@@ -189,7 +191,7 @@ def read_trial(folder: Path) -> Trial:
             body = rundir.verified(folder, meta)
         except LotteryError as exc:
             raise LotteryError(f"{exc}{rundir.fallback_hint(folder, meta)}") from None
-        rundir.check_tables(folder, body)
+        rundir.check_tables(folder, body, names=(rundir.RESULTS, rundir.HISTORY, rundir.LAYERS))
         results, history, layers = rundir.tables_of(body)
     else:
         results = _read_csv(folder / rundir.RESULTS, required=True)
@@ -251,8 +253,11 @@ def describe(config: dict[str, Any]) -> str:
     return words
 
 
-def load_series(folders: list[Path]) -> tuple[list[Series], list[str]]:
-    """Every series in ``folders`` (single runs and groups), with unique readable labels."""
+def load_series(
+    folders: list[Path], by: list[str] | None = None
+) -> tuple[list[Series], list[str]]:
+    """Every series in ``folders`` (single runs, groups and sweeps, whose series ``by``
+    chooses), with unique readable labels."""
     if not folders:
         raise LotteryError("no run folder given to report on")
     several = len(folders) > 1
@@ -261,7 +266,9 @@ def load_series(folders: list[Path]) -> tuple[list[Series], list[str]]:
     for folder in map(Path, folders):
         if not folder.is_dir():
             raise LotteryError(f"{str(folder)!r} does not exist or is not a folder")
-        if is_group(folder):
+        if rundir.kind(folder) == "sweep":
+            series += sweep_series(folder, by, several)
+        elif is_group(folder):
             experiments, skipped = read_group(folder)
             notes += [f"{folder.name}: {note}" for note in skipped]
             for name, trials in experiments:
@@ -272,12 +279,35 @@ def load_series(folders: list[Path]) -> tuple[list[Series], list[str]]:
             words = describe(trial.meta.get("config", {}))
             label = f"{folder.name} ({words})" if several else words
             series.append(Series(label, folder, None, [trial]))
+    if by and not any(rundir.kind(f) == "sweep" for f in map(Path, folders)):
+        raise LotteryError("--by chooses the series of a sweep folder; none was given")
     seen: dict[str, int] = {}
     for item in series:
         seen[item.label] = seen.get(item.label, 0) + 1
         if seen[item.label] > 1:
             item.label += f" #{seen[item.label]}"
     return series, notes
+
+
+def sweep_series(folder: Path, by: list[str] | None, several: bool) -> list[Series]:
+    """A sweep folder's series: one per grid point and experiment, or per value of the ``by``
+    fields (``lottery_core.sweep.report_series``), of the trials that finished a round."""
+    from .sweep import report_series
+
+    found = []
+    for label, experiment, trial_dirs in report_series(folder, by):
+        trials = []
+        for trial_dir in trial_dirs:
+            try:
+                trials.append(read_trial(trial_dir))
+            except LotteryError:  # not started, or no finished round yet
+                continue
+        if trials:
+            found.append(Series(f"{folder.name} / {label}" if several else label, folder,
+                                experiment, trials))  # fmt: skip
+    if not found:
+        raise LotteryError(f"{str(folder)!r} is a sweep with no finished round yet")
+    return found
 
 
 # -- numbers -------------------------------------------------------------------------------
@@ -645,7 +675,12 @@ def save_figure(fig: Figure, path: Path) -> None:
 # -- the report ----------------------------------------------------------------------------
 
 
-def write_report(run_dirs: list[Path], out_dir: Path | None = None, tolerance: float = 0.5) -> Path:
+def write_report(
+    run_dirs: list[Path],
+    out_dir: Path | None = None,
+    tolerance: float = 0.5,
+    by: list[str] | None = None,
+) -> Path:
     """Write ``report.md`` and its figures for single run and trials/controls folders.
 
     ``out_dir`` defaults to ``<first run dir>/report/``; returns the path of ``report.md``.
@@ -655,7 +690,7 @@ def write_report(run_dirs: list[Path], out_dir: Path | None = None, tolerance: f
         raise LotteryError(
             f"tolerance must be a finite number of points, 0 or more (got {tolerance})"
         )
-    series, notes = load_series([Path(p) for p in run_dirs])
+    series, notes = load_series([Path(p) for p in run_dirs], by=by)
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
     if out_dir.exists() and not out_dir.is_dir():
         raise LotteryError(f"{str(out_dir)!r} exists and is not a folder")

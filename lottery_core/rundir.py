@@ -45,22 +45,26 @@ TICKET = "ticket.pt"
 AGGREGATE = "aggregate.csv"
 LOCK = ".lock"
 RUNS = "runs"  # a trials/controls folder keeps its runs under runs/<experiment>/trial_<i>/
+SWEEP = "sweep.toml"  # a sweep folder (lottery_core.sweep) holds the sweep as run
 TABLES = (HISTORY, LAYERS, TICKET, RESULTS)  # written after the checkpoint, in this order
 OWN_FILES = (CONFIG, CHECKPOINT, PREVIOUS, *TABLES)
 NAME_MAX = 255
 PATH_MAX = 4096
 
-Kind = Literal["missing", "empty", "run", "group", "other"]
+Kind = Literal["missing", "empty", "run", "group", "sweep", "other"]
 
 
 def kind(path: Path) -> Kind:
-    """What a folder is: a single run, a trials/controls group, empty, missing or other."""
+    """What a folder is: a single run, a trials/controls group, a sweep, empty, missing or
+    other."""
     path = Path(path)
     try:
         if not path.exists():
             return "missing"
         if not path.is_dir():
             return "other"
+        if (path / SWEEP).is_file():
+            return "sweep"
         if (path / RUNS).is_dir():
             return "group"
         if (path / CHECKPOINT).exists() or (path / CONFIG).exists():
@@ -210,7 +214,7 @@ def verified(path: Path, meta: dict[str, Any], name: str = CHECKPOINT) -> dict[s
             ]
         raise LotteryError(
             f"{str(path / CONFIG)!r} was changed after {str(path / name)!r} was written "
-            f"({', '.join(keys)} differ)"
+            f"({', '.join(keys)} {'differs' if len(keys) == 1 else 'differ'})"
         )
     return body
 
@@ -298,10 +302,13 @@ def set_aside(path: Path) -> Path | None:
     return target
 
 
-def check_tables(path: Path, body: dict[str, Any], ahead: bool = False) -> None:
+def check_tables(
+    path: Path, body: dict[str, Any], ahead: bool = False, names: tuple[str, ...] = TABLES
+) -> None:
     """Each table in ``path`` must hold what the checkpoint ``body`` says, for its last round
     or the one before; with ``ahead`` (falling back to the previous checkpoint) also one round
-    more, of which only the rounds the checkpoint knows are compared."""
+    more, of which only the rounds the checkpoint knows are compared. A missing table is fine:
+    it is written anew from the checkpoint."""
     path = Path(path)
     done = int(body["next_round"])
     counts = [k for k in (done - 1, done) if k >= 1]
@@ -311,7 +318,7 @@ def check_tables(path: Path, body: dict[str, Any], ahead: bool = False) -> None:
         LAYERS: lambda file: _csv_matches(file, body["layers"], counts, done, ahead),
         TICKET: lambda file: _ticket_matches(file, body, counts, done, ahead),
     }
-    for name in TABLES:
+    for name in names:
         file = path / name
         if file.exists() and not problems[name](file):
             raise LotteryError(
@@ -321,13 +328,25 @@ def check_tables(path: Path, body: dict[str, Any], ahead: bool = False) -> None:
             )
 
 
-def _frame(rows: list[dict]) -> pd.DataFrame:
-    """``rows`` as the CSV reader returns them once written, so files compare like for like."""
-    return _parse(pd.DataFrame(rows).to_csv(index=False))
+def tables_current(path: Path, body: dict[str, Any]) -> bool:
+    """Whether every table is there and at the checkpoint's last round (after ``check_tables``;
+    a run stopped between its checkpoint and its tables is not)."""
+    done = int(body["next_round"])
+    if not all((Path(path) / name).exists() for name in TABLES):
+        return False
+    return _csv_matches(Path(path) / RESULTS, body["records"], [done], done, False)
+
+
+def _frame(rows: list[dict], results: bool = False) -> pd.DataFrame:
+    """``rows`` as the CSV reader returns them once written (as ``results.csv`` with
+    ``results``), so files compare like for like."""
+    from .experiment import results_frame
+
+    return _parse((results_frame(rows) if results else pd.DataFrame(rows)).to_csv(index=False))
 
 
 def _parse(text: str) -> pd.DataFrame:
-    return pd.read_csv(io.StringIO(text), float_precision="round_trip")
+    return pd.read_csv(io.StringIO(text))  # floats read back exactly (pandas >= 2)
 
 
 def _csv_matches(file: Path, rows: list[dict], counts: list[int], done: int, ahead: bool) -> bool:
@@ -337,11 +356,11 @@ def _csv_matches(file: Path, rows: list[dict], counts: list[int], done: int, ahe
     except Exception:  # unreadable, truncated into nothing, no round column: not ours
         return False
     for k in counts:
-        if found.equals(_frame([r for r in rows if r["round"] < k])):
+        if found.equals(_frame([r for r in rows if r["round"] < k], file.name == RESULTS)):
             return True
     if ahead and len(found) and rounds.max() == done:
         known = found[rounds < done].reset_index(drop=True)
-        return known.equals(_frame([r for r in rows if r["round"] < done]))
+        return known.equals(_frame([r for r in rows if r["round"] < done], file.name == RESULTS))
     return False
 
 
@@ -376,10 +395,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def tables_of(body: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """``results``, ``history`` and ``layers`` of a checkpoint body, as their CSV files read."""
-    from .experiment import results_frame
-
-    results = _parse(results_frame(body["records"]).to_csv(index=False))
-    return results, _frame(body["history"]), _frame(body["layers"])
+    return _frame(body["records"], True), _frame(body["history"]), _frame(body["layers"])
 
 
 # -- writing -------------------------------------------------------------------------------

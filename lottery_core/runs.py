@@ -95,7 +95,10 @@ def _run(
     except Interrupted:
         _after_failure(folder, existed, fresh)
         saved = folder.saved_rounds
-        raise Interrupted(folder.path if saved else None, saved) from None
+        if saved or not fresh:  # kept: a resumed run's folder, or a fresh one with a round
+            kept = None if saved else f"no round is saved yet in {folder.path}"
+            raise Interrupted(folder.path, saved, kept) from None
+        raise Interrupted(None, 0) from None
     except BaseException:
         _after_failure(folder, existed, fresh)
         raise
@@ -115,6 +118,37 @@ def _after_failure(folder: rundir.RunFolder, existed: bool, fresh: bool) -> str:
     saved = folder.saved_rounds
     kept = f"rounds 0-{saved - 1} are saved in {path}" if saved else "no round was saved"
     return f"{kept}; once fixed, continue with: python cli.py run --resume {path}"
+
+
+def remove_unsaved_group(out: Path, existed: bool) -> None:
+    """Undo a trials/controls start none of whose runs saved a round: its ``config.json``, its
+    lock and the empty folders under ``runs/`` (each run removed its own files), then ``out``."""
+    out = Path(out)
+    if any((out / rundir.RUNS).glob(f"*/*/{rundir.CHECKPOINT}")):
+        return
+    runs_dir = out / rundir.RUNS
+    for folder in [*runs_dir.glob("*/*"), *runs_dir.glob("*"), runs_dir]:
+        try:
+            folder.rmdir()  # only empty ones: anything else stays
+        except OSError:
+            pass
+    if not runs_dir.exists():
+        for name in (rundir.CONFIG, rundir.LOCK):
+            (out / name).unlink(missing_ok=True)
+        if not existed:
+            try:
+                out.rmdir()
+            except OSError:
+                pass
+
+
+def for_group(exc: BaseException, out: Path) -> BaseException:
+    """A run's Ctrl-C as its trials/controls folder reports it: resume the group, not the run."""
+    if not isinstance(exc, (Interrupted, KeyboardInterrupt)):
+        return exc
+    if not Path(out).exists():
+        return Interrupted(None, 0)
+    return Interrupted(out, 0, f"every saved round of its runs is in {out}")
 
 
 def _remove_own(path: Path, existed: bool) -> None:
@@ -177,6 +211,9 @@ def resume(
             "on_resume", config=experiment.config, run_dir=path, next_round=state.next_round
         )
         if state.next_round >= (experiment.config.rounds or 0):
+            if not rundir.tables_current(path, body):  # stopped before its last tables
+                folder.write_tables(state)
+                return experiment.result(state, path)
             if complete_ok:
                 return experiment.result(state, path)
             raise LotteryError(f"{str(path)!r} is already complete ({state.next_round} rounds)")

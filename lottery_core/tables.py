@@ -25,7 +25,7 @@ def summary_table(frame: pd.DataFrame) -> str:
         if column in shown:
             shown[column] = shown[column].map(fmt.format)
     if "flag" in shown:
-        shown["flag"] = shown["flag"].fillna("")
+        shown["flag"] = [flag if isinstance(flag, str) else "" for flag in shown["flag"]]
     return shown.to_string(index=False)
 
 

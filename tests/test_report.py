@@ -26,7 +26,7 @@ from lottery_core.report import (
     write_report,
 )
 
-BUDGET = dict(dataset="mnist-sample", rounds=3, iterations=100, eval_every=25)
+BUDGET = dict(dataset="mnist-sample", rounds=3, iterations=100, eval_every=25, threads=1)
 LAYOUT = {
     "imp": ({}, 2),
     "reinit-random": ({"reinit": "random"}, 2),
@@ -221,3 +221,83 @@ def test_unusable_folders_are_named_in_the_error(tmp_path):
         write_report([tmp_path / "group"])
     with pytest.raises(LotteryError, match="no run folder"):
         write_report([])
+
+
+# -- the report checks its inputs ----------------------------------------------------------
+
+
+def tables_only(group: Path, tmp_path: Path) -> Path:
+    """A run folder of tables and ``config.json`` alone (its checkpoints deleted)."""
+    folder = tmp_path / "tables"
+    shutil.copytree(group / "runs" / "imp" / "trial_0", folder)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (folder / name).unlink()
+    return folder
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: f.drop(index=1), "lacks round 1 (it lists 0, 2): the table is damaged; no "
+                                    "verdict over a gap"),
+        (lambda f: pd.concat([f, f.iloc[[1]]]), "lists round 1 more than once: the table is "
+                                                "damaged; no verdict over it"),
+        (lambda f: f.assign(test=[f["test"][0], math.nan, f["test"][2]]),
+         "has no number in column test (row 2: nan): the table is damaged; no report over it"),
+        (lambda f: f.assign(ES=["100", "1e", "100"]),
+         "has no number in column ES (row 2: '1e'): the table is damaged; no report over it"),
+        (lambda f: f.drop(columns="test"), "lacks the columns test"),
+    ],
+    ids=["gap", "duplicate", "nan", "text", "column"],
+)
+def test_a_damaged_results_table_is_one_line_not_a_verdict(group, tmp_path, damage, message):
+    folder = tables_only(group, tmp_path)
+    assert "## Verdict" in write_report([folder], out_dir=tmp_path / "ok").read_text()
+    damage(pd.read_csv(folder / "results.csv")).to_csv(folder / "results.csv", index=False)
+    with pytest.raises(LotteryError) as caught:
+        write_report([folder], out_dir=tmp_path / "report")
+    assert str(caught.value) == f"{str(folder / 'results.csv')!r} {message}"
+    assert not (tmp_path / "report").exists()
+
+
+def test_an_unreadable_table_or_a_checkpointed_one_that_disagrees_is_refused(group, tmp_path):
+    folder = tables_only(group, tmp_path)
+    (folder / "history.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(LotteryError, match="history.csv' is not a readable table"):
+        load_series([folder])
+    checked = tmp_path / "checked"  # a checkpoint beside the tables: they must agree with it
+    shutil.copytree(group / "runs" / "imp" / "trial_0", checked)
+    lines = (checked / "results.csv").read_text().splitlines(keepends=True)
+    (checked / "results.csv").write_text(lines[0] + lines[1] + lines[3])  # round 1 deleted
+    with pytest.raises(LotteryError, match="results.csv' does not match .*checkpoint.pt"):
+        load_series([checked])
+
+
+def test_a_damaged_trial_of_a_group_is_refused_not_skipped(group, tmp_path):
+    copy = tmp_path / "group"
+    shutil.copytree(group, copy)
+    results = copy / "runs" / "reinit-random" / "trial_1" / "results.csv"
+    results.write_text(results.read_text()[:40])
+    with pytest.raises(LotteryError, match="reinit-random/trial_1/results.csv' does not match"):
+        write_report([copy])
+
+
+def test_a_nan_tolerance_is_refused(group, tmp_path):
+    for tolerance in (math.nan, math.inf, -1):
+        with pytest.raises(LotteryError, match="tolerance must be a finite number of points"):
+            write_report([group], out_dir=tmp_path, tolerance=tolerance)
+    assert not list(tmp_path.iterdir())
+
+
+def test_flagged_rounds_are_named_and_end_the_verdict(group, tmp_path):
+    folder = tables_only(group, tmp_path)
+    frame = pd.read_csv(folder / "results.csv")
+    frame.assign(flag=[math.nan, math.nan, "chance"]).to_csv(folder / "results.csv", index=False)
+    text = write_report([folder], out_dir=tmp_path / "report", tolerance=100).read_text()
+    assert "down to **80.0% of weights remaining** (round 1)" in text  # not round 2
+    assert "flagged (the verdict stops before them): round 2 chance." in text
+    assert "| chance |" in text
+    frame.assign(flag=["diverged", math.nan, math.nan]).to_csv(folder / "results.csv", index=False)
+    text = write_report([folder], out_dir=tmp_path / "report").read_text()
+    assert "the dense round (round 0) is flagged diverged: its loss exploded (try a lower " in text
+    assert "matches the dense network" not in text

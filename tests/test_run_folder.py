@@ -1,0 +1,542 @@
+"""A run folder nobody can corrupt (issue 11): resume never deletes or guesses, checkpoints prove
+what they are, one owner per folder, validation before anything is created, named I/O failures,
+divergence flags. Real tiny runs, in-process through ``cli.main`` but for the lock holders and
+Ctrl-C, which need a second process."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from lottery_core import divergence, files, report, rundir, runs
+from lottery_core.config import make_config
+from lottery_core.experiment import Experiment
+
+from .conftest import ROOT
+
+BUDGET = dict(dataset="mnist-sample", rounds=3, iterations=60, eval_every=30, threads=1)
+FLAGS = ["--quiet"]
+NAMES = ["config.json", "checkpoint.pt", "checkpoint.prev.pt", "results.csv", "history.csv",
+         "layers.csv", "ticket.pt", ".lock"]  # fmt: skip
+
+
+def make_run(path: Path, data, stop_after: int | None = None, **overrides) -> Path:
+    config = make_config(**{**BUDGET, **overrides})
+    runs.start(Experiment(config, data=data), path, progress=False, stop_after=stop_after)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, sample_data):
+    """``cut``: rounds 0-1 of 3 saved (checkpoint.pt at 2 rounds, checkpoint.prev.pt at 1);
+    ``other``: the same stage of another run (seed 1); ``whole``: the uninterrupted run."""
+    root = tmp_path_factory.mktemp("folders")
+    return {
+        "cut": make_run(root / "cut", sample_data, stop_after=2),
+        "other": make_run(root / "other", sample_data, stop_after=2, seed=1),
+        "whole": make_run(root / "whole", sample_data),
+    }
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file's bytes (the lock's holder pid aside: taking the lock rewrites it)."""
+    return {p.name: (b"" if p.name == ".lock" else p.read_bytes()) for p in folder.iterdir()}
+
+
+def same_tables(a: Path, b: Path) -> None:
+    """The same experiment's results: every table (time aside) and the ticket's masks."""
+    for name in ("results.csv", "history.csv", "layers.csv"):
+        left, right = pd.read_csv(a / name), pd.read_csv(b / name)
+        pd.testing.assert_frame_equal(left.drop(columns=["time_s"], errors="ignore"),
+                                      right.drop(columns=["time_s"], errors="ignore"))  # fmt: skip
+    ticket_a = torch.load(a / "ticket.pt", weights_only=True)
+    ticket_b = torch.load(b / "ticket.pt", weights_only=True)
+    assert ticket_a["round"] == ticket_b["round"]
+    for name, mask in ticket_a["masks"].items():
+        assert torch.equal(mask, ticket_b["masks"][name])
+
+
+def one_line(result, code: int = 2) -> str:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for i in range(middle, min(middle + 16, len(data))):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncate": lambda path, other: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
+    "flip": lambda path, other: flip(path),
+    "delete": lambda path, other: path.unlink(),
+    "foreign": lambda path, other: shutil.copyfile(other / path.name, path),
+}
+# What each damage leads to: resume and report either continue to the undamaged run's result
+# ("same") or refuse with one line holding the fragment (case-insensitive regex).
+REFUSED_CONFIG = "config.json"
+EXPECTED = {
+    ("config.json", "truncate"): ("not readable JSON", "not readable JSON"),
+    ("config.json", "flip"): (REFUSED_CONFIG, REFUSED_CONFIG),
+    ("config.json", "delete"): ("has checkpoint.pt but no config.json",) * 2,
+    ("config.json", "foreign"): ("does not belong .*seed: 0 in checkpoint.pt, 1 in config",) * 2,
+    ("checkpoint.pt", "truncate"): ("checkpoint.pt' is damaged.*--from-previous",) * 2,
+    ("checkpoint.pt", "flip"): ("checkpoint.pt' is damaged.*--from-previous",) * 2,
+    ("checkpoint.pt", "delete"): ("but no checkpoint.pt: it cannot be resumed.*--from-", "same"),
+    ("checkpoint.pt", "foreign"): ("does not belong.*seed.*--from-previous",) * 2,
+    ("ticket.pt", "truncate"): ("ticket.pt' does not match", "same"),
+    ("ticket.pt", "flip"): ("ticket.pt' does not match", "same"),
+    ("ticket.pt", "foreign"): ("ticket.pt' does not match", "same"),
+}
+for _name in ("results.csv", "history.csv", "layers.csv"):
+    for _damage in ("truncate", "flip", "foreign"):
+        EXPECTED[(_name, _damage)] = (f"{_name}' does not match",) * 2
+# Pruning at fixed rates leaves another seed's layers.csv byte for byte the same: no damage.
+EXPECTED[("layers.csv", "foreign")] = ("same", "same")
+CASES = [(name, damage) for name in NAMES for damage in DAMAGE]
+
+
+@pytest.mark.parametrize("name, damage", CASES, ids=[f"{n}-{d}" for n, d in CASES])
+def test_each_damaged_file_is_refused_in_one_line_or_resumes_to_the_same_result(
+    folders, tmp_path, invoke, name, damage
+):
+    run = tmp_path / "run"
+    shutil.copytree(folders["cut"], run)
+    expected_report = report.markdown(*report.load_series([run]), 0.5)
+    DAMAGE[damage](run / name, folders["other"])
+    before = snapshot(run)
+    on_resume, on_report = EXPECTED.get((name, damage), ("same", "same"))
+
+    try:
+        text = report.markdown(*report.load_series([run]), 0.5)
+    except report.LotteryError as exc:
+        assert on_report != "same", f"report refused: {exc}"
+        assert "\n" not in str(exc)
+        assert re.search(on_report, str(exc), re.I), str(exc)
+    else:
+        assert on_report == "same", "report went on over a damaged folder"
+        assert text == expected_report
+    assert snapshot(run) == before  # the report reads, never writes, a run folder
+
+    resumed = invoke("run", "--resume", "run", *FLAGS)
+    if on_resume == "same":
+        assert resumed.returncode == 0, resumed.stderr
+        same_tables(run, folders["whole"])
+        assert set(before) <= {p.name for p in run.iterdir()}  # no file lost
+    else:
+        line = one_line(resumed)
+        assert re.search(on_resume, line, re.I), line
+        assert snapshot(run) == before  # refused: every file as it was, none lost
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one_when_asked(folders, tmp_path, invoke):
+    run = tmp_path / "run"
+    shutil.copytree(folders["cut"], run)
+    flip(run / "checkpoint.pt")
+    damaged = (run / "checkpoint.pt").read_bytes()
+    line = one_line(invoke("run", "--resume", "run", *FLAGS))
+    assert line == (
+        "Error: 'run/checkpoint.pt' is damaged: its contents fail their checksum; "
+        "checkpoint.prev.pt (rounds 0-0) is intact: to redo round 1 from it, run: "
+        "python cli.py run --resume run --from-previous; nothing was changed"
+    )
+    assert invoke("run", "--resume", "run", "--from-previous", *FLAGS).returncode == 0
+    same_tables(run, folders["whole"])
+    assert (run / "checkpoint.damaged.pt").read_bytes() == damaged  # kept, not deleted
+    assert not list(run.glob(".*.tmp"))
+    again = one_line(invoke("run", "--resume", "run", "--from-previous", *FLAGS))
+    assert "is intact: resume without --from-previous" in again
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda m: m["config"].update(lr=0.002), "(lr: 0.0012 in checkpoint.pt, 0.002 in config"),
+        (lambda m: m["config"].update(rounds=5), "(rounds: 3 in checkpoint.pt, 5 in config.json)"),
+        (lambda m: m.update(data_source="full MNIST"), "was changed after 'run/checkpoint.pt' was "
+                                                       "written (data_source differs)"),
+        (lambda m: m["config"].update(device="cuda"), "(config.device differs)"),
+    ],
+    ids=["lr", "rounds", "data_source", "device"],
+)
+def test_an_edited_config_json_is_refused_naming_what_differs(
+    folders, tmp_path, invoke, edit, fragment
+):
+    run = tmp_path / "run"
+    shutil.copytree(folders["cut"], run)
+    meta = json.loads((run / "config.json").read_text())
+    edit(meta)
+    (run / "config.json").write_text(json.dumps(meta))
+    before = snapshot(run)
+    line = one_line(invoke("run", "--resume", "run", *FLAGS))
+    assert fragment in line and line.endswith("nothing was changed")
+    assert snapshot(run) == before
+    with pytest.raises(report.LotteryError, match="config.json"):
+        report.load_series([run])
+
+
+# -- 1. resume never deletes what it did not write ------------------------------------------
+
+
+def test_a_folder_without_a_usable_checkpoint_is_left_as_it_was(folders, tmp_path, invoke):
+    run = tmp_path / "run"
+    shutil.copytree(folders["whole"], run)
+    (run / "checkpoint.pt").unlink()
+    (run / "checkpoint.prev.pt").unlink()
+    (run / "notes.txt").write_text("my notes\n")
+    before = snapshot(run)
+    line = one_line(invoke("run", "--resume", "run", *FLAGS))
+    assert line == (
+        "Error: 'run' has history.csv, layers.csv, notes.txt, results.csv, ticket.pt but no "
+        "checkpoint.pt: it cannot be resumed; nothing in it was changed"
+    )
+    assert snapshot(run) == before
+    # the report still reads the tables it can check on their own
+    assert "## Verdict" in report.markdown(*report.load_series([run]), 0.5)
+
+
+def test_a_run_stopped_before_its_first_round_starts_again(folders, tmp_path, invoke):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(folders["whole"] / "config.json", run / "config.json")
+    assert invoke("run", "--resume", "run", *FLAGS).returncode == 0
+    same_tables(run, folders["whole"])
+
+
+def test_a_group_resume_refuses_a_damaged_trial_and_keeps_everything(tmp_path, invoke):
+    args = ["run", "--dataset", "mnist-sample", "--rounds", "2", "--iterations", "60",
+            "--eval-every", "30", "--threads", "1", "--trials", "2", *FLAGS]  # fmt: skip
+    assert invoke(*args, "--out", "group").returncode == 0
+    trial = tmp_path / "group" / "runs" / "imp" / "trial_1"
+    (trial / "checkpoint.pt").unlink()
+    (trial / "checkpoint.prev.pt").unlink()
+    before = {p: p.read_bytes() for p in (tmp_path / "group").rglob("*") if p.is_file()}
+    line = one_line(invoke("run", "--resume", "group", *FLAGS))
+    assert "trial_1' has history.csv, layers.csv, results.csv, ticket.pt but no checkpoint" in line
+    after = {p: p.read_bytes() for p in (tmp_path / "group").rglob("*") if p.is_file()}
+    assert {p for p in before if p.name != ".lock"} == {p for p in after if p.name != ".lock"}
+    assert all(after[p] == data for p, data in before.items() if p.name != ".lock")
+    # a group whose first round fails leaves nothing behind: the same command can run again
+    failed = invoke(*args, "--lr", "1e12", "--out", "bad")
+    assert one_line(failed, 1).startswith("Error: round 0: the loss became nan")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_ctrl_c_in_a_group_names_the_group_to_resume(tmp_path, invoke, monkeypatch):
+    args = ["run", "--dataset", "mnist-sample", "--rounds", "2", "--iterations", "60",
+            "--eval-every", "30", "--threads", "1", "--trials", "2", "--out", "group",
+            *FLAGS]  # fmt: skip
+    write_round = rundir.RunFolder.write_round
+
+    def ctrl_c_in_trial_1(folder, state):
+        if folder.path.name == "trial_1":
+            raise KeyboardInterrupt
+        write_round(folder, state)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rundir.RunFolder, "write_round", ctrl_c_in_trial_1)
+        interrupted = invoke(*args)
+    assert interrupted.returncode == 130
+    assert interrupted.stderr.strip() == (
+        "Interrupted: every saved round of its runs is in group. Resume with: "
+        "python cli.py run --resume group"
+    )
+    assert not (tmp_path / "group" / "runs" / "imp" / "trial_1").exists()  # it saved nothing
+    assert invoke("run", "--resume", "group", *FLAGS).returncode == 0
+    assert sorted(set(pd.read_csv(tmp_path / "group" / "results.csv")["trial"])) == [0, 1]
+
+
+# -- 3. one owner per folder ---------------------------------------------------------------
+
+HOLD = """
+import sys
+from lottery_core import rundir
+with rundir.locked(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_held_folder_names_its_holder(folders, tmp_path, invoke, cli_env):
+    shutil.copytree(folders["cut"], tmp_path / "run")
+    (tmp_path / "fresh").mkdir()
+    holders = [
+        subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / name)], env=cli_env,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        for name in ("run", "fresh")
+    ]
+    try:
+        for holder in holders:
+            assert holder.stdout.readline().strip() == "held"
+        before = snapshot(tmp_path / "run")
+        line = one_line(invoke("run", "--resume", "run", *FLAGS))
+        assert line == (
+            f"Error: 'run' is in use by another lottery process (pid {holders[0].pid}); "
+            "wait for it to finish or stop it"
+        )
+        assert snapshot(tmp_path / "run") == before
+        line = one_line(invoke("run", *FLAGS, "--dataset", "mnist-sample", "--iterations", "60",
+                               "--rounds", "1", "--out", "fresh"))  # fmt: skip
+        assert f"'fresh' is in use by another lottery process (pid {holders[1].pid})" in line
+        assert [p.name for p in (tmp_path / "fresh").iterdir()] == [".lock"]
+    finally:
+        for holder in holders:
+            holder.communicate("")
+    assert invoke("run", "--resume", "run", *FLAGS).returncode == 0  # the lock went with it
+
+
+@pytest.mark.parametrize("when", ["after mkdir", "after lock"])
+def test_two_starts_into_one_new_folder_leave_one_run(
+    folders, tmp_path, invoke, monkeypatch, when
+):
+    """The second start runs inside the first one's window: between its mkdir and its lock, or
+    while it holds the lock. One run finishes there; the other is one line, and writes nothing."""
+    args = ["run", "--dataset", "mnist-sample", "--rounds", "3", "--iterations", "60",
+            "--eval-every", "30", "--threads", "1", "--out", "same", *FLAGS]  # fmt: skip
+    second = []
+    owner, name = (rundir, "create") if when == "after mkdir" else (rundir.RunFolder,
+                                                                    "write_config")  # fmt: skip
+    target = getattr(owner, name)
+
+    def racing(*a, **k):
+        if when == "after mkdir":
+            target(*a, **k)  # the folder exists, unlocked and empty
+        if not second:
+            second.append(None)  # the second start must not race a third
+            second[0] = invoke(*args)
+        if when == "after lock":
+            target(*a, **k)  # locked, and nothing written yet
+
+    monkeypatch.setattr(owner, name, racing)
+    first = invoke(*args)
+    if when == "after mkdir":
+        assert second[0].returncode == 0
+        line = one_line(first)
+        assert "'same' already exists and is not empty" in line
+    else:
+        assert first.returncode == 0
+        line = one_line(second[0])
+        assert f"'same' is in use by another lottery process (pid {os.getpid()})" in line
+    same_tables(tmp_path / "same", folders["whole"])
+
+
+# -- 4. validate before creating anything --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "out, fragment",
+    [
+        ("afile/run", "--out 'afile/run': 'afile' is a file, not a folder"),
+        ("n" * 300, "is 300 bytes long; the file system allows 255"),
+        ("/".join(["d" * 200] * 25), "the path is longer than the 4096 bytes"),
+    ],
+    ids=["under-a-file", "name-too-long", "path-too-long"],
+)
+def test_an_out_the_file_system_refuses_is_one_line(tmp_path, invoke, out, fragment):
+    (tmp_path / "afile").write_text("")
+    line = one_line(invoke("run", "--dataset", "mnist-sample", "--out", out, *FLAGS))
+    assert fragment in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@contextmanager
+def read_only(folder: Path):
+    """``folder`` refuses new files: permissions, or for root (who writes through them) the
+    immutable attribute."""
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+            pytest.skip("cannot make a read-only folder here")
+    else:
+        folder.chmod(0o555)
+    try:
+        yield
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+def test_a_read_only_out_is_one_line(tmp_path, invoke):
+    (tmp_path / "ro").mkdir()
+    with read_only(tmp_path / "ro"):
+        line = one_line(invoke("run", "--dataset", "mnist-sample", "--out", "ro/run", *FLAGS))
+    assert line == "Error: --out 'ro/run': 'ro' is not writable"
+    assert not list((tmp_path / "ro").iterdir())
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("rounds = true", "rounds must be an integer (got True)"),
+        ("download = 'no'", "download must be true or false (got 'no')"),
+        ("lr = inf", "lr: Value error, must be a finite number"),
+        ("iterations = 1.5", "iterations must be an integer (got 1.5)"),
+    ],
+)
+def test_config_files_are_strictly_typed(tmp_path, invoke, text, fragment):
+    (tmp_path / "exp.toml").write_text(f"dataset = 'mnist-sample'\n{text}\n")
+    line = one_line(invoke("run", "--config", "exp.toml", "--out", "new", *FLAGS))
+    assert fragment in line
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_run_that_fails_in_its_first_round_leaves_no_folder(tmp_path, invoke, monkeypatch):
+    args = ["run", "--dataset", "mnist-sample", "--rounds", "2", "--iterations", "60",
+            "--eval-every", "30", "--threads", "1", "--out", "run", *FLAGS]  # fmt: skip
+    line = one_line(invoke(*args, "--lr", "1e12"), 1)
+    assert line == (
+        "Error: round 0: the loss became nan at iteration 30; no round had finished; "
+        "try a lower --lr"
+    )
+    assert not (tmp_path / "run").exists()
+    assert one_line(invoke(*args, "--batch-size", "4000")).endswith("3500 training examples "
+                                                                    "of 'mnist-sample'")
+    assert not (tmp_path / "run").exists()
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rundir.RunFolder, "write_round", ctrl_c)  # Ctrl-C while saving round 0
+        interrupted = invoke(*args)
+    assert interrupted.returncode == 130
+    assert interrupted.stderr.strip() == (
+        "Interrupted before the first round finished; nothing was kept."
+    )
+    assert not (tmp_path / "run").exists()
+    assert invoke(*args).returncode == 0  # the same command simply runs
+
+
+# -- 5. I/O failures are named -------------------------------------------------------------
+
+
+def test_a_full_disk_names_the_file_keeps_the_rounds_and_resumes(
+    folders, tmp_path, invoke, monkeypatch
+):
+    real = files.write_all
+    writes: list[str] = []
+
+    def disk_full(tmp, data):
+        name = Path(tmp).name.split(".")[1]  # .layers.csv.XXXX.tmp -> layers
+        writes.append(name)
+        if name == "layers" and writes.count("layers") == 2:  # round 1's layers.csv
+            real(tmp, data[: len(data) // 2])  # half of it reaches the disk, then no space
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(tmp, data)
+
+    args = ["run", "--dataset", "mnist-sample", "--rounds", "3", "--iterations", "60",
+            "--eval-every", "30", "--threads", "1", "--out", "run", *FLAGS]  # fmt: skip
+    with monkeypatch.context() as patch:
+        patch.setattr(files, "write_all", disk_full)
+        line = one_line(invoke(*args), 1)
+    assert line == (
+        "Error: could not write 'run/layers.csv': No space left on device; rounds 0-1 are saved "
+        "in run; once fixed, continue with: python cli.py run --resume run"
+    )
+    run = tmp_path / "run"
+    assert not list(run.glob(".*.tmp"))
+    assert len(pd.read_csv(run / "layers.csv").groupby("round")) == 1  # round 0's, whole
+    assert list(pd.read_csv(run / "results.csv")["round"]) == [0]
+    assert invoke("run", "--resume", "run", *FLAGS).returncode == 0
+    same_tables(run, folders["whole"])
+
+
+def test_a_folder_that_turned_read_only_is_named_and_the_run_resumes(folders, tmp_path, invoke):
+    run = tmp_path / "run"
+    shutil.copytree(folders["cut"], run)
+    with read_only(run):  # a real OSError from the real write
+        line = one_line(invoke("run", "--resume", "run", *FLAGS), 1)
+    assert line in (
+        f"Error: could not write 'run/checkpoint.pt': {reason}; rounds 0-1 are saved in run; "
+        "once fixed, continue with: python cli.py run --resume run"
+        for reason in ("Operation not permitted", "Permission denied")
+    )
+    assert snapshot(run).keys() == snapshot(folders["cut"]).keys()
+    assert invoke("run", "--resume", "run", *FLAGS).returncode == 0
+    same_tables(run, folders["whole"])
+
+
+def test_tables_a_stopped_run_lacks_are_written_from_its_checkpoint(folders, tmp_path, invoke):
+    run = tmp_path / "run"
+    shutil.copytree(folders["whole"], run)
+    (run / "history.csv").unlink()  # stopped after the last checkpoint, before its tables
+    lines = (run / "results.csv").read_text().splitlines(keepends=True)
+    (run / "results.csv").write_text("".join(lines[:-1]))  # the round before the last
+    done = invoke("run", "--resume", "run", *FLAGS)
+    assert done.returncode == 0, done.stderr
+    same_tables(run, folders["whole"])
+    assert "already complete" in one_line(invoke("run", "--resume", "run", *FLAGS))
+
+
+def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tmp_path, cli_env):
+    """SIGINT while the libraries load, while the data loads, and while a round trains."""
+    args = [sys.executable, str(ROOT / "cli.py"), "run", "--dataset", "mnist-sample",
+            "--iterations", "3000", "--rounds", "2", "--threads", "1", *FLAGS]  # fmt: skip
+    delays = [0.3, 1.2, 2.5]
+    processes = [
+        subprocess.Popen([*args, "--out", f"run{i}"], cwd=tmp_path, env=cli_env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        for i in range(len(delays))
+    ]
+    started = time.monotonic()
+    for process, delay in zip(processes, delays, strict=True):
+        time.sleep(max(0.0, started + delay - time.monotonic()))
+        process.send_signal(signal.SIGINT)
+    for i, process in enumerate(processes):
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 130, stderr
+        assert "Traceback" not in stderr
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("Interrupted"), stderr
+        folder = tmp_path / f"run{i}"
+        assert not folder.exists() or (folder / "checkpoint.pt").exists(), stderr
+
+
+# -- 6. divergence is reported -------------------------------------------------------------
+
+
+def test_an_exploding_loss_is_flagged_in_the_table_results_and_report(tmp_path, invoke):
+    result = invoke("run", "--dataset", "mnist-sample", "--rounds", "2", "--iterations", "60",
+                    "--eval-every", "30", "--threads", "1", "--lr", "1e4", "--out", "run",
+                    *FLAGS)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()[1:3 + 1]
+    assert header.split()[-1] == "flag" and all(row.split()[-1] == "diverged" for row in rows)
+    assert list(pd.read_csv(tmp_path / "run" / "results.csv")["flag"]) == ["diverged"] * 2
+    assert invoke("report", "run").returncode == 0
+    text = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "the dense round (round 0) is flagged diverged: its loss exploded (try a lower --lr); " \
+           "no verdict." in text  # fmt: skip
+    assert "| flag |" in text and "| diverged |" in text
+
+
+def test_flags_from_the_losses_and_the_accuracy():
+    def rows(*losses):
+        return [{"train_loss": loss, "val_loss": 0.5} for loss in losses]
+
+    assert divergence.check(rows(0.9, 0.3), 92.0, 10) == ""
+    assert divergence.check(rows(0.9, 1e16), 92.0, 10) == "diverged"  # above 10 ln(10)
+    assert divergence.check(rows(0.5, 2.2), 40.0, 10) == "diverged"  # 4x its start
+    assert divergence.check(rows(2.3, 2.3), 14.9, 10) == "chance"  # at most 10% + 5 points
+    assert divergence.check(rows(2.3, 2.3), 15.1, 10) == ""
+    assert divergence.check(rows(0.7, 0.69), 54.0, 2) == "chance"
+    assert math.isnan(divergence.round_flag(rows(0.9, 0.3), 92.0, 10))  # an empty cell
