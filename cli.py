@@ -12,10 +12,14 @@ import math
 import sys
 from pathlib import Path
 
-import click
+try:  # Ctrl-C while the libraries load is one line too
+    import click
 
-from lottery_core.errors import Interrupted, LotteryError
-from lottery_core.plugins import Plugins, get_plugins
+    from lottery_core.errors import Interrupted, LotteryError
+    from lottery_core.plugins import Plugins, get_plugins
+except KeyboardInterrupt:
+    sys.stderr.write("Interrupted.\n")
+    sys.exit(130)
 
 USAGE_ERROR = 2
 
@@ -44,6 +48,12 @@ def build_cli(plugins: Plugins) -> click.Group:
         "--resume", type=click.Path(path_type=Path), help="Continue the stopped run in this folder."
     )
     @click.option(
+        "--from-previous",
+        is_flag=True,
+        help="With --resume: continue from checkpoint.prev.pt (the round before) when "
+        "checkpoint.pt is damaged; the damaged one is kept as checkpoint.damaged.pt.",
+    )
+    @click.option(
         "--trials",
         type=int,
         default=1,
@@ -53,8 +63,14 @@ def build_cli(plugins: Plugins) -> click.Group:
     @click.option(
         "--controls", is_flag=True, help="Also run the random-reinit and random-pruning controls."
     )
+    @click.option(
+        "--workers",
+        type=int,
+        help="With --trials/--controls: run them on this many Ray workers at once (one "
+        "process each; threads split the cores).",
+    )
     @click.option("--quiet", is_flag=True, help="No progress bar.")
-    def run(config_file, resume, trials, controls, quiet, **values) -> None:
+    def run(config_file, resume, from_previous, trials, controls, workers, quiet, **values) -> None:
         """Run an IMP experiment and print its per-round table."""
         from lottery_core.api import resume_experiment, run_experiment, run_trials
         from lottery_core.config import make_config
@@ -63,16 +79,24 @@ def build_cli(plugins: Plugins) -> click.Group:
         flags = config_flags(values)
         if trials < 1:
             fail(f"--trials must be at least 1 (got {trials})")
+        if from_previous and resume is None:
+            fail("--from-previous goes with --resume DIR")
+        if workers is not None and resume is None and trials == 1 and not controls:
+            fail("--workers runs --trials/--controls in parallel; a single run is one process")
         if resume is not None:
             given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
             given += ["--config"] if config_file else []
             if given:
                 fail(f"--resume continues a run as configured; drop {', '.join(given)}")
-            result = resume_experiment(resume, progress=not quiet)
+            result = resume_experiment(
+                resume, progress=not quiet, from_previous=from_previous, workers=workers
+            )
         else:
             config = make_config(config_file, **flags)
             if trials > 1 or controls:
-                result = run_trials(config, trials=trials, controls=controls, progress=not quiet)
+                result = run_trials(
+                    config, trials=trials, controls=controls, progress=not quiet, workers=workers
+                )
             else:
                 result = run_experiment(config, progress=not quiet)
         click.echo(f"data: {result.data_source}")
@@ -111,13 +135,19 @@ def build_cli(plugins: Plugins) -> click.Group:
         show_default=True,
         help="Points of test accuracy a ticket may lose against the dense round.",
     )
-    def report(run_dirs, out, tolerance) -> None:
+    @click.option(
+        "--by",
+        multiple=True,
+        help="Sweep folders: one series per value of this grid field (or experiment); "
+        "repeat for combinations [every grid field and the experiment].",
+    )
+    def report(run_dirs, out, tolerance, by) -> None:
         """Write PNG plots and a Markdown summary of one or more runs."""
         from lottery_core.report import write_report
 
         if not math.isfinite(tolerance) or tolerance < 0:
             fail(f"--tolerance must be a finite number of points, 0 or more (got {tolerance})")
-        path = write_report(list(run_dirs), out, tolerance=tolerance)
+        path = write_report(list(run_dirs), out, tolerance=tolerance, by=list(by) or None)
         click.echo(f"report written to {path}")
 
     @cli.command()
@@ -148,7 +178,82 @@ def build_cli(plugins: Plugins) -> click.Group:
         if info.get("note"):
             click.echo(f"note: {info['note']}")
 
+    add_sweep_commands(cli)
     return cli
+
+
+class SweepGroup(click.Group):
+    """``sweep FILE`` means ``sweep run FILE``: a first word that names no subcommand runs."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+def add_sweep_commands(cli: click.Group) -> None:
+    """``sweep [run] SWEEP.toml`` and ``sweep status DIR`` (Ray is imported only by ``run``)."""
+
+    @cli.group(cls=SweepGroup)
+    def sweep() -> None:
+        """A grid of experiments x trials, each run a Ray task (see lottery_core/sweep.py).
+
+        \b
+          python cli.py sweep SWEEP.toml [--workers N] [--address HOST:PORT] [--out DIR]
+          python cli.py sweep --resume DIR
+          python cli.py sweep status DIR
+        """
+
+    @sweep.command("run")
+    @click.argument("sweep_file", required=False, type=click.Path(path_type=Path))
+    @click.option(
+        "--workers",
+        type=int,
+        help="Runs at once [local: the cores; cluster: as many as its CPUs fit]; each gets "
+        "cores/workers threads unless the sweep sets threads.",
+    )
+    @click.option(
+        "--address", help="Use the existing Ray cluster at host:port (or auto), not a local Ray."
+    )
+    @click.option(
+        "--out", type=click.Path(path_type=Path), help="Sweep folder [results/sweep-<file name>]."
+    )
+    @click.option(
+        "--resume", type=click.Path(path_type=Path), help="Continue the sweep in this folder."
+    )
+    @click.option("--quiet", is_flag=True, help="No progress line.")
+    def sweep_run(sweep_file, workers, address, out, resume, quiet) -> None:
+        """Run SWEEP_FILE's grid points x trials; run again, it skips finished runs."""
+        from lottery_core.sweep import run_sweep, summary_table
+
+        result = run_sweep(
+            sweep_file, out=out, resume=resume, workers=workers, address=address,
+            progress=not quiet,
+        )  # fmt: skip
+        if not result.results.empty:
+            click.echo(summary_table(result.aggregate))
+        click.echo(
+            f"{result.done} of {result.runs} runs done in {result.seconds:.0f} s; tables in "
+            f"{result.folder}/results.csv and aggregate.csv; report: python cli.py report "
+            f"{result.folder}"
+        )
+        if result.failures or result.skipped:
+            click.echo(f"{len(result.failures)} run(s) failed:", err=True)
+            for run, error in result.failures.items():
+                click.echo(f"  {run}: {error}", err=True)
+            if result.skipped:
+                click.echo(f"{len(result.skipped)} run(s) not run: they branch from a failed "
+                           "run", err=True)  # fmt: skip
+            click.echo(f"Resume with: {result.resume_command}", err=True)
+            sys.exit(1)
+
+    @sweep.command("status")
+    @click.argument("folder", type=click.Path(path_type=Path))
+    def sweep_status(folder) -> None:
+        """Every run's rounds, what runs now, and the failures of a sweep folder."""
+        from lottery_core.sweep import status_text
+
+        click.echo(status_text(folder))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -165,17 +270,17 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
     except Interrupted as exc:
-        if exc.run_dir is not None and exc.next_round > 0:
+        if exc.run_dir is not None:
             click.echo(
-                f"\nInterrupted: rounds before round {exc.next_round} are saved in "
-                f"{exc.run_dir}. Resume with: python cli.py run --resume {exc.run_dir}",
+                f"\nInterrupted: {exc.kept}. Resume with: python cli.py run --resume {exc.run_dir}",
                 err=True,
             )
         else:
             click.echo("\nInterrupted before the first round finished; nothing was kept.", err=True)
         sys.exit(130)
     except LotteryError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        stopped = exc.exit_code == 130  # a sweep's Ctrl-C: its message says how to resume
+        click.echo(f"{'' if stopped else 'Error: '}{exc}", err=True)
         sys.exit(exc.exit_code)
 
 

@@ -55,8 +55,10 @@ class Plan:
 
     def describe(self) -> str:
         where = "local Ray" if self.address is None else f"Ray at {self.address}"
-        many = "as many workers as the cluster fits" if self.workers is None else (
-            f"{self.workers} worker{'s' if self.workers != 1 else ''}"
+        many = (
+            "as many workers as the cluster fits"
+            if self.workers is None
+            else (f"{self.workers} worker{'s' if self.workers != 1 else ''}")
         )
         return f"{many}, {self.threads} thread{'s' if self.threads != 1 else ''} each, {where}"
 
@@ -86,7 +88,7 @@ def is_loopback(address: str | None) -> bool:
     return host in ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
-def _import_ray(address: str | None):
+def import_ray(address: str | None):
     """Import Ray, with loopback addressing for the embedded instance and loopback clusters."""
     if "ray" not in sys.modules and is_loopback(address):
         os.environ.setdefault(_LOCAL_ONLY, "0")
@@ -125,6 +127,7 @@ class Outcome:
     node: str | None = None
     host: str | None = None
     seconds: float = 0.0
+    peak_rss_mb: float = 0.0
     traceback: str = ""
 
 
@@ -135,6 +138,7 @@ class Event:
     done: int
     running: int
     failed: int
+    skipped: int
     total: int
     rounds_done: int
     rounds_total: int
@@ -166,15 +170,32 @@ def call(target: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     module, _, name = target.partition(":")
     try:
         value = getattr(importlib.import_module(module), name)(**kwargs)
-        return {**info, "ok": True, "value": value, "seconds": time.perf_counter() - started}
+        return {**info, "ok": True, "value": value, **_spent(started)}
     except (KeyboardInterrupt, Interrupted):
         raise  # a cancel: the driver knows
     except LotteryError as exc:
         error, trace = str(exc), ""
     except Exception as exc:  # a bug or a plugin's error: one line here, the trace kept
         error, trace = f"{type(exc).__name__}: {exc}".splitlines()[0], traceback.format_exc()
-    return {**info, "ok": False, "error": error, "traceback": trace,
-            "seconds": time.perf_counter() - started}  # fmt: skip
+    return {**info, "ok": False, "error": error, "traceback": trace, **_spent(started)}
+
+
+def _spent(started: float) -> dict[str, float]:
+    """A unit's wall time and its worker's peak resident memory so far (MiB): ``VmHWM`` where
+    Linux has it (``ru_maxrss`` would include what the process inherited before exec)."""
+    peak = None
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if peak is None:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = usage / (1024**2 if sys.platform == "darwin" else 1024)
+    return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak}
 
 
 class Engine:
@@ -196,7 +217,7 @@ class Engine:
 
     def start(self) -> None:
         started = time.perf_counter()
-        ray = self.ray = _import_ray(self.plan.address)
+        ray = self.ray = import_ray(self.plan.address)
         quiet = {"log_to_driver": False, "logging_level": "error", "configure_logging": True}
         if ray.is_initialized():
             self._check_same_cluster()
@@ -277,12 +298,13 @@ class Engine:
         started = time.perf_counter()
         runs = {u.run for u in units}
 
-        def counts() -> tuple[int, int, int]:
-            failed_runs = {by_key[k].run for k, o in outcomes.items() if not o.ok}
-            busy = {u.run for u in inflight.values()} - failed_runs
+        def counts() -> tuple[int, int, int, int]:
+            failed = {by_key[k].run for k, o in outcomes.items() if not o.ok and not o.skipped}
+            skipped = {by_key[k].run for k, o in outcomes.items() if o.skipped} - failed
+            busy = {u.run for u in inflight.values()} - failed
             open_runs = {u.run for u in units if u.key not in outcomes}
-            done = len(runs - open_runs - failed_runs)
-            return done, len(busy), len(failed_runs)
+            done = len(runs - open_runs - failed - skipped)
+            return done, len(busy), len(failed), len(skipped)
 
         def rounds_done() -> int:
             total = sum(by_key[k].rounds for k, o in outcomes.items() if o.ok)
@@ -292,14 +314,17 @@ class Engine:
                     total += max(0, min(unit.rounds, now))
             return total
 
+        def rounds_total() -> int:  # what failed or was skipped will not be trained
+            return sum(u.rounds for u in units if u.key not in outcomes or outcomes[u.key].ok)
+
         def emit(outcome: Outcome | None = None, unit: Unit | None = None) -> None:
             if on_event is None:
                 return
-            done, running, failed = counts()
+            done, running, failed, skipped = counts()
             on_event(
                 Event(
-                    done, running, failed, len(runs), rounds_done(),
-                    sum(u.rounds for u in units), time.perf_counter() - started,
+                    done, running, failed, skipped, len(runs), rounds_done(),
+                    rounds_total(), time.perf_counter() - started,
                     outcome, unit, list(inflight.values()),
                 )
             )  # fmt: skip
@@ -312,6 +337,7 @@ class Engine:
                     outcomes[unit.key] = Outcome(
                         unit.key, False, f"not run: {by_key[bad[0]].run} failed", skipped=True
                     )
+                    emit(outcomes[unit.key], unit)
                     continue
                 if not all(k in outcomes for k in unit.after):
                     continue
@@ -372,6 +398,7 @@ class Engine:
             node=result.get("node"),
             host=result.get("host"),
             seconds=float(result.get("seconds", 0.0)),
+            peak_rss_mb=float(result.get("peak_rss_mb", 0.0)),
             traceback=result.get("traceback", ""),
         )
 

@@ -84,14 +84,19 @@ def run_group(
     rundir.check_writable(out)
     data = load_data(config, plugins)  # before the folder exists: bad data writes nothing
     Experiment(config, plugins=plugins, data=data).validate()
+    existed = out.exists()
     rundir.create(out)
     with rundir.locked(out):
-        write_group_config(out, config, trials, controls)
-        if engine_plan is not None:
-            from .sweep import run_groups
+        try:
+            write_group_config(out, config, trials, controls)
+            if engine_plan is not None:
+                from .sweep import run_groups
 
-            return run_groups([out], engine_plan, progress, data.source)
-        return _continue(out, progress, plugins, data)
+                return run_groups([out], engine_plan, progress, data.source)
+            return _continue(out, progress, plugins, data)
+        except BaseException as exc:  # nothing saved: the same command can simply run again
+            runs.remove_unsaved_group(out, existed)
+            raise runs.for_group(exc, out) from None
 
 
 def write_group_config(out: Path, config: ExperimentConfig, trials: int, controls: bool) -> None:
@@ -126,7 +131,10 @@ def continue_group(
 
             threads = ExperimentConfig(**read_group_config(out)["config"]).threads
             return run_groups([Path(out)], plan(workers, None, threads), progress)
-        return _continue(Path(out), progress, plugins or get_plugins(), data)
+        try:
+            return _continue(Path(out), progress, plugins or get_plugins(), data)
+        except BaseException as exc:
+            raise runs.for_group(exc, Path(out)) from None
 
 
 def read_group_config(out: Path) -> dict:

@@ -1,0 +1,351 @@
+"""Sweeps and parallel trials on a real Ray, with real runs on the MNIST sample at tiny budgets.
+
+One two-node Ray cluster on loopback (``ray.cluster_utils.Cluster``, one CPU a node) serves the
+module; this process is its driver, so every in-process sweep goes through ``--address``. One
+subprocess uses the embedded local Ray (the default) and is killed with SIGKILL. Checks are
+folded together to keep the module's time down: workers start once per driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lottery_core import engine, sweep
+from lottery_core.sweep import Sweep, point_name, read_sweep, to_toml
+
+from .conftest import ROOT
+
+# One thread a run everywhere: on a busy 2-core machine two threads a run are several times
+# slower (results do not depend on it: tests/test_training.py).
+TINY = {"dataset": "mnist-sample", "iterations": 100, "eval_every": 50, "rounds": 2, "threads": 1}
+# Long enough to be stopped mid-run: six rounds, two trials.
+LONGER = {**TINY, "rounds": 6}
+TIME_COLUMNS = ["time_s"]
+
+
+def write_sweep(path: Path, grid=None, trials=1, controls=False, **base) -> Path:
+    path.write_text(to_toml(Sweep(base, grid or {}, trials, controls)))
+    return path
+
+
+def comparable(path: Path, drop=()) -> pd.DataFrame:
+    frame = pd.read_csv(path)
+    frame = frame.drop(columns=[c for c in [*TIME_COLUMNS, *drop] if c in frame.columns])
+    keys = [c for c in ("experiment", "trial", "round") if c in frame.columns]
+    return frame.sort_values(keys).reset_index(drop=True)
+
+
+def locked_by(run_dir: Path) -> int | None:
+    """The pid holding the run folder's lock right now (from /proc/locks), or None."""
+    try:
+        inode = os.stat(run_dir / ".lock").st_ino
+        pid = int((run_dir / ".lock").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    for line in Path("/proc/locks").read_text().splitlines():
+        parts = line.split()
+        if "FLOCK" in parts and parts[5].endswith(f":{inode}") and int(parts[4]) == pid:
+            return pid
+    return None
+
+
+def wait_until(condition, timeout=90.0, what="condition", process=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{what}: the process ended early: {process.communicate()}")
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_dirs(folder: Path) -> list[Path]:
+    return sorted(folder.glob("points/*/runs/*/trial_*"))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two Ray nodes on 127.0.0.1 with one CPU each; this process connected as the driver."""
+    ray = engine.import_ray(engine.LOOPBACK)
+    from ray.cluster_utils import Cluster
+
+    node = {"num_cpus": 1, "node_ip_address": engine.LOOPBACK,
+            "object_store_memory": 80 * 1024**2}  # fmt: skip
+    nodes = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    nodes.add_node(**node)
+    ray.init(address=nodes.address, log_to_driver=False, logging_level="error")
+    try:
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {engine.LOOPBACK}
+        yield nodes.address
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """``run --trials 2 --controls`` in one process, the way it ran before Ray: the results
+    every placement must reproduce. Its process must never have imported Ray."""
+    folder = tmp_path_factory.mktemp("reference")
+    args = ["run", *(f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()),
+            "--trials", "2", "--controls", "--quiet", "--out", "group"]  # fmt: skip
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); import cli; cli.main({args!r}); "
+        "print('RAY_IMPORTED' if 'ray' in sys.modules else 'NO_RAY')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True,
+                          text=True, timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("NO_RAY"), done.stdout
+    return folder / "group"
+
+
+def test_a_bad_sweep_file_is_one_line_naming_the_entry_and_writes_nothing(tmp_path, invoke):
+    cases = [
+        ({"grid": {"prune": ["magnitude", "magnitud"]}}, "grid entry prune[1] = 'magnitud'"),
+        ({"grid": {"lr": [0.001, -1.0]}}, "grid entry lr[1] = -1.0: lr: Input should be"),
+        ({"grid": {"rounds": [2, "3"]}}, "grid entry rounds[1] = '3': rounds must be an integer"),
+        ({"grid": {"scope": ["layerwise", "global"], "conv_rate": [0.1]}},
+         "grid point conv_rate=0.1,scope=global: --conv-rate only apply"),
+        ({"grid": {"batch_size": [60, 99999]}}, "grid point batch_size=99999: --batch-size"),
+        ({"grid": {"lr": 0.1}}, "grid.lr must be a non-empty list"),
+        ({"grid": {"lrr": [0.1]}}, "grid.lrr: unknown config key"),
+        ({"grid": {"seed": [1, 1]}}, "grid entry seed[1] = 1 is listed twice"),
+        ({"trials": 0}, "trials must be an integer of at least 1"),
+        ({"out": "x"}, "out: a sweep names its run folders"),
+    ]  # fmt: skip
+    for i, (settings, fragment) in enumerate(cases):
+        file = tmp_path / f"bad{i}.toml"
+        grid = settings.pop("grid", {})
+        text = to_toml(Sweep({"dataset": "mnist-sample", **settings}, grid))
+        file.write_text(text.replace("trials = 1\n", "") if "trials" in settings else text)
+        result = invoke("sweep", file, "--workers", "1")
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1, (fragment, result.stderr)
+        assert lines[0].startswith(f"Error: invalid sweep file '{file}'"), lines[0]
+        assert fragment in lines[0], (fragment, lines[0])
+    assert not (tmp_path / "results").exists()
+    assert "is not a sweep folder" in invoke("sweep", "status", tmp_path).stderr
+
+
+def test_point_names_are_stable_and_the_written_file_reads_back(tmp_path):
+    # Pinned: renaming would orphan every existing sweep folder.
+    assert point_name({"scope": "global", "lr": 0.0012, "rewind_iter": 100}) == (
+        "lr=0.0012,rewind_iter=100,scope=global"
+    )
+    assert point_name({"prune": "magnitude", "download": False}) == (
+        "download=false,prune=magnitude"
+    )
+    assert point_name({"data_dir": "/data/a b"}) == "data_dir=_data_a_b_a99e17"
+    assert point_name({}) == "base"
+    long = point_name({f"k{i}": "x" * 30 for i in range(6)})
+    assert len(long) == sweep.NAME_MAX and long == point_name({f"k{i}": "x" * 30 for i in range(6)})
+    original = Sweep({"dataset": "mnist-sample", "lr": 0.002, "download": False},
+                     {"scope": ["layerwise", "global"], "seed": [0, 3]}, 2, True)  # fmt: skip
+    file = tmp_path / "s.toml"
+    file.write_text(to_toml(original, "a header"))
+    again = read_sweep(file)
+    assert again.spec() == original.spec() and not again.differences(original)
+    assert [point_name(v) for v in again.combinations()] == [
+        "scope=layerwise,seed=0", "scope=layerwise,seed=3",
+        "scope=global,seed=0", "scope=global,seed=3",
+    ]  # fmt: skip
+
+
+def test_results_do_not_depend_on_placement_and_the_folder_reports(
+    cluster, reference, invoke, tmp_path
+):
+    """The same rows from one process, a sweep on 1 worker, on 2 workers (over two nodes)
+    and ``run --trials --controls --workers 2``; then report, status and a rerun."""
+    expected = comparable(reference / "results.csv")
+    file = write_sweep(tmp_path / "place.toml", {"scope": ["layerwise"]}, 2, True, **TINY)
+    for workers in ("1", "2"):
+        result = invoke("sweep", "run", file, "--workers", workers, "--address", cluster,
+                        "--out", f"w{workers}", "--quiet")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "6 of 6 runs done" in result.stdout
+        rows = pd.read_csv(tmp_path / f"w{workers}" / "results.csv")
+        assert list(rows.columns[:2]) == ["point", "scope"] and set(rows["point"]) == {
+            "scope=layerwise"
+        }
+        assert {"experiment", "trial"} <= set(rows.columns)
+        got = comparable(tmp_path / f"w{workers}" / "results.csv", drop=["point", "scope"])
+        pd.testing.assert_frame_equal(got[expected.columns], expected)
+        point = tmp_path / f"w{workers}" / "points" / "scope=layerwise"
+        assert (point / "aggregate.csv").is_file()
+    placed = json.loads((tmp_path / "w2" / "status.json").read_text())["placed"]
+    assert len({p["node"] for p in placed.values()}) == 2  # both nodes trained runs
+
+    group = invoke(
+        "run",
+        *(f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()),
+        "--trials",
+        "2",
+        "--controls",
+        "--workers",
+        "2",
+        "--out",
+        "g",
+        "--quiet",
+    )
+    assert group.returncode == 0, group.stderr  # fmt: skip
+    pd.testing.assert_frame_equal(comparable(tmp_path / "g" / "results.csv"), expected)
+
+    again = invoke("sweep", file, "--out", "w2", "--address", cluster)
+    assert again.returncode == 0 and "all 6 runs are done" in again.stderr, again.stderr
+    other = write_sweep(tmp_path / "other.toml", {"scope": ["global"]}, 2, True, **TINY)
+    clash = invoke("sweep", other, "--out", "w2")
+    assert clash.returncode == 2 and "holds a different sweep" in clash.stderr
+
+    status = invoke("sweep", "status", "w2")
+    assert status.returncode == 0 and "6 runs: 6 done" in status.stdout
+    assert [line.split().count("done") for line in status.stdout.splitlines()
+            if line.strip().startswith("scope=layerwise")] == [3, 3]  # fmt: skip
+
+    report = invoke("report", "w2", "--by", "experiment")
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "w2" / "report" / "report.md").read_text()
+    assert "- **imp**:" in text and "- **reinit-random**:" in text
+    assert (tmp_path / "w2" / "report" / "accuracy.png").stat().st_size > 1000
+    labels = [label for label, _, _ in sweep.report_series(tmp_path / "w2", None)]
+    assert labels == ["scope=layerwise / imp", "scope=layerwise / reinit-random",
+                      "scope=layerwise / prune-random"]  # fmt: skip
+    bad_by = invoke("report", "w2", "--by", "lr")
+    assert bad_by.returncode == 2 and "--by lr: not a grid field" in bad_by.stderr
+
+
+def test_a_failing_run_is_recorded_and_the_others_finish(cluster, invoke, tmp_path):
+    file = write_sweep(tmp_path / "nan.toml", {"lr": [0.0012, 1e38]}, 1, False,
+                       **{**TINY, "iterations": 50})  # fmt: skip
+    result = invoke("sweep", file, "--address", cluster, "--out", "nan")
+    assert result.returncode == 1, result.stderr
+    # The progress line (a terminal rewrites it in place; a log gets one line per change).
+    assert "runs: 0/2 done, 2 running, 0 failed; 0:00 elapsed, ETA ?" in result.stderr
+    assert re.search(r"runs: 1/2 done, 0 running, 1 failed; 0:\d\d elapsed, ETA", result.stderr)
+    assert "1 run(s) failed:\n  points/lr=1e+38/runs/imp/trial_0: round 0: the loss became nan" \
+        in result.stderr  # fmt: skip
+    assert f"Resume with: python cli.py sweep --resume nan --address {cluster}" in result.stderr
+    assert "1 of 2 runs done" in result.stdout
+    assert set(pd.read_csv(tmp_path / "nan" / "results.csv")["point"]) == {"lr=0.0012"}
+    status = invoke("sweep", "status", "nan").stdout
+    assert "2 runs: 1 done, 1 failed" in status and "the loss became nan" in status
+    assert "resume with: python cli.py sweep --resume nan" in status
+
+
+def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(
+    cluster, invoke, tmp_path, uninterrupted
+):
+    file = write_sweep(tmp_path / "kill.toml", {}, 2, False, **LONGER)
+    victim: dict = {}
+
+    def kill_a_worker() -> None:
+        def busy():
+            for run in run_dirs(tmp_path / "kill"):
+                pid = locked_by(run)
+                if pid and pid != os.getpid() and sweep.rows(run) >= 1:
+                    return run, pid
+            return None
+
+        run, pid = wait_until(busy, what="a run past its first round")
+        victim.update(run=run, pid=pid, before=pd.read_csv(run / "results.csv"))
+        os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    result = invoke("sweep", file, "--address", cluster, "--out", "kill", "--quiet")
+    killer.join()
+    assert result.returncode == 0, result.stderr
+    assert "2 of 2 runs done" in result.stdout
+    after = pd.read_csv(victim["run"] / "results.csv")
+    assert len(after) == LONGER["rounds"]
+    # The rounds before the kill were kept as they were (time_s too): resumed, not restarted.
+    pd.testing.assert_frame_equal(after.iloc[: len(victim["before"])], victim["before"])
+    assert int((victim["run"] / ".lock").read_text()) != victim["pid"]
+    got = comparable(tmp_path / "kill" / "results.csv", drop=["point"])
+    pd.testing.assert_frame_equal(got[uninterrupted.columns], uninterrupted)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> pd.DataFrame:
+    """The LONGER sweep's rows as two trials in one process, never stopped."""
+    from lottery_core.api import run_trials
+
+    out = tmp_path_factory.mktemp("whole") / "group"
+    run_trials(trials=2, out=out, progress=False, **LONGER)
+    return comparable(out / "results.csv")
+
+
+def test_ctrl_c_then_kill_9_of_the_driver_then_the_same_sweep_finishes(
+    cluster, invoke, tmp_path, cli_env, uninterrupted
+):
+    file = write_sweep(tmp_path / "stop.toml", {}, 2, False, **LONGER)
+    folder = tmp_path / "results" / "sweep-stop"
+
+    def interrupt() -> None:
+        wait_until(lambda: any(sweep.rows(r) >= 1 for r in run_dirs(folder)), what="a round")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    sender = threading.Thread(target=interrupt)
+    sender.start()
+    try:
+        stopped = invoke("sweep", file, "--address", cluster)
+    except KeyboardInterrupt:  # pragma: no cover - the signal came after the sweep's loop
+        pytest.fail("Ctrl-C reached the test instead of the sweep")
+    finally:
+        sender.join()
+    assert stopped.returncode == 130, stopped.stderr
+    assert (
+        "Interrupted: finished rounds are saved in results/sweep-stop. Resume with: python "
+        f"cli.py sweep --resume results/sweep-stop --address {cluster}" in stopped.stderr
+    )
+    assert "Traceback" not in stopped.stderr  # fmt: skip
+    first_rows = {r: pd.read_csv(r / "results.csv") for r in run_dirs(folder)
+                  if sweep.rows(r)}  # fmt: skip
+    done_before = sum(sweep.rows(r) for r in run_dirs(folder))
+    assert 1 <= done_before < 2 * LONGER["rounds"]
+
+    # The default engine, an embedded Ray bound to loopback, in a driver killed with SIGKILL.
+    driver = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "sweep", "--resume", str(folder), "--workers",
+         "2"], cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: sum(sweep.rows(r) for r in run_dirs(folder)) > done_before,
+                   timeout=150, what="progress of the resumed sweep", process=driver)  # fmt: skip
+        live = json.loads((folder / "status.json").read_text())["driver"]
+        driver.kill()
+        driver.communicate()
+        assert live["pid"] == driver.pid and not live["finished"]
+        assert sum(sweep.rows(r) for r in run_dirs(folder)) < 2 * LONGER["rounds"]  # work left
+        # Its workers go with it (Ray kills a dead driver's workers): no run stays locked.
+        wait_until(lambda: not any(locked_by(r) for r in run_dirs(folder)), timeout=60,
+                   what="the killed driver's workers to let go of their runs")  # fmt: skip
+    finally:  # Ray's agents outlive a killed driver by a minute or two: end them now
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        driver.communicate()
+    assert "driver: not running" in invoke("sweep", "status", folder).stdout
+
+    finished = invoke("sweep", file, "--address", cluster, "--quiet")
+    assert finished.returncode == 0, finished.stderr
+    assert "resuming:" in finished.stderr and "2 of 2 runs done" in finished.stdout
+    for run, rows in first_rows.items():  # rounds kept across both stops
+        pd.testing.assert_frame_equal(pd.read_csv(run / "results.csv").iloc[: len(rows)], rows)
+    got = comparable(folder / "results.csv", drop=["point"])
+    pd.testing.assert_frame_equal(got[uninterrupted.columns], uninterrupted)
