@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -161,11 +162,21 @@ def _explain(error: ValidationError) -> str:
     return "invalid config: " + "; ".join(parts)
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Settings from a TOML or JSON file, keys spelled as the config fields (``-`` or ``_``)."""
+def read_table(
+    path: Path, kind: str, fail: Callable[[str], LotteryError] | None = None
+) -> dict[str, Any]:
+    """The table of a TOML or JSON ``kind`` file (a config or a sweep file), keys spelled as
+    the config fields (``-`` or ``_``). ``fail(reason)`` shapes the errors about its contents
+    (default: ``<kind> '<path>' <reason>``)."""
     path = Path(path)
+    source = str(path)
+    if fail is None:
+
+        def fail(reason: str) -> LotteryError:
+            return LotteryError(f"{kind} {source!r} {reason}")
+
     if not path.is_file():
-        raise LotteryError(f"config file {str(path)!r} does not exist")
+        raise LotteryError(f"{kind} {source!r} does not exist")
     try:
         text = path.read_text()
         if path.suffix.lower() == ".json":
@@ -173,12 +184,17 @@ def read_config_file(path: Path) -> dict[str, Any]:
         elif path.suffix.lower() == ".toml":
             raw = tomllib.loads(text)
         else:
-            raise LotteryError(f"config file {str(path)!r} must end in .toml or .json")
+            raise LotteryError(f"{kind} {source!r} must end in .toml or .json")
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise LotteryError(f"config file {str(path)!r} is not valid: {exc}") from exc
+        raise fail(f"is not valid: {exc}") from None
     if not isinstance(raw, dict):
-        raise LotteryError(f"config file {str(path)!r} must hold a table of settings")
-    values = {str(k).replace("-", "_"): v for k, v in raw.items()}
+        raise fail("must hold a table of settings")
+    return {str(k).replace("-", "_"): v for k, v in raw.items()}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Settings from a TOML or JSON file, strictly typed."""
+    values = read_table(path, "config file")
     check_file_types(values, str(path))
     return values
 

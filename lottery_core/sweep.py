@@ -46,14 +46,14 @@ from typing import Any
 import pandas as pd
 
 from . import files, group, rundir
-from .config import NOT_IDENTITY, ExperimentConfig, check_file_types, make_config
+from .config import NOT_IDENTITY, ExperimentConfig, check_file_types, make_config, read_table
 from .errors import LotteryError, RunFailed
 from .plugins import Plugins, get_plugins
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
 SWEEP_FILE = rundir.SWEEP
 POINTS = "points"
@@ -127,21 +127,13 @@ def read_sweep(path: Path) -> Sweep:
     """Parse and check the shape of a sweep file (values are checked by :func:`validate`)."""
     path = Path(path)
     source = str(path)
-    if not path.is_file():
-        raise LotteryError(f"sweep file {source!r} does not exist")
-    try:
-        text = path.read_text()
-        if path.suffix.lower() == ".toml":
-            raw = tomllib.loads(text)
-        elif path.suffix.lower() == ".json":
-            raw = json.loads(text)
-        else:
-            raise LotteryError(f"sweep file {source!r} must end in .toml or .json")
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise _fail(source, f"not valid: {exc}") from None
-    if not isinstance(raw, dict):
-        raise _fail(source, "it must hold a table of settings")
-    raw = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    # the shared reader's reasons, worded as this file's other errors are
+    reasons = {"must hold a table of settings": "it must hold a table of settings"}
+    raw = read_table(
+        path,
+        "sweep file",
+        lambda reason: _fail(source, reasons.get(reason, reason.removeprefix("is "))),
+    )
     trials = raw.pop("trials", 1)
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise _fail(source, f"trials must be an integer of at least 1 (got {trials!r})")
