@@ -43,24 +43,38 @@ SCALING_TARGET = 1.8  # 2 workers against 1 on this 2-core machine (issue 12)
 @dataclass
 class Timing:
     name: str
-    walls: list[float] = field(default_factory=list)
+    walls: list[float | None] = field(default_factory=list)  # None: stopped at --limit
     driver_rss_mb: list[float] = field(default_factory=list)
     folders: list[Path] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)  # 1-minute load average at its start
+
+    @property
+    def stopped(self) -> bool:
+        return any(w is None for w in self.walls)
 
     @property
     def wall(self) -> float:
-        return statistics.median(self.walls)
+        """The median, a stopped repeat counting as infinitely slow."""
+        return statistics.median(float("inf") if w is None else w for w in self.walls)
 
 
-def run_cli(args: list[str], cwd: Path) -> tuple[float, float, str]:
-    """Wall seconds, the process's peak RSS (MiB) and its stderr for ``cli.py args``."""
+def run_cli(args: list[str], cwd: Path, limit: float) -> tuple[float | None, float, str]:
+    """Wall seconds (``None``: stopped at ``limit``), peak RSS (MiB) and stderr of ``cli.py``."""
     out, err = cwd / ".stdout", cwd / ".stderr"
     with open(out, "w") as stdout, open(err, "w") as stderr:
         started = time.perf_counter()
         process = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd,
                                    stdout=stdout, stderr=stderr)  # fmt: skip
-        _, status, usage = os.wait4(process.pid, 0)
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - started > limit:
+                process.kill()
+                _, status, usage = os.wait4(process.pid, 0)
+                return None, usage.ru_maxrss / 1024, err.read_text()
+            time.sleep(0.1)
         wall = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
@@ -115,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="Iterations per round [2000; quick 100].")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1, help="Interleaved repeats [1].")
     parser.add_argument("--keep", type=Path, help="Keep the run folders here.")
+    parser.add_argument("--limit", type=float, default=600.0,
+                        help="Stop a variant after this many seconds [600]; on a busy machine "
+                        "the default threads (one per core) can be many times slower.")  # fmt: skip
     args = parser.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 4)
     iterations = args.iterations or (100 if args.quick else 2000)
@@ -143,17 +160,19 @@ def main(argv: list[str] | None = None) -> None:
         for name in order:
             out = work / f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-{repeat}"
             print(f"[bench.sweep] {name} (repeat {repeat + 1}/{args.repeats})...", file=sys.stderr)
-            wall, rss, stderr = run_cli(variants[name](str(out)), work)
+            load = os.getloadavg()[0]
+            wall, rss, stderr = run_cli(variants[name](str(out)), work, args.limit)
             timing = timings[name]
+            timing.loads.append(load)
             timing.walls.append(wall)
             timing.driver_rss_mb.append(rss)
             timing.folders.append(out)
             timing.stderr.append(stderr)
     load_after = os.getloadavg()
-    print(report(timings, base, load_before, load_after))
+    print(report(timings, base, load_before, load_after, args.limit))
 
 
-def report(timings: dict[str, Timing], base: dict, load_before, load_after) -> str:
+def report(timings: dict[str, Timing], base: dict, load_before, load_after, limit: float) -> str:
     one, two = timings["sweep --workers 1"], timings["sweep --workers 2"]
     alone = [t for name, t in timings.items() if name.startswith("run --trials")]
     best_alone = min(alone, key=lambda t: t.wall)
@@ -173,8 +192,10 @@ def report(timings: dict[str, Timing], base: dict, load_before, load_after) -> s
         f"time of a fresh CLI process, median of {len(one.walls)}",
     ]
     for name, timing in timings.items():
-        lines.append(f"  {name:<34} {timing.wall:7.1f} s   driver peak RSS "
-                     f"{statistics.median(timing.driver_rss_mb):5.0f} MiB")  # fmt: skip
+        shown = f"{timing.wall:7.1f} s" if not timing.stopped else f"> {limit:.0f} s (stopped)"
+        lines.append(f"  {name:<38} {shown}   peak RSS of its process "
+                     f"{statistics.median(timing.driver_rss_mb):5.0f} MiB; load at start "
+                     f"{statistics.median(timing.loads):.1f}")  # fmt: skip
     verdict = "ok" if scaling >= SCALING_TARGET else "BELOW TARGET"
     lines += [
         f"  scaling, 2 workers against 1:      {scaling:.2f}x (target >= {SCALING_TARGET}: "

@@ -54,8 +54,11 @@ def locked_by(run_dir: Path) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     for line in Path("/proc/locks").read_text().splitlines():
-        parts = line.split()
-        if "FLOCK" in parts and parts[5].endswith(f":{inode}") and int(parts[4]) == pid:
+        parts = line.split()  # "1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF"
+        if "FLOCK" not in parts or "->" in parts:  # ours never wait for a lock
+            continue
+        at = parts.index("FLOCK")
+        if parts[at + 4].endswith(f":{inode}") and parts[at + 3] == str(pid):
             return pid
     return None
 
