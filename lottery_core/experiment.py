@@ -476,16 +476,16 @@ def check_rewound(
 
 
 def versions() -> dict[str, str]:
+    import importlib.metadata
     import platform
 
     import pluggy
     import pydantic
-    import torchvision
 
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": importlib.metadata.version("torchvision"),  # not imported by every run
         "pluggy": pluggy.__version__,
         "pydantic": pydantic.__version__,
         "pandas": pd.__version__,

