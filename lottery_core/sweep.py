@@ -674,6 +674,8 @@ def run_sweep(
             todo = {u.run for u in units}
             if not units:
                 say(f"{intro}: all {len(every_run)} runs are done")
+                for point in point_dirs:  # a killed driver's workers may have finished runs
+                    group.write_tables(point)
                 write_sweep_tables(folder, names)
             else:
                 if engine.ray is None:

@@ -207,8 +207,17 @@ def test_results_do_not_depend_on_placement_and_the_folder_reports(
     assert group.returncode == 0, group.stderr  # fmt: skip
     pd.testing.assert_frame_equal(comparable(tmp_path / "g" / "results.csv"), expected)
 
+    # Workers that finish after their driver was killed leave the tables behind the runs: a
+    # rerun of a finished sweep rebuilds every table from the runs' own results.
+    point = tmp_path / "w2" / "points" / "scope=layerwise"
+    tables = [point / "results.csv", point / "aggregate.csv", tmp_path / "w2" / "results.csv",
+              tmp_path / "w2" / "aggregate.csv"]  # fmt: skip
+    whole = [t.read_bytes() for t in tables]
+    for table in tables:
+        pd.read_csv(table).iloc[:1].to_csv(table, index=False)
     again = invoke("sweep", file, "--out", "w2", "--address", cluster)
     assert again.returncode == 0 and "all 6 runs are done" in again.stderr, again.stderr
+    assert [t.read_bytes() for t in tables] == whole
     other = write_sweep(tmp_path / "other.toml", {"scope": ["global"]}, 2, True, **TINY)
     clash = invoke("sweep", other, "--out", "w2")
     assert clash.returncode == 2 and "holds a different sweep" in clash.stderr
