@@ -257,7 +257,14 @@ def add_sweep_commands(cli: click.Group) -> None:
         click.echo(status_text(folder))
 
 
-def warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+def warning_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
     """A warning as the one line of its message: a terminal user needs no source location."""
     click.echo(str(message), err=True)
 
