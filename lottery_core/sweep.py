@@ -674,9 +674,8 @@ def run_sweep(
             todo = {u.run for u in units}
             if not units:
                 say(f"{intro}: all {len(every_run)} runs are done")
-                for point in point_dirs:  # a killed driver's workers may have finished runs
-                    group.write_tables(point)
-                write_sweep_tables(folder, names)
+                # A killed driver's workers may have finished runs after its last tables.
+                write_all_tables(point_dirs, folder, names)
             else:
                 if engine.ray is None:
                     engine.start()
@@ -746,6 +745,19 @@ def _prepare_points(folder: Path, points: list[Point], sweep: Sweep) -> list[Pat
     return dirs
 
 
+def write_all_tables(
+    groups: list[Path],
+    folder: Path | None = None,
+    points: list[tuple[str, dict[str, Scalar]]] | None = None,
+) -> None:
+    """Every group's tables from its runs' own results, then, given the sweep ``folder`` and
+    its ``points``, the sweep's tables from the groups'."""
+    for g in groups:
+        group.write_tables(g)
+    if folder is not None and points is not None:
+        write_sweep_tables(folder, points)
+
+
 def _execute(engine, units, progress, status, folder, names, point_dirs):
     """Run the units, keeping the tables and ``status.json`` current; ``None`` on Ctrl-C."""
     from .engine import EngineInterrupted
@@ -758,9 +770,7 @@ def _execute(engine, units, progress, status, folder, names, point_dirs):
         if event.outcome is not None and event.unit is not None:
             point = by_dir.get(event.unit.kwargs.get("out", ""))
             if point is not None:
-                group.write_tables(point)
-                if names is not None:
-                    write_sweep_tables(folder, names)
+                write_all_tables([point], folder, names)
             status.update(event)
         elif event.outcome is None and event.running_units != []:
             running = sorted({u.run for u in event.running_units})
@@ -772,16 +782,10 @@ def _execute(engine, units, progress, status, folder, names, point_dirs):
     except EngineInterrupted:
         line.close()
         status.write(finished=True)
-        for point in point_dirs:
-            group.write_tables(point)
-        if names is not None:
-            write_sweep_tables(folder, names)
+        write_all_tables(point_dirs, folder, names)
         return None
     line.close()
-    for point in point_dirs:
-        group.write_tables(point)
-    if names is not None:
-        write_sweep_tables(folder, names)
+    write_all_tables(point_dirs, folder, names)
     status.write(finished=True)
     return outcomes
 
@@ -804,8 +808,7 @@ def run_groups(groups: list[Path], engine_plan, progress: bool = True, data_sour
     def on_event(event) -> None:
         line(event)
         if event.outcome is not None:
-            for g in groups:
-                group.write_tables(g)
+            write_all_tables(groups)
             if not event.outcome.ok and event.outcome.error != "cancelled":
                 failures[event.unit.run] = event.outcome.error
 
@@ -817,14 +820,12 @@ def run_groups(groups: list[Path], engine_plan, progress: bool = True, data_sour
                 engine.run(units, on_event)
             except EngineInterrupted:
                 line.close()
-                for g in groups:
-                    group.write_tables(g)
+                write_all_tables(groups)
                 raise SweepStopped(
                     f"\nInterrupted: finished rounds are saved in {root}. Resume with: {command}"
                 ) from None
         line.close()
-    for g in groups:
-        group.write_tables(g)
+    write_all_tables(groups)
     if failures:
         listed = "; ".join(f"{run}: {error}" for run, error in failures.items())
         raise RunFailed(f"{len(failures)} run(s) failed: {listed}. Resume with: {command}")
