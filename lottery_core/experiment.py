@@ -156,7 +156,7 @@ class Experiment:
             raise PluginError(f"{who}: {exc}") from None
         try:
             with torch.no_grad():
-                out = model.eval()(data.train_x[:2])
+                out = model.eval()(data.images(data.train_x[:2]))
         except Exception as exc:  # a model that cannot take this input: name both
             raise PluginError(
                 f"{who} does not run on dataset {self.config.dataset!r} (input shape "

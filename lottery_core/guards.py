@@ -141,10 +141,10 @@ def check_splits(who: str, data: Any, validation_size: int) -> DatasetSplits:
         x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
         if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
             raise PluginError(f"{who}: {split}_x and {split}_y must be torch tensors")
-        if not x.is_floating_point():
+        if not x.is_floating_point() and data.transform is None:
             raise PluginError(
                 f"{who}: {split}_x is {x.dtype}; images must be floating point (e.g. float32 "
-                "scaled and normalised)"
+                "scaled and normalised), or come with a transform that makes them so"
             )
         if x.dim() != 4:
             raise PluginError(
@@ -167,7 +167,9 @@ def check_splits(who: str, data: Any, validation_size: int) -> DatasetSplits:
             raise PluginError(
                 f"{who}: {split}_y holds labels {low}..{high}, outside 0..{data.num_classes - 1}"
             )
-        if not bool(torch.isfinite(x).all()):
+        if data.transform is not None:
+            _check_transform(who, split, data, x)
+        elif not bool(torch.isfinite(x).all()):
             raise PluginError(f"{who}: {split}_x holds NaN or inf")
     if len(data.val_x) > validation_size:
         raise PluginError(
@@ -175,3 +177,24 @@ def check_splits(who: str, data: Any, validation_size: int) -> DatasetSplits:
             f"{validation_size} asked for"
         )
     return data
+
+
+def _check_transform(who: str, split: str, data: DatasetSplits, x: torch.Tensor) -> None:
+    """A split's images through the dataset's ``transform``, checked: float, same shape, finite.
+
+    The whole split is transformed once here, chunk by chunk, so a transform that yields NaN for
+    some stored value is caught before training rather than in the middle of a round."""
+    for start in range(0, len(x), 4096):
+        chunk = x[start : start + 4096]
+        with blame(who, f"transforming {split}_x"):
+            got = data.transform(chunk)  # type: ignore[misc]
+        if not isinstance(got, torch.Tensor) or not got.is_floating_point():
+            kind = got.dtype if isinstance(got, torch.Tensor) else type(got).__name__
+            raise PluginError(f"{who}: transform of {split}_x returned {kind}; expected float")
+        if got.shape != chunk.shape:
+            raise PluginError(
+                f"{who}: transform of {split}_x changed a batch's shape {tuple(chunk.shape)} to "
+                f"{tuple(got.shape)}"
+            )
+        if not bool(torch.isfinite(got).all()):
+            raise PluginError(f"{who}: {split}_x holds NaN or inf after its transform")

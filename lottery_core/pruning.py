@@ -196,7 +196,7 @@ def _context(
         n = int(data.train_x.shape[0])
         for _ in range(count):
             index = torch.randperm(n, generator=order)[:batch_size].to(data.train_x.device)
-            yield data.train_x[index], data.train_y[index]
+            yield data.images(data.train_x[index]), data.train_y[index]
 
     def layer_values(source: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {layer.name: source[f"{layer.name}.weight_orig"].clone() for layer in layers}

@@ -33,7 +33,10 @@ class DataRequest:
 class DatasetSplits:
     """A dataset held in memory as tensors, ready to be indexed by batch.
 
-    Images are float32 ``N x C x H x W`` and already normalised; labels are int64. ``source``
+    Images are ``N x C x H x W``: either float and already normalised, or stored compactly (e.g.
+    uint8 pixels, a quarter of float32's memory) with a ``transform`` that turns any batch of them
+    into the normalised floats the model takes. The core passes every batch and evaluation chunk
+    through :meth:`images`, so a model never sees the stored form. Labels are int64. ``source``
     says where the data came from (written to ``config.json``) so a sample is never mistaken for
     the full dataset.
     """
@@ -47,6 +50,11 @@ class DatasetSplits:
     num_classes: int
     source: str
     name: str = ""
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of stored images as the model takes them (``transform`` applied, if any)."""
+        return x if self.transform is None else self.transform(x)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -59,7 +67,11 @@ class DatasetSplits:
             for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
         }
         return DatasetSplits(
-            **moved, num_classes=self.num_classes, source=self.source, name=self.name
+            **moved,
+            num_classes=self.num_classes,
+            source=self.source,
+            name=self.name,
+            transform=self.transform,
         )
 
 

