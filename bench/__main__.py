@@ -5,7 +5,9 @@ framework's ``train_round`` step against a bare PyTorch loop with the same ``tor
 pre-hooks, and against the usual torchvision Dataset + DataLoader loop; (3) the compute floor;
 (4) the share of a round spent evaluating at eval_every=100, and a 50K-iteration round
 extrapolated from a measured shorter one; (5) the same comparisons for Conv-2 on CIFAR-10-shaped
-data; (6) the peak memory of a default CLI run. The last lines name the machine.
+data; (6) the peak memory of a CLI run; (7) the step under contention: the default thread rule
+against one thread and every core, idle and beside busy-looping processes. The last lines name
+the machine.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from torch.utils.data import Dataset
 
 from lottery_core.resolution import default_threads
 
+from . import contention, floor, rounds, steps
 from . import data as bdata
-from . import floor, rounds, steps
 from .report import Row, machine, machine_lines, read_values, render, write_json
 
 PRUNINGS = {"100%": 0, "21%": 7, "3.6%": 15}  # layerwise magnitude prunings to reach each level
@@ -56,13 +58,16 @@ class Sizes:
     rss_iterations: int = 1000
     conv_levels: tuple[str, ...] = tuple(PRUNINGS)
     workers: tuple[int, ...] = (0, 2)
+    contention_steps: int = 1000
+    contention_repeats: int = 3
 
 
 QUICK = Sizes(
     repeats=1, lenet_steps=5, conv_steps=1, conv_repeats=1, train=1200, val=100, test=100,
     conv_train=120, fixed_rounds=(1, 2), loader_images=600, eval_iterations=200, eval_repeats=1,
     matmul_size=256,
-    rss_rounds=1, rss_iterations=20, conv_levels=("100%",), workers=(0,),
+    rss_rounds=1, rss_iterations=20, conv_levels=("100%",), workers=(0,), contention_steps=20,
+    contention_repeats=1,
 )  # fmt: skip
 
 
@@ -185,7 +190,7 @@ def floor_rows(
     title: str, key: str, models: StepResults, data, size: int, repeats: int
 ) -> list[Row]:
     """The step's FLOPs against the measured torch.mm rate and against its own kernels."""
-    x, y = data.train_x[: steps.BATCH], data.train_y[: steps.BATCH]
+    x, y = data.images(data.train_x[: steps.BATCH]), data.train_y[: steps.BATCH]
     flops = floor.step_flops(models.dense, x, y)
     repeats = min(repeats, 3)  # medians of rates: 3 samples suffice
     rate = floor.matmul_rate(size, repeats)
@@ -207,7 +212,7 @@ def eval_rows(data, size: Sizes, model: nn.Module, rate: float) -> list[Row]:
     share = rounds.eval_share(data, size.eval_iterations, 100, size.eval_repeats)
     round_50k, share_50k = share.extrapolated()
     val_s = (share.eval_s - share.end_eval_s) / (share.iterations // 100)
-    val_flops = floor.forward_flops(model, data.val_x)
+    val_flops = floor.forward_flops(model, data.images(data.val_x))
     add = functools.partial(Row, "4. evaluation, LeNet-300-100, eval_every=100 (5K val, 10K test)")
     return [
         add("val_pass_ms", f"one validation pass ({data.val_x.shape[0]:,} images), in a round",
@@ -224,12 +229,13 @@ def eval_rows(data, size: Sizes, model: nn.Module, rate: float) -> list[Row]:
 
 
 def memory_rows(size: Sizes) -> list[Row]:
-    rss, imports = rounds.peak_rss_mib(size.rss_rounds, size.rss_iterations)
+    dataset = rounds.memory_dataset()
+    rss, imports = rounds.peak_rss_mib(size.rss_rounds, size.rss_iterations, dataset)
     add = functools.partial(Row, "6. memory")
-    command = f"cli.py run --dataset mnist-sample --rounds {size.rss_rounds} --iterations"
+    command = f"cli.py run --dataset {dataset} --rounds {size.rss_rounds} --iterations"
     return [
         add("peak_rss_mib", f"peak RSS, {command} {size.rss_iterations}", rss, "MiB"),
-        add("import_rss_mib", "  of which: importing torch, torchvision, pandas, ...", imports,
+        add("import_rss_mib", "  of which: importing torch, pandas, pydantic, the plugins", imports,
             "MiB"),
     ]  # fmt: skip
 
@@ -278,6 +284,9 @@ def run(size: Sizes) -> list[Row]:
         rows += fixed_cost_rows(title, "conv2", "cifar10", cifar_shape, size, conv.step_s)
         log("conv2 compute floor")
         rows += floor_rows(title, "conv2_", conv, cifar_shape, size.matmul_size, size.conv_repeats)
+    log("contention: idle, then with busy-looping processes")
+    contended = bdata.synthetic_splits(bdata.MNIST_SHAPE, size.train, 1, 1)
+    rows += contention.contention_rows(contended, size.contention_steps, size.contention_repeats)
     log("peak memory")
     rows += memory_rows(size)
     return rows

@@ -16,6 +16,7 @@ import torch
 from torchvision import datasets, transforms
 
 from lottery_core.specs import DatasetSplits
+from plugins.datasets import Normalise
 
 Shape = tuple[int, int, int]
 MNIST_SHAPE: Shape = (1, 28, 28)
@@ -27,16 +28,18 @@ CIFAR_NORM = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 def synthetic_splits(
     shape: Shape, n_train: int, n_val: int, n_test: int, seed: int = 0
 ) -> DatasetSplits:
-    """Normalised-looking float32 images and int64 labels in 10 classes, already in memory."""
+    """uint8 images normalised per batch (as the built-in datasets hold them) and int64 labels
+    in 10 classes, already in memory."""
     generator = torch.Generator().manual_seed(seed)
 
     def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.randn(n, *shape, generator=generator), torch.randint(
-            0, 10, (n,), generator=generator
-        )
+        pixels = torch.randint(0, 256, (n, *shape), generator=generator, dtype=torch.uint8)
+        return pixels, torch.randint(0, 10, (n,), generator=generator)
 
     train, val, test = split(n_train), split(n_val), split(n_test)
-    return DatasetSplits(*train, *val, *test, num_classes=10, source="synthetic (bench)")
+    channels = shape[0]
+    return DatasetSplits(*train, *val, *test, num_classes=10, source="synthetic (bench)",
+                         transform=Normalise((0.5,) * channels, (0.25,) * channels))  # fmt: skip
 
 
 def with_small_eval(data: DatasetSplits, n: int) -> DatasetSplits:
@@ -50,6 +53,7 @@ def with_small_eval(data: DatasetSplits, n: int) -> DatasetSplits:
         data.test_y[:n],
         num_classes=data.num_classes,
         source=data.source,
+        transform=data.transform,
     )
 
 

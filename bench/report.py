@@ -88,15 +88,24 @@ def read_values(path: Path) -> dict[str, float]:
 
 
 def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's ``model name`` from ``/proc/cpuinfo`` (Linux), else what ``platform`` says."""
+    """The CPU's ``model name`` from ``/proc/cpuinfo`` (Linux) with its ``cpu family`` and
+    ``model`` numbers as the kernel reports them (what lscpu shows: the bench names only what
+    it read), else what ``platform`` says."""
+    fields: dict[str, str] = {}
     try:
         for line in cpuinfo.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "cpu model") and value.strip():
-                return " ".join(value.split())
+            key = key.strip()
+            if key and key not in fields and value.strip():
+                fields[key] = " ".join(value.split())
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    name = next((fields[k] for k in ("model name", "Model", "cpu model") if k in fields), "")
+    if not name:
+        return platform.processor() or platform.machine() or "unknown CPU"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def machine(threads: int, baseline_threads: list[int]) -> dict:

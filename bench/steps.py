@@ -26,6 +26,7 @@ from lottery_core.experiment import Experiment
 from lottery_core.masks import remaining_percent
 from lottery_core.resolution import default_threads
 from lottery_core.specs import DatasetSplits
+from lottery_core.threads import ThreadRule
 from lottery_core.training import TrainSettings, train_round
 
 Runner = Callable[..., float]
@@ -57,7 +58,14 @@ class FrameworkStep:
     """The framework's model (built and pruned by an ``Experiment``), trained through
     ``train_round`` for ``steps`` iterations per call on the config's thread count."""
 
-    def __init__(self, model: str, dataset: str, data: DatasetSplits, steps: int):
+    def __init__(
+        self,
+        model: str,
+        dataset: str,
+        data: DatasetSplits,
+        steps: int,
+        rule: ThreadRule | None = None,
+    ):
         config = make_config(
             model=model,
             dataset=dataset,
@@ -71,6 +79,9 @@ class FrameworkStep:
         self.experiment = Experiment(config, data=data)
         self.state = self.experiment.start()
         self.threads: int = self.experiment.config.threads  # type: ignore[assignment]
+        # the config's default rule (adaptive between 1 and one thread per core), kept across
+        # calls as a run keeps it across rounds
+        self.rule = rule or ThreadRule(self.threads)
         self.settings = TrainSettings(
             iterations=steps,
             batch_size=BATCH,
@@ -94,9 +105,10 @@ class FrameworkStep:
 
     def __call__(self, steps: int | None = None) -> float:
         """One round of the configured length (``steps`` is ignored: ours is never probed)."""
-        with num_threads(self.threads):
+        with num_threads(self.threads):  # restores the caller's count afterwards
             start = time.perf_counter()
-            train_round(self.model, self.experiment.data, self.settings, data_seed=0)
+            data = self.experiment.data
+            train_round(self.model, data, self.settings, data_seed=0, threads=self.rule)
             return (time.perf_counter() - start) / self.settings.iterations
 
 
@@ -172,9 +184,10 @@ def _stepper(model: nn.Module, lr: float) -> Callable[[torch.Tensor, torch.Tenso
 def bare_runner(
     model: nn.Module, data: DatasetSplits, steps: int, lr: float, threads: int
 ) -> Runner:
-    """The textbook loop over in-memory tensors: a permutation per epoch, index, Adam step."""
+    """The textbook loop over in-memory float tensors (normalised once, up front): a
+    permutation per epoch, index, Adam step."""
     step = _stepper(model, lr)
-    x, y, n = data.train_x, data.train_y, data.train_x.shape[0]
+    x, y, n = data.images(data.train_x), data.train_y, data.train_x.shape[0]
     generator = torch.Generator().manual_seed(0)
 
     def run(count: int = steps) -> float:

@@ -96,7 +96,12 @@ class ExperimentConfig(BaseModel):
     threads: int | None = Field(
         default=None,
         ge=1,
-        description="Intra-op CPU threads (default: one per core this process may use).",
+        description="Most intra-op CPU threads (default: one per core this process may use).",
+    )
+    thread_rule: Literal["adaptive", "fixed"] = Field(
+        default="adaptive",
+        description="adaptive: one thread or --threads, whichever steps measure faster (a busy "
+        "machine makes many threads slow); fixed: always --threads. Results do not depend on it.",
     )
     data_dir: Path = Field(default=Path("data"), description="Dataset folder.")
     download: bool = Field(default=True, description="Download missing data files.")
@@ -144,7 +149,8 @@ class ExperimentConfig(BaseModel):
 
 # Where a run is stored or run, and what only --controls reads: not part of its identity.
 NOT_IDENTITY = {
-    "out", "device", "data_dir", "download", "threads", "control_prune", "control_reinit"
+    "out", "device", "data_dir", "download", "threads", "thread_rule", "control_prune",
+    "control_reinit",
 }  # fmt: skip
 LAYERWISE_ONLY = ("conv_rate", "output_rate")
 ADDED_LATER = ("prune_at", "init_steps")

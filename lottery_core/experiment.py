@@ -30,7 +30,8 @@ from .pruning import Pruner, prune_round
 from .resolution import resolve
 from .specs import DataRequest, DatasetSplits, ReinitContext
 from .state import RunState, derive_seeds, round_generator
-from .training import NonFiniteLoss, TrainSettings, train_round, use_threads
+from .threads import ThreadRule, use_threads
+from .training import NonFiniteLoss, TrainSettings, train_round
 
 RESULT_COLUMNS = ["round", "remaining", "ES", "val", "test"]
 
@@ -98,6 +99,7 @@ class Experiment:
         self._data = data
         self.model: nn.Module | None = None
         self.layers: list[masks.PrunableLayer] = []
+        self.threads: ThreadRule | None = None
 
     @property
     def data(self) -> DatasetSplits:
@@ -289,6 +291,7 @@ class Experiment:
             on_evaluation=on_evaluation,
             on_iteration=on_iteration if rewind_at else None,
             progress=progress.advance,
+            threads=self.threads,
         )
         counts = masks.remaining_counts(self.layers)
         record = {
@@ -382,8 +385,13 @@ class Experiment:
         total = sum(self.settings(r).iterations - self.settings(r).start_iteration for r in todo)
         round_index = state.next_round
         threads_before = torch.get_num_threads()
+        if self.threads is None:  # one rule for the run: what it measured carries across rounds
+            self.threads = ThreadRule(
+                self.config.threads,  # type: ignore[arg-type]
+                adaptive=self.config.thread_rule == "adaptive" and self.device.type == "cpu",
+            )
         try:
-            use_threads(self.config.threads)  # type: ignore[arg-type]
+            self.threads.begin()
             with Progress(total, enabled=progress) as bar:
                 for round_index in todo:
                     if round_index > 0:

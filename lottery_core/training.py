@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .specs import DatasetSplits
+from .threads import ThreadRule
 
 EVAL_CHUNK = 1000
 
@@ -57,12 +58,6 @@ class NonFiniteLoss(RuntimeError):
         super().__init__(f"loss became {value} by iteration {iteration}")
         self.iteration = iteration
         self.value = value
-
-
-def use_threads(count: int) -> None:
-    """Set torch's intra-op thread count (a no-op when it already is ``count``)."""
-    if torch.get_num_threads() != count:
-        torch.set_num_threads(count)
 
 
 @torch.inference_mode()
@@ -118,12 +113,14 @@ def train_round(
     on_evaluation: Callable[[dict], dict | None] | None = None,
     on_iteration: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    threads: ThreadRule | None = None,
 ) -> RoundOutcome:
     """Train ``model`` in place from ``settings.start_iteration`` to ``settings.iterations``.
 
     ``on_iteration(it)`` is called after the step that completes iteration ``it`` only when
     given (late rewinding snapshots through it); ``on_evaluation(row)`` after each validation,
-    and may return extra columns for the row; ``progress(k)`` reports k more steps done.
+    and may return extra columns for the row; ``progress(k)`` reports k more steps done;
+    ``threads`` (the thread rule) is told of every step and of the work between steps.
     """
     n = data.train_x.shape[0]
     batch = settings.batch_size
@@ -139,6 +136,8 @@ def train_round(
     window = 0
     iteration = settings.start_iteration
     model.train()
+    if threads is not None:
+        threads.begin()
     while iteration < settings.iterations:
         epoch, offset = divmod(iteration, steps_per_epoch)
         order = epoch_permutation(data_seed, epoch, n, device)
@@ -150,6 +149,8 @@ def train_round(
             loss.backward()
             optimizer.step()
             train_loss_sum += loss.detach()
+            if threads is not None:
+                threads.step_done()
             window += 1
             iteration += 1
             if on_iteration is not None:
@@ -168,6 +169,8 @@ def train_round(
                     progress(window)
                 train_loss_sum.zero_()
                 window = 0
+                if threads is not None:
+                    threads.pause()
             if iteration >= settings.iterations:
                 break
     outcome.final_test_acc = evaluate(model, data.test_x, data.test_y, data.images)[1]

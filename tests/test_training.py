@@ -6,13 +6,16 @@ import json
 import re
 
 import pandas as pd
+import pytest
 import torch
 from torch.nn.utils import prune
 
 from lottery_core import masks, runs
+from lottery_core import threads as threads_module
 from lottery_core.config import make_config
 from lottery_core.experiment import Experiment
 from lottery_core.resolution import default_threads
+from lottery_core.threads import ThreadRule
 from lottery_core.training import TrainSettings, train_round
 
 from .conftest import ROOT, TINY
@@ -46,6 +49,7 @@ def test_the_thread_count_changes_no_number_and_is_recorded(plugins, sample_data
         frames[threads] = (result.results.drop(columns=["time_s"]), result.history)
         recorded = json.loads((tmp_path / f"t{threads}" / "config.json").read_text())
         assert recorded["config"]["threads"] == threads
+        assert recorded["config"]["thread_rule"] == "adaptive"
         assert torch.get_num_threads() == before  # the run gives the caller's setting back
     pd.testing.assert_frame_equal(frames[1][0], frames[2][0])
     pd.testing.assert_frame_equal(frames[1][1], frames[2][1])
@@ -68,3 +72,95 @@ def test_the_core_never_names_a_built_in_plugin():
         text = path.read_text()
         for name in names:
             assert not re.search(rf"""["']{name}["']""", text), f"{path.name} names {name!r}"
+
+
+class ProbeAlwaysWins:
+    """A clock under which whichever thread count is not the rule's choice looks 2x faster, so
+    the rule switches at every probe: the most switching a real clock could cause."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.rule: ThreadRule | None = None
+
+    def __call__(self) -> float:
+        rule = self.rule
+        self.now += 1.0 if rule is None or rule.current == rule.chosen else 0.5
+        return self.now
+
+
+def test_switching_threads_mid_round_changes_no_number(plugins, sample_data, tmp_path, monkeypatch):
+    """The adaptive rule may switch between 1 and 2 threads at any segment of any round; the
+    results, history and masks are those of a run on one thread, bit for bit."""
+    monkeypatch.setattr(threads_module, "SEGMENT_STEPS", 5)
+    monkeypatch.setattr(threads_module, "FIRST_GAP", 1)
+    monkeypatch.setattr(threads_module, "LONGEST_GAP", 1)
+    config = {**TINY, "rounds": 3}
+    fixed = Experiment(make_config(**config, threads=1), plugins=plugins, data=sample_data)
+    one = runs.start(fixed, tmp_path / "one", progress=False)
+    switching = Experiment(make_config(**config, threads=2), plugins=plugins, data=sample_data)
+    clock = ProbeAlwaysWins()
+    switching.threads = clock.rule = ThreadRule(2, clock=clock)
+    both = runs.start(switching, tmp_path / "both", progress=False)
+    assert switching.threads.switches >= 20
+    assert switching.threads.steps[1] > 100 and switching.threads.steps[2] > 100
+    pd.testing.assert_frame_equal(one.results.drop(columns=["time_s"]),
+                                  both.results.drop(columns=["time_s"]))  # fmt: skip
+    pd.testing.assert_frame_equal(one.history, both.history)
+    pd.testing.assert_frame_equal(one.layers, both.layers)
+
+
+class Clock:
+    """A clock whose step time depends on the thread count in use: ``seconds[count]``."""
+
+    def __init__(self, seconds: dict[int, float]) -> None:
+        self.now, self.seconds = 0.0, seconds
+
+    def __call__(self) -> float:
+        self.now += self.seconds[torch.get_num_threads()]
+        return self.now
+
+
+@pytest.mark.parametrize(("seconds", "best"), [({1: 1.3, 2: 1.0}, 2), ({1: 1.0, 2: 4.0}, 1)])
+def test_the_adaptive_rule_settles_on_the_faster_count_and_rarely_probes(seconds, best):
+    before = torch.get_num_threads()
+    try:
+        clock = Clock(seconds)
+        rule = ThreadRule(2, clock=clock)
+        rule.begin()
+        for _ in range(40_000):
+            rule.step_done()
+        assert rule.chosen == best
+        slower = 3 - best
+        assert rule.steps[slower] < 0.02 * 40_000  # probes of the slower count: under 2%
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_rule_leaves_a_count_that_turns_slow_at_once():
+    before = torch.get_num_threads()
+    try:
+        clock = Clock({1: 1.3, 2: 1.0})
+        rule = ThreadRule(2, clock=clock)
+        rule.begin()
+        for _ in range(20_000):
+            rule.step_done()
+        assert rule.chosen == 2 and rule.gap == threads_module.LONGEST_GAP
+        clock.seconds = {1: 1.3, 2: 6.0}  # another process takes a core
+        for _ in range(3 * threads_module.SEGMENT_STEPS):
+            rule.step_done()
+        assert rule.chosen == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_fixed_rule_and_one_thread_never_switch():
+    before = torch.get_num_threads()
+    try:
+        for rule in (ThreadRule(2, adaptive=False, clock=Clock({1: 1.0, 2: 9.0})),
+                     ThreadRule(1, clock=Clock({1: 1.0, 2: 1.0}))):  # fmt: skip
+            rule.begin()
+            for _ in range(2_000):
+                rule.step_done()
+            assert rule.switches == 0 and rule.current == rule.most
+    finally:
+        torch.set_num_threads(before)
