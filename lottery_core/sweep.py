@@ -12,7 +12,19 @@ A sweep file (TOML or JSON) holds the base config at its top level (the same key
     scope = ["layerwise", "global"]
     rewind_iter = [0, 100]
 
-Every grid point (one value of each grid field) is a trials/controls group folder under
+Where the methods to compare are not a product of fields (IMP at ``prune_at = "imp"`` beside
+SNIP at ``"init"``, SynFlow with ``init_steps = 100``), ``[[variant]]`` tables list them, each
+naming the same fields; the points are then every grid combination with every variant::
+
+    [[variant]]
+    prune = "magnitude"
+    prune_at = "imp"
+
+    [[variant]]
+    prune = "snip"
+    prune_at = "init"
+
+Every grid point (one value of each grid field and variant) is a trials/controls group folder under
 ``<sweep>/points/<name>/``, named from its values (``rewind_iter=100,scope=global``: the fields
 sorted, so the name does not depend on the file's order), and every trial of every experiment
 in it is an ordinary run folder. The sweep folder holds the sweep as run (``sweep.toml``),
@@ -58,7 +70,7 @@ else:  # pragma: no cover
 SWEEP_FILE = rundir.SWEEP
 POINTS = "points"
 STATUS = "status.json"
-RESERVED = ("grid", "trials", "controls")
+RESERVED = ("grid", "variant", "trials", "controls")
 NOT_IN_SWEEP = ("out",)  # the sweep names its run folders
 BASE_POINT = "base"  # the one point of a sweep without a grid
 NAME_MAX = 120
@@ -84,16 +96,24 @@ class Sweep:
     trials: int = 1
     controls: bool = False
     source: str = ""
+    variants: list[dict[str, Scalar]] = field(default_factory=list)
 
     def spec(self) -> dict[str, Any]:
-        return {"trials": self.trials, "controls": self.controls, "base": self.base,
+        spec = {"trials": self.trials, "controls": self.controls, "base": self.base,
                 "grid": self.grid}  # fmt: skip
+        return {**spec, "variants": self.variants} if self.variants else spec
+
+    @property
+    def fields(self) -> list[str]:
+        """The fields that tell points apart: the grid's, then the variants'."""
+        return [*self.grid, *(self.variants[0] if self.variants else {})]
 
     def combinations(self) -> list[dict[str, Scalar]]:
-        """Every grid point's values, the last grid field varying fastest."""
+        """Every grid point's values, the last grid field varying fastest, then each variant."""
         keys = list(self.grid)
-        return [dict(zip(keys, values, strict=True)) for values in
-                itertools.product(*(self.grid[k] for k in keys))]  # fmt: skip
+        product = [dict(zip(keys, values, strict=True)) for values in
+                   itertools.product(*(self.grid[k] for k in keys))]  # fmt: skip
+        return [{**point, **variant} for point in product for variant in self.variants or [{}]]
 
     def differences(self, other: Sweep) -> list[str]:
         """What makes ``other`` compute something else (where and how it runs aside)."""
@@ -108,6 +128,8 @@ class Sweep:
                 out.append(f"{key}: {mine.get(key)!r} vs {theirs.get(key)!r}")
         if self.grid != other.grid:
             out.append(f"grid: {self.grid!r} vs {other.grid!r}")
+        if self.variants != other.variants:
+            out.append(f"variants: {self.variants!r} vs {other.variants!r}")
         return out
 
 
@@ -141,6 +163,7 @@ def read_sweep(path: Path) -> Sweep:
     if not isinstance(controls, bool):
         raise _fail(source, f"controls must be true or false (got {controls!r})")
     grid_raw = raw.pop("grid", {})
+    variant_raw = raw.pop("variant", [])
     if not isinstance(grid_raw, dict):
         raise _fail(source, f"grid must be a table of lists (got {grid_raw!r})")
     known = ", ".join(ExperimentConfig.model_fields)
@@ -149,7 +172,8 @@ def read_sweep(path: Path) -> Sweep:
             raise _fail(source, f"{key}: a sweep names its run folders; give --out for the "
                                 "sweep folder instead")  # fmt: skip
         if key not in ExperimentConfig.model_fields:
-            raise _fail(source, f"unknown key {key!r} (known: trials, controls, grid, {known})")
+            reserved = ", ".join(RESERVED)
+            raise _fail(source, f"unknown key {key!r} (known: {reserved}, {known})")
     grid: dict[str, list[Scalar]] = {}
     for key, values in grid_raw.items():
         name = str(key).replace("-", "_")
@@ -172,7 +196,40 @@ def read_sweep(path: Path) -> Sweep:
             if any(type(value) is type(v) and value == v for v in values[:i]):
                 raise _fail(source, f"grid entry {name}[{i}] = {value!r} is listed twice")
         grid[name] = list(values)
-    return Sweep(raw, grid, trials, controls, source)
+    variants = _read_variants(source, variant_raw, raw, grid)
+    return Sweep(raw, grid, trials, controls, source, variants)
+
+
+def _read_variants(
+    source: str, tables: Any, base: dict[str, Any], grid: dict[str, list[Scalar]]
+) -> list[dict[str, Scalar]]:
+    """The ``[[variant]]`` tables: config fields, the same in each, in neither base nor grid."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise _fail(source, "variant must be a list of tables ([[variant]] in TOML)")
+    known = ", ".join(ExperimentConfig.model_fields)
+    variants: list[dict[str, Scalar]] = []
+    for i, table in enumerate(tables):
+        variant = {str(k).replace("-", "_"): v for k, v in table.items()}
+        for name, value in variant.items():
+            if name not in ExperimentConfig.model_fields or name in NOT_IN_SWEEP:
+                raise _fail(source, f"variant {i + 1}: {name}: not a config field a sweep "
+                                    f"varies (known keys: {known})")  # fmt: skip
+            if name in base or name in grid:
+                where = "base config" if name in base else "grid"
+                raise _fail(source, f"variant {i + 1}: {name} is in the {where} too; keep one")
+            if not isinstance(value, (str, int, float, bool)):
+                raise _fail(source, f"variant {i + 1}: {name} = {value!r}: must be a single "
+                                    "value (a string, number or boolean)")  # fmt: skip
+        if variants and set(variant) != set(variants[0]):
+            first = sorted(variants[0])
+            raise _fail(source, f"variant {i + 1} sets {sorted(variant)}, variant 1 sets "
+                                f"{first}: every variant names the same fields")  # fmt: skip
+        if not variant:
+            raise _fail(source, f"variant {i + 1} is empty")
+        if variant in variants:
+            raise _fail(source, f"variant {i + 1} repeats variant {variants.index(variant) + 1}")
+        variants.append(variant)
+    return variants
 
 
 def _toml_value(value: Any) -> str:
@@ -192,6 +249,8 @@ def to_toml(sweep: Sweep, header: str = "") -> str:
     lines += [f"{k} = {_toml_value(v)}" for k, v in sweep.base.items()]
     if sweep.grid:
         lines += ["", "[grid]"] + [f"{k} = {_toml_value(v)}" for k, v in sweep.grid.items()]
+    for variant in sweep.variants:
+        lines += ["", "[[variant]]"] + [f"{k} = {_toml_value(v)}" for k, v in variant.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -858,13 +917,13 @@ def report_series(folder: Path, by: list[str] | None) -> list[tuple[str, str | N
     (default: every grid field and the experiment, i.e. one per point and experiment), each
     with the run folders whose trials it averages, in the sweep's order."""
     sweep, points = sweep_points(folder)
-    fields = list(by) if by else [*sweep.grid, "experiment"]
-    allowed = [*sweep.grid, "experiment"]
+    fields = list(by) if by else [*sweep.fields, "experiment"]
+    allowed = [*sweep.fields, "experiment"]
     for name in fields:
         if name.replace("-", "_") not in allowed:
             raise LotteryError(
                 f"--by {name}: not a grid field of the sweep in {str(folder)!r} (its grid: "
-                f"{', '.join(sweep.grid) or 'no grid field'}; or experiment)"
+                f"{', '.join(sweep.fields) or 'no grid field'}; or experiment)"
             )
     fields = [f.replace("-", "_") for f in fields]
     found: dict[tuple, list[Path]] = {}

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from lottery_core import engine, sweep
+from lottery_core.errors import LotteryError
 from lottery_core.sweep import Sweep, point_name, read_sweep, to_toml
 
 from .conftest import ROOT
@@ -166,6 +167,43 @@ def test_point_names_are_stable_and_the_written_file_reads_back(tmp_path):
         "scope=layerwise,seed=0", "scope=layerwise,seed=3",
         "scope=global,seed=0", "scope=global,seed=3",
     ]  # fmt: skip
+
+
+def test_variants_list_points_that_are_no_product_of_fields(tmp_path, plugins):
+    """IMP beside pruning at init with its own steps: [[variant]] tables, crossed with the grid,
+    named and validated like grid points, written back as they were read."""
+    imp = {"prune": "magnitude", "prune_at": "imp", "init_steps": 1}
+    synflow = {"prune": "random", "prune_at": "init", "init_steps": 100}
+    original = Sweep({"dataset": "mnist-sample", "rounds": 2, "iterations": 10},
+                     {"seed": [0, 1]}, variants=[imp, synflow])  # fmt: skip
+    file = tmp_path / "v.toml"
+    file.write_text(to_toml(original))
+    again = read_sweep(file)
+    assert again.spec() == original.spec() and not again.differences(original)
+    assert again.fields == ["seed", "prune", "prune_at", "init_steps"]
+    names = [p.name for p in sweep.validate(again, plugins, check_data=False)]
+    assert names == [
+        "init_steps=1,prune=magnitude,prune_at=imp,seed=0",
+        "init_steps=100,prune=random,prune_at=init,seed=0",
+        "init_steps=1,prune=magnitude,prune_at=imp,seed=1",
+        "init_steps=100,prune=random,prune_at=init,seed=1",
+    ]
+    assert again.differences(Sweep(again.base, again.grid, variants=[imp]))
+    cases = [
+        ("[[variant]]\nprune = 'snip'\n[[variant]]\nscope = 'global'\n", "every variant names"),
+        ("[[variant]]\nrounds = 3\n", "variant 1: rounds is in the base config too"),
+        ("[[variant]]\nprunee = 'x'\n", "variant 1: prunee: not a config field"),
+        ("[[variant]]\nprune = 'a'\n[[variant]]\nprune = 'a'\n", "variant 2 repeats variant 1"),
+        ("variant = 3\n", "variant must be a list of tables"),
+    ]
+    for i, (text, fragment) in enumerate(cases):
+        bad = tmp_path / f"bad{i}.toml"
+        bad.write_text(f"rounds = 2\n{text}")
+        with pytest.raises(LotteryError, match=re.escape(fragment)):
+            read_sweep(bad)
+    unknown = Sweep({"dataset": "mnist-sample"}, {}, variants=[{"prune": "snipp"}])
+    with pytest.raises(LotteryError, match="grid point prune=snipp"):
+        sweep.validate(unknown, plugins, check_data=False)
 
 
 def test_results_do_not_depend_on_placement_and_the_folder_reports(
