@@ -7,44 +7,43 @@ import os
 # run's numbers do not depend on the ``threads`` setting (tests/test_training.py checks it).
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
-from .api import resume_experiment, run_experiment
-from .config import ExperimentConfig, make_config
-from .errors import LotteryError, PluginError
-from .experiment import Experiment, ExperimentResult
-from .hookspecs import hookimpl
-from .plugins import get_plugins
-from .runner import ExperimentRunner
-from .specs import (
-    DataRequest,
-    DatasetSpec,
-    DatasetSplits,
-    ModelDefaults,
-    ModelSpec,
-    PruningContext,
-    PruningStrategy,
-    ReinitContext,
-    ReinitPolicy,
-)
+# Public names, imported on first use (PEP 562): ``import lottery_core.errors`` (as the CLI's
+# start-up does) must not pay for torch, pandas and pydantic.
+_EXPORTS = {
+    "resume_experiment": "api",
+    "run_experiment": "api",
+    "ExperimentConfig": "config",
+    "make_config": "config",
+    "LotteryError": "errors",
+    "PluginError": "errors",
+    "Experiment": "experiment",
+    "ExperimentResult": "experiment",
+    "hookimpl": "hookspecs",
+    "get_plugins": "plugins",
+    "ExperimentRunner": "runner",
+    "DataRequest": "specs",
+    "DatasetSpec": "specs",
+    "DatasetSplits": "specs",
+    "ModelDefaults": "specs",
+    "ModelSpec": "specs",
+    "PruningContext": "specs",
+    "PruningStrategy": "specs",
+    "ReinitContext": "specs",
+    "ReinitPolicy": "specs",
+}
 
-__all__ = [
-    "DataRequest",
-    "DatasetSpec",
-    "DatasetSplits",
-    "Experiment",
-    "ExperimentConfig",
-    "ExperimentResult",
-    "ExperimentRunner",
-    "LotteryError",
-    "ModelDefaults",
-    "ModelSpec",
-    "PluginError",
-    "PruningContext",
-    "PruningStrategy",
-    "ReinitContext",
-    "ReinitPolicy",
-    "get_plugins",
-    "hookimpl",
-    "make_config",
-    "resume_experiment",
-    "run_experiment",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -164,3 +164,20 @@ def test_fixed_rule_and_one_thread_never_switch():
             assert rule.switches == 0 and rule.current == rule.most
     finally:
         torch.set_num_threads(before)
+
+
+def test_importing_the_package_s_light_modules_loads_no_torch():
+    """``lottery_core``'s public names load on first use, so the CLI can start (and answer
+    ``--help``) without torch; each public name still resolves."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lottery_core.errors, lottery_core.config; "
+            "print(sorted(m for m in ('torch', 'pandas') if m in sys.modules))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, check=True)  # fmt: skip
+    assert done.stdout.strip() == "[]", done.stdout
+    import lottery_core
+
+    for name in lottery_core.__all__:
+        assert getattr(lottery_core, name) is not None
