@@ -2,25 +2,41 @@
 
 ``run``'s experiment flags are generated from the config's fields (``lottery_core.options``);
 plugin choices come from the installed plugins. User mistakes end with one ``Error:`` line and
-exit code 2; nothing is written or overwritten.
+exit code 2; nothing is written or overwritten. Ctrl-C at any moment is one line and exit code
+130: while the libraries load (nothing is written yet) the process stops at once; later the
+first Ctrl-C stops the run, which saves what finished and says how to resume, and any further
+Ctrl-C is ignored until then.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import os
+import signal
 import sys
-import warnings
-from pathlib import Path
+from types import FrameType
 
-try:  # Ctrl-C while the libraries load is one line too
-    import click
+INTERRUPTED = 130
 
-    from lottery_core.errors import Interrupted, LotteryError
-    from lottery_core.plugins import Plugins, get_plugins
-except KeyboardInterrupt:
-    sys.stderr.write("Interrupted.\n")
-    sys.exit(130)
+
+def _stop_while_loading(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C before the CLI runs: nothing is written yet, so stop now, in one line."""
+    os.write(2, b"Interrupted.\n")
+    os._exit(INTERRUPTED)
+
+
+if __name__ == "__main__":  # the first thing the program does; an importer keeps its own
+    signal.signal(signal.SIGINT, _stop_while_loading)
+
+import json  # noqa: E402
+import math  # noqa: E402
+import threading  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+from lottery_core.errors import Interrupted, LotteryError, command  # noqa: E402
+from lottery_core.plugins import Plugins, get_plugins  # noqa: E402
 
 USAGE_ERROR = 2
 
@@ -235,8 +251,8 @@ def add_sweep_commands(cli: click.Group) -> None:
             click.echo(summary_table(result.aggregate))
         click.echo(
             f"{result.done} of {result.runs} runs done in {result.seconds:.0f} s; tables in "
-            f"{result.folder}/results.csv and aggregate.csv; report: python cli.py report "
-            f"{result.folder}"
+            f"{result.folder}/results.csv and aggregate.csv; report: "
+            f"{command('report', result.folder)}"
         )
         if result.failures or result.skipped:
             click.echo(f"{len(result.failures)} run(s) failed:", err=True)
@@ -269,8 +285,32 @@ def warning_line(
     click.echo(str(message), err=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; every failure a user can cause is one line on stderr and an exit code."""
+def _first_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """The first Ctrl-C stops the run (it saves what finished); later ones must not interrupt
+    that, nor the interpreter's teardown after the one line is printed."""
+    signal.signal(signal.SIGINT, _later_ctrl_c)
+    raise KeyboardInterrupt
+
+
+def _later_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """A Ctrl-C after the first: the run is already stopping."""
+
+
+def main(argv: list[str] | None = None, restore: bool = True) -> None:
+    """Run the CLI; every failure a user can cause is one line on stderr and an exit code.
+    ``restore``: give Ctrl-C its previous handler back on return (in-process callers); the
+    program keeps ignoring a second Ctrl-C until it has exited."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, _first_ctrl_c)
+    try:
+        _main(argv)
+    finally:
+        if previous is not None and restore:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = warning_line
@@ -283,16 +323,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(USAGE_ERROR)
     except (click.Abort, KeyboardInterrupt):
         click.echo("Interrupted.", err=True)
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     except Interrupted as exc:
         if exc.run_dir is not None:
             click.echo(
-                f"\nInterrupted: {exc.kept}. Resume with: python cli.py run --resume {exc.run_dir}",
+                f"\nInterrupted: {exc.kept}. Resume with: "
+                f"{command('run', '--resume', exc.run_dir)}",
                 err=True,
             )
         else:
             click.echo("\nInterrupted before the first round finished; nothing was kept.", err=True)
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     except LotteryError as exc:
         stopped = exc.exit_code == 130  # a sweep's Ctrl-C: its message says how to resume
         click.echo(f"{'' if stopped else 'Error: '}{exc}", err=True)
@@ -300,4 +341,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(restore=False)

@@ -7,7 +7,7 @@ from typing import Any
 
 from . import rundir, runs
 from .config import ExperimentConfig, make_config
-from .errors import LotteryError
+from .errors import LotteryError, command
 from .experiment import Experiment, ExperimentResult
 from .group import GroupResult, continue_group, run_group
 from .plugins import Plugins, get_plugins
@@ -92,11 +92,12 @@ def resume_experiment(
         return continue_group(run_dir, progress=progress, plugins=plugins, workers=workers)
     if found == "sweep":
         raise LotteryError(
-            f"{str(run_dir)!r} is a sweep folder; continue it with: python cli.py sweep "
-            f"--resume {run_dir}"
+            f"{str(run_dir)!r} is a sweep folder; continue it with: "
+            f"{command('sweep', '--resume', run_dir)}"
         )
     if workers is not None:
         raise LotteryError("--workers runs a trials/controls folder in parallel; this is one run")
     if found != "run":
+        rundir.check_not_held(run_dir)  # a run, group or sweep starting there: name it
         raise LotteryError(f"{str(run_dir)!r} is not a lottery run folder (nothing to resume)")
     return runs.resume(run_dir, progress=progress, plugins=plugins, from_previous=from_previous)

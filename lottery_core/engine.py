@@ -35,6 +35,7 @@ LOOPBACK = "127.0.0.1"
 OBJECT_STORE_BYTES = 128 * 1024**2  # units exchange small dicts; files carry the results
 MAX_RETRIES = 3  # a unit whose worker died is run again this many times
 CANCEL_WAIT_S = 15.0
+CONNECT_TIMEOUT_S = 3.0  # how long an --address may take to answer before it is refused
 # Ray uses loopback for a node's address only with its cluster mode off; the embedded instance
 # and a cluster on 127.0.0.1 need that, a real multi-machine cluster must not have it.
 _LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -71,6 +72,7 @@ def plan(workers: int | None, address: str | None, threads: int | None) -> Plan:
         raise LotteryError(f"--workers must be at least 1 (got {workers})")
     if address is not None and not address.strip():
         raise LotteryError("--address must name a Ray cluster (host:port, or auto)")
+    check_address(address)
     cores = default_threads()
     if address is None:
         workers = workers or cores
@@ -78,6 +80,30 @@ def plan(workers: int | None, address: str | None, threads: int | None) -> Plan:
     else:
         threads = threads or 1
     return Plan(workers, threads, address)
+
+
+def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """One line at once if nothing answers at ``address`` (``host:port``): Ray itself would
+    retry for minutes, printing its retries. ``auto`` and a host without a port are left to
+    Ray."""
+    if address is None or address.strip() == "auto":
+        return
+    where = address.strip().removeprefix("ray://")
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    import socket
+
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise LotteryError(
+            f"cannot connect to the Ray cluster at {address}: nothing answers there ({why}"
+            f"{f' in {timeout:g} s' if isinstance(exc, TimeoutError) else ''}); start it with "
+            "'ray start --head' or check --address"
+        ) from None
 
 
 def is_loopback(address: str | None) -> bool:

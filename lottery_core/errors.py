@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
+
+
+def command(*words: object) -> str:
+    """A command to print for the user to paste: ``python cli.py`` and ``words``, each quoted
+    for the shell, so a folder named ``run;touch x`` stays one argument."""
+    return " ".join(["python", "cli.py", *(shlex.quote(str(w)) for w in words)])
 
 
 class LotteryError(Exception):

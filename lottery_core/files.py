@@ -1,18 +1,23 @@
 """Atomic writes: a killed process leaves the old file or the new one, never half of one.
 
 Every file is built in memory, written to a temporary sibling, flushed to disk and renamed into
-place with ``os.replace``. An ``OSError`` while writing (a full disk, a read-only file system, a
-folder where the file should be) becomes one ``RunFailed`` line naming the file and the reason;
-the file it would have replaced is left as it was.
+place with ``os.replace``. A temporary sibling's name proves who wrote it:
+``.<name>.lottery-<token>-<check>.tmp``, a random token and a hash of the name and the token, so
+:func:`own_temp_files` finds a killed writer's leftovers and never a user's file
+(``.results.csv.backup.tmp`` is not one of them). An ``OSError`` while writing (a full disk, a
+read-only file system, a folder where the file should be) becomes one ``RunFailed`` line
+naming the file and the reason; the file it would have replaced is left as it was.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,57 @@ from .errors import WriteFailed
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 TEMP_SUFFIX = ".tmp"
+TEMP_MARK = "lottery"
+_TEMP = re.compile(
+    rf"\.(?P<name>.+)\.{TEMP_MARK}-(?P<token>[0-9a-f]{{16}})-(?P<check>[0-9a-f]{{12}})"
+    + re.escape(TEMP_SUFFIX)
+)
+
+
+def _check(name: str, token: str) -> str:
+    return hashlib.sha256(f"{TEMP_MARK}:{name}:{token}".encode()).hexdigest()[:12]
+
+
+def temp_name(name: str) -> str:
+    """A fresh temporary sibling's name for the file ``name``, carrying its own proof."""
+    token = secrets.token_hex(8)
+    return f".{name}.{TEMP_MARK}-{token}-{_check(name, token)}{TEMP_SUFFIX}"
+
+
+def is_own_temp(name: str) -> bool:
+    """Whether ``name`` is a temporary file this module made (its hash checks out)."""
+    match = _TEMP.fullmatch(name)
+    return match is not None and match["check"] == _check(match["name"], match["token"])
+
+
+def own_temp_files(folder: Path, names: tuple[str, ...] | None = None) -> list[Path]:
+    """The temporary files a killed writer left in ``folder`` (for ``names`` only, if given);
+    a user's file is never among them, whatever it is called."""
+    found = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        match = _TEMP.fullmatch(entry.name)
+        if match is None or not is_own_temp(entry.name):
+            continue
+        if names is not None and match["name"] not in names:
+            continue
+        if entry.is_file() and not entry.is_symlink():
+            found.append(entry)
+    return found
+
+
+def _create_temp(folder: Path, name: str) -> str:
+    while True:
+        tmp = str(folder / temp_name(name))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:  # pragma: no cover - 64 random bits
+            continue
+        os.close(fd)
+        return tmp
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -33,10 +89,9 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-        os.close(fd)
+        tmp = _create_temp(path.parent, path.name)
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
+        os.chmod(tmp, 0o666 & ~_UMASK)  # created 0600; give the usual permissions
         os.replace(tmp, path)
     except OSError as exc:
         _discard(tmp)

@@ -1,4 +1,7 @@
-"""A progress bar with an ETA over all steps of a run, updated once per evaluation."""
+"""A progress bar with an ETA over all steps of a run, updated once per evaluation.
+
+Only on a terminal: written to a log or a pipe, a bar's carriage returns become lines of their
+own around the one line an error or Ctrl-C prints."""
 
 from __future__ import annotations
 
@@ -11,9 +14,10 @@ class Progress:
     """Thin wrapper over tqdm so the training loop needs no knowledge of it."""
 
     def __init__(self, total: int, enabled: bool = True):
+        on_terminal = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
         self.bar = tqdm(
             total=total,
-            disable=not enabled,
+            disable=not (enabled and on_terminal),
             unit="it",
             dynamic_ncols=True,
             file=sys.stderr,

@@ -20,6 +20,8 @@ round so flagged gives no verdict at all.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,10 @@ FIGURES = {
     "early_stop.png": "Early-stopping iteration",
     "validation.png": "Validation accuracy during training, one curve per round",
 }
+MARKDOWN = "report.md"
+# What the report wrote in its folder (file name -> SHA-256, null while being written): a later
+# report may replace exactly those files, unchanged since, and nothing else.
+MANIFEST = ".report.json"
 
 
 # -- reading run folders -------------------------------------------------------------------
@@ -668,6 +674,48 @@ def validation_figure(series: list[Series]) -> Figure:
     return fig
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_out(out_dir: Path) -> None:
+    """Refuse a report folder holding anything the report did not write: a user's files, or
+    a report's files changed since (``MANIFEST`` says which and what they held)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise LotteryError(f"{str(out_dir)!r} exists and is not a folder")
+    try:
+        entries = {p.name: p for p in out_dir.iterdir() if not files.is_own_temp(p.name)}
+        written: dict[str, str | None] = {}
+        if MANIFEST in entries:
+            written = json.loads(entries.pop(MANIFEST).read_text())
+            if not isinstance(written, dict):
+                written = {}
+        foreign = []
+        for name, entry in sorted(entries.items()):
+            ours = name in written and name in (*FIGURES, MARKDOWN)
+            if not ours or entry.is_symlink() or not entry.is_file():
+                foreign.append(name)
+            elif written[name] is not None and _sha256(entry) != written[name]:
+                foreign.append(f"{name} (changed since the report wrote it)")
+    except (OSError, ValueError) as exc:
+        why = files.reason(exc) if isinstance(exc, OSError) else f"unreadable {MANIFEST}"
+        raise LotteryError(f"--out {str(out_dir)!r} cannot be checked: {why}") from None
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
+                                          else "")  # fmt: skip
+        raise LotteryError(
+            f"--out {str(out_dir)!r} holds files the report did not write ({shown}); choose "
+            "another --out (a new or empty folder), nothing was written"
+        )
+
+
+def _write_manifest(out_dir: Path, names: tuple[str, ...], done: bool) -> None:
+    files.write_json(out_dir / MANIFEST,
+                     {n: _sha256(out_dir / n) if done else None for n in names})  # fmt: skip
+
+
 def save_figure(fig: Figure, path: Path) -> None:
     files.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
@@ -684,7 +732,9 @@ def write_report(
     """Write ``report.md`` and its figures for single run and trials/controls folders.
 
     ``out_dir`` defaults to ``<first run dir>/report/``; returns the path of ``report.md``.
-    Files: ``report.md``, ``accuracy.png``, ``early_stop.png``, ``validation.png``.
+    Files: ``report.md``, ``accuracy.png``, ``early_stop.png``, ``validation.png`` and
+    ``.report.json`` (what was written). ``out_dir`` must be new, empty, or hold only an earlier
+    report's files unchanged: a user's files are never overwritten (``check_out``).
     """
     if not math.isfinite(tolerance) or tolerance < 0:
         raise LotteryError(
@@ -692,8 +742,11 @@ def write_report(
         )
     series, notes = load_series([Path(p) for p in run_dirs], by=by)
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise LotteryError(f"{str(out_dir)!r} exists and is not a folder")
+    check_out(out_dir)
+    for stray in files.own_temp_files(out_dir, (*FIGURES, MARKDOWN, MANIFEST)):
+        stray.unlink(missing_ok=True)  # a killed report's, provably
+    names = (*FIGURES, MARKDOWN)
+    _write_manifest(out_dir, names, done=False)
     save_figure(
         metric_figure(series, "test", "test accuracy at early stop (%)", FIGURES["accuracy.png"]),
         out_dir / "accuracy.png",
@@ -703,6 +756,7 @@ def write_report(
         out_dir / "early_stop.png",
     )
     save_figure(validation_figure(series), out_dir / "validation.png")
-    path = out_dir / "report.md"
+    path = out_dir / MARKDOWN
     files.write_text(path, markdown(series, notes, tolerance))
+    _write_manifest(out_dir, names, done=True)
     return path

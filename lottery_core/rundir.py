@@ -18,6 +18,7 @@ import fcntl
 import io
 import json
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +28,7 @@ import pandas as pd
 import torch
 
 from . import checkpoint, files
-from .errors import LotteryError
+from .errors import LotteryError, command
 from .state import RunState
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ def check_new(path: Path) -> None:
     if kind(path) not in ("missing", "empty"):
         raise LotteryError(
             f"{str(path)!r} already exists and is not empty; choose another --out, "
-            f"or continue it with --resume {path}"
+            f"or continue it with: {command('run', '--resume', path)}"
         )
 
 
@@ -147,26 +148,74 @@ def check_writable(path: Path) -> None:
         raise LotteryError(f"--out {str(path)!r}: {str(ancestor)!r} {why}")
 
 
+def _open_lock(path: Path, create: bool) -> int | None:
+    """The folder's ``.lock``, opened without following a symbolic link and only if it is a
+    plain file with one name (never a user's file it points to); ``None``: there is none."""
+    file = Path(path) / LOCK
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(file, flags | (os.O_CREAT if create else 0), 0o644)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not create:
+            return None
+        if os.path.islink(file):
+            raise LotteryError(
+                f"{str(file)!r} is a symbolic link, not this tool's lock file; remove it "
+                "(nothing was changed)"
+            ) from None
+        raise LotteryError(f"cannot lock {str(path)!r}: {files.reason(exc)}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        what = "is not a plain file" if not stat.S_ISREG(info.st_mode) else "has other names"
+        raise LotteryError(
+            f"{str(file)!r} {what}, not this tool's lock file; remove it (nothing was changed)"
+        )
+    return fd
+
+
+def _in_use(path: Path, fd: int) -> LotteryError:
+    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    return LotteryError(
+        f"{str(path)!r} is in use by another lottery process (pid {holder}); "
+        "wait for it to finish or stop it"
+    )
+
+
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold the folder's exclusive lock; a second holder gets one line naming the first's pid."""
     path = Path(path)
-    try:
-        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise LotteryError(f"cannot lock {str(path)!r}: {files.reason(exc)}") from None
+    fd = _open_lock(path, create=True)
+    assert fd is not None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise LotteryError(
-                f"{str(path)!r} is in use by another lottery process (pid {holder}); "
-                "wait for it to finish or stop it"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            raise _in_use(path, fd) from None
+        pid = f"{os.getpid()}\n".encode()
+        os.pwrite(fd, pid, 0)  # then cut: the file never reads empty to a second process
+        os.ftruncate(fd, len(pid))
         yield
+    finally:
+        os.close(fd)
+
+
+def check_not_held(path: Path) -> None:
+    """One line naming the holder's pid if another process holds ``path``'s lock (a folder
+    whose run is starting, before it holds anything else); else nothing."""
+    try:
+        fd = _open_lock(Path(path), create=False)
+    except LotteryError:
+        return
+    if fd is None:
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(Path(path), fd) from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 
@@ -181,10 +230,10 @@ def create(path: Path) -> None:
 
 
 def clear_stray_temp_files(path: Path) -> None:
-    """Temporary siblings left by a process killed mid-write (only the tool's own names)."""
-    for name in OWN_FILES:
-        for stray in Path(path).glob(f".{name}.*{files.TEMP_SUFFIX}"):
-            stray.unlink()
+    """Temporary siblings of the run's files left by a process killed mid-write: only names
+    that prove they are the tool's (``files.own_temp_files``), never a user's file."""
+    for stray in files.own_temp_files(Path(path), OWN_FILES):
+        stray.unlink(missing_ok=True)
 
 
 # -- verifying what a folder holds ---------------------------------------------------------
@@ -262,7 +311,7 @@ def fallback_hint(path: Path, meta: dict[str, Any]) -> str:
     done = previous["next_round"]
     return (
         f"; {PREVIOUS} (rounds 0-{done - 1}) is intact: to redo round {done} from it, run: "
-        f"python cli.py run --resume {path} --from-previous"
+        f"{command('run', '--resume', path, '--from-previous')}"
     )
 
 

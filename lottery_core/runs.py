@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import checkpoint, files, rundir
 from .config import ExperimentConfig
-from .errors import Interrupted, LotteryError, RunFailed, WriteFailed
+from .errors import Interrupted, LotteryError, RunFailed, WriteFailed, command
 from .experiment import Experiment, ExperimentResult
 from .plugins import Plugins
 from .specs import DatasetSplits
@@ -117,7 +117,7 @@ def _after_failure(folder: rundir.RunFolder, existed: bool, fresh: bool) -> str:
         return "no round was saved and nothing was kept; run the same command again once fixed"
     saved = folder.saved_rounds
     kept = f"rounds 0-{saved - 1} are saved in {path}" if saved else "no round was saved"
-    return f"{kept}; once fixed, continue with: python cli.py run --resume {path}"
+    return f"{kept}; once fixed, continue with: {command('run', '--resume', path)}"
 
 
 def remove_unsaved_group(out: Path, existed: bool) -> None:
@@ -187,6 +187,7 @@ def resume(
     is missing or damaged: that one is moved aside and the tables rewritten to match."""
     path = Path(path)
     if rundir.kind(path) != "run":
+        rundir.check_not_held(path)  # a run starting there: name it
         raise LotteryError(f"{str(path)!r} is not a lottery run folder")
     with rundir.locked(path):
         rundir.clear_stray_temp_files(path)

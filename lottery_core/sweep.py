@@ -45,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import socket
@@ -59,7 +60,7 @@ import pandas as pd
 
 from . import files, group, rundir
 from .config import NOT_IDENTITY, ExperimentConfig, check_file_types, make_config, read_table
-from .errors import LotteryError, RunFailed
+from .errors import LotteryError, RunFailed, command
 from .plugins import Plugins, get_plugins
 
 if sys.version_info >= (3, 11):
@@ -74,6 +75,7 @@ RESERVED = ("grid", "variant", "trials", "controls")
 NOT_IN_SWEEP = ("out",)  # the sweep names its run folders
 BASE_POINT = "base"  # the one point of a sweep without a grid
 NAME_MAX = 120
+MAX_POINTS = 10_000  # a larger grid is refused at once (split it into several sweeps)
 SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 Scalar = str | int | float | bool
 
@@ -189,12 +191,14 @@ def read_sweep(path: Path) -> Sweep:
                 f"grid.{name} must be a non-empty list of values (got "
                 f"{values!r}); a single value belongs in the base config",
             )
+        listed: set[tuple[type, Scalar]] = set()  # one pass: a long list is read at once
         for i, value in enumerate(values):
             if not isinstance(value, (str, int, float, bool)):
                 raise _fail(source, f"grid entry {name}[{i}] = {value!r}: must be a single "
                                     "value (a string, number or boolean)")  # fmt: skip
-            if any(type(value) is type(v) and value == v for v in values[:i]):
+            if (type(value), value) in listed:
                 raise _fail(source, f"grid entry {name}[{i}] = {value!r} is listed twice")
+            listed.add((type(value), value))
         grid[name] = list(values)
     variants = _read_variants(source, variant_raw, raw, grid)
     return Sweep(raw, grid, trials, controls, source, variants)
@@ -305,6 +309,11 @@ def validate(
     from .resolution import resolve
 
     source = sweep.source
+    count = math.prod(len(values) for values in sweep.grid.values())
+    if count > MAX_POINTS:
+        sizes = " x ".join(f"{len(v)} {k}" for k, v in sweep.grid.items())
+        raise _fail(source, f"the grid has {count:,} points ({sizes}); a sweep takes at most "
+                            f"{MAX_POINTS:,}: split it into several sweeps")  # fmt: skip
     base = dict(sweep.base)
     if threads is not None and "threads" not in base and "threads" not in sweep.grid:
         base["threads"] = threads
@@ -338,6 +347,7 @@ def validate(
     if len(set(names)) != len(names):  # only if two values format alike: say which
         twice = sorted({n for n in names if names.count(n) > 1})
         raise _fail(source, f"two grid points would share the folder {twice[0]!r}")
+    _check_distinct(sweep, points)
     if check_data:
         data_cache: dict[tuple, Any] = {}
         for point in points:
@@ -352,6 +362,34 @@ def validate(
                 where = f"grid point {point.name}" if point.values else "base config"
                 raise _fail(source, f"{where}: {_reason(exc)}") from None
     return points
+
+
+def _check_distinct(sweep: Sweep, points: list[Point]) -> None:
+    """Two points whose resolved configs are equal (``lr = [1, 1.0]``) would run the same
+    experiment twice under two names: one line naming their grid entries."""
+    seen: dict[str, Point] = {}
+    for point in points:
+        key = json.dumps(point.config.model_dump(mode="json"), sort_keys=True, default=str)
+        first = seen.setdefault(key, point)
+        if first is point:
+            continue
+        entries = [
+            f"{_entry(sweep, k, first.values[k])} and {_entry(sweep, k, point.values[k])}"
+            for k in sweep.grid
+            if not _same_value(first.values[k], point.values[k])
+        ]
+        raise _fail(sweep.source, f"grid entries {'; '.join(entries)} give the same "
+                                  f"configuration (points {first.name} and {point.name}); "
+                                  "keep one")  # fmt: skip
+
+
+def _same_value(a: Scalar, b: Scalar) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def _entry(sweep: Sweep, key: str, value: Scalar) -> str:
+    index = next(i for i, v in enumerate(sweep.grid[key]) if _same_value(v, value))
+    return f"{key}[{index}] = {value!r}"
 
 
 def _data_key(config: ExperimentConfig) -> tuple:
@@ -652,18 +690,12 @@ def default_folder(file: Path) -> Path:
 
 
 def resume_command(folder: Path, workers: int | None, address: str | None) -> str:
-    parts = ["python cli.py sweep --resume", _quote(str(folder))]
+    parts: list[object] = ["sweep", "--resume", folder]
     if workers is not None:
-        parts.append(f"--workers {workers}")
+        parts += ["--workers", workers]
     if address is not None:
-        parts.append(f"--address {address}")
-    return " ".join(parts)
-
-
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
+        parts += ["--address", address]
+    return command(*parts)
 
 
 def _say(message: str) -> None:
@@ -690,6 +722,7 @@ def run_sweep(
             raise LotteryError("--resume continues the sweep in its folder; drop --out")
         folder = Path(resume)
         if rundir.kind(folder) != "sweep":
+            rundir.check_not_held(folder)  # a sweep starting there: name its driver
             raise LotteryError(f"{str(folder)!r} is not a sweep folder (it has no {SWEEP_FILE})")
         sweep = read_sweep(folder / SWEEP_FILE)
         if file is not None:
@@ -780,8 +813,8 @@ def _check_same(sweep: Sweep, existing: Sweep, folder: Path) -> None:
     if changed:
         raise LotteryError(
             f"{str(folder)!r} holds a different sweep ({'; '.join(changed)[:300]}, in the folder "
-            "vs the file); choose another --out, or continue that one with --resume "
-            f"{folder}"
+            f"vs the file); choose another --out, or continue that one with: "
+            f"{command('sweep', '--resume', folder)}"
         )
 
 
@@ -858,9 +891,7 @@ def run_groups(groups: list[Path], engine_plan, progress: bool = True, data_sour
     root = groups[0]
     units = [u for g in groups for u in group_units(g, root)]
     workers = engine_plan.workers
-    command = f"python cli.py run --resume {_quote(str(root))}" + (
-        f" --workers {workers}" if workers else ""
-    )
+    command_line = command("run", "--resume", root, *(["--workers", workers] if workers else []))
     failures: dict[str, str] = {}
     line = ProgressLine(progress)
 
@@ -881,13 +912,14 @@ def run_groups(groups: list[Path], engine_plan, progress: bool = True, data_sour
                 line.close()
                 write_all_tables(groups)
                 raise SweepStopped(
-                    f"\nInterrupted: finished rounds are saved in {root}. Resume with: {command}"
+                    f"\nInterrupted: finished rounds are saved in {root}. Resume with: "
+                    f"{command_line}"
                 ) from None
         line.close()
     write_all_tables(groups)
     if failures:
         listed = "; ".join(f"{run}: {error}" for run, error in failures.items())
-        raise RunFailed(f"{len(failures)} run(s) failed: {listed}. Resume with: {command}")
+        raise RunFailed(f"{len(failures)} run(s) failed: {listed}. Resume with: {command_line}")
     if data_source is None:
         data_source = _data_source(root)
     frame = pd.read_csv(root / rundir.RESULTS)
@@ -1016,8 +1048,8 @@ def status_text(folder: Path) -> str:
         lines += ["", f"failed ({len(own_failures)}):"]
         lines += [f"  {run}: {error}" for run, error in own_failures.items()]
     if counts["done"] < total and not alive:
-        command = driver.get("command") or f"python cli.py sweep --resume {_quote(str(folder))}"
-        lines += ["", f"resume with: {command}"]
+        line = driver.get("command") or command("sweep", "--resume", folder)
+        lines += ["", f"resume with: {line}"]
     return "\n".join(lines)
 
 

@@ -301,3 +301,33 @@ def test_flagged_rounds_are_named_and_end_the_verdict(group, tmp_path):
     text = write_report([folder], out_dir=tmp_path / "report").read_text()
     assert "the dense round (round 0) is flagged diverged: its loss exploded (try a lower " in text
     assert "matches the dense network" not in text
+
+
+def test_report_never_overwrites_files_it_did_not_write(group, tmp_path, invoke):
+    """An --out holding a user's files (or a report's files edited since) is refused in one
+    line and left as it was; a new, empty or earlier report folder is written."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my thesis\n")
+    (mine / "accuracy.png").write_bytes(b"my figure")
+    result = invoke("report", group, "--out", "mine")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and lines == [
+        "Error: --out 'mine' holds files the report did not write (accuracy.png, report.md); "
+        "choose another --out (a new or empty folder), nothing was written"
+    ], result.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["accuracy.png", "report.md"]
+    assert (mine / "report.md").read_text() == "my thesis\n"
+    assert (mine / "accuracy.png").read_bytes() == b"my figure"
+
+    (tmp_path / "empty").mkdir()
+    for out in ("new", "empty", "new"):  # a report folder is written again by a report
+        assert invoke("report", group, "--out", out).returncode == 0
+    (tmp_path / "new" / "notes.txt").write_text("notes\n")
+    assert "(notes.txt)" in invoke("report", group, "--out", "new").stderr
+    (tmp_path / "new" / "notes.txt").unlink()
+    (tmp_path / "new" / "report.md").write_text("edited\n")
+    assert "(report.md (changed since the report wrote it))" in invoke(
+        "report", group, "--out", "new"
+    ).stderr
+    assert (tmp_path / "new" / "report.md").read_text() == "edited\n"

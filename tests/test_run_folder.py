@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -550,3 +551,188 @@ def test_flags_from_the_losses_and_the_accuracy():
     assert divergence.check(rows(2.3, 2.3), 15.1, 10) == ""
     assert divergence.check(rows(0.7, 0.69), 54.0, 2) == "chance"
     assert math.isnan(divergence.round_flag(rows(0.9, 0.3), 92.0, 10))  # an empty cell
+
+
+# -- 7. what a hostile tester found ----------------------------------------------------------
+
+
+def test_a_lock_that_is_a_link_or_has_other_names_is_refused_and_left_alone(
+    folders, tmp_path, invoke
+):
+    """The run writes its pid into ``.lock``: never into a user's file that ``.lock`` names."""
+    mine = tmp_path / "mine.txt"
+    mine.write_text("my notes\n")
+    run = tmp_path / "run"
+    shutil.copytree(folders["cut"], run)
+    (run / ".lock").unlink()
+    (run / ".lock").symlink_to(mine)
+    before = snapshot(run)
+    assert one_line(invoke("run", "--resume", "run", *FLAGS)) == (
+        "Error: 'run/.lock' is a symbolic link, not this tool's lock file; remove it (nothing "
+        "was changed)"
+    )
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / ".lock").symlink_to(mine)
+    line = one_line(invoke("run", "--dataset", "mnist-sample", "--iterations", "60", "--rounds",
+                           "1", "--threads", "1", "--out", "fresh", *FLAGS))  # fmt: skip
+    assert line.startswith("Error: 'fresh/.lock' is a symbolic link")
+    (run / ".lock").unlink()
+    os.link(mine, run / ".lock")  # a hard link: the same file under a second name
+    assert one_line(invoke("run", "--resume", "run", *FLAGS)) == (
+        "Error: 'run/.lock' has other names, not this tool's lock file; remove it (nothing "
+        "was changed)"
+    )
+    assert mine.read_text() == "my notes\n"
+    assert {n: b for n, b in snapshot(run).items() if n != ".lock"} == {
+        n: b for n, b in before.items() if n != ".lock"
+    }
+    assert [p.name for p in (tmp_path / "fresh").iterdir()] == [".lock"]
+
+
+HOSTILE = "run;touch HINT_PWNED"
+
+
+def pasted(line: str, cwd: Path) -> list[str]:
+    """The command after ``with: `` (or ``run: ``) in ``line`` as the shell splits it, once
+    pasted into a shell whose ``python`` does nothing (only an injected command leaves a
+    trace)."""
+    command = re.search(r"(?:with|run): (python cli\.py .*?)(; nothing was changed)?$", line)[1]
+    subprocess.run(["bash", "-c", f"python() {{ :; }}; {command}"], cwd=cwd, check=True)
+    assert not (cwd / "HINT_PWNED").exists(), command
+    return shlex.split(command)
+
+
+def test_every_printed_command_is_quoted_for_the_shell(folders, tmp_path, invoke, monkeypatch):
+    args = ["run", "--dataset", "mnist-sample", "--rounds", "3", "--iterations", "60",
+            "--eval-every", "30", "--threads", "1", "--out", HOSTILE, *FLAGS]  # fmt: skip
+    write_round = rundir.RunFolder.write_round
+
+    def ctrl_c_in_round_1(folder, state):
+        if state.next_round == 2:
+            raise KeyboardInterrupt
+        write_round(folder, state)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rundir.RunFolder, "write_round", ctrl_c_in_round_1)
+        stopped = invoke(*args)
+    assert stopped.returncode == 130
+    assert pasted(stopped.stderr.strip(), tmp_path) == ["python", "cli.py", "run", "--resume",
+                                                        HOSTILE]  # fmt: skip
+    refused = one_line(invoke(*args))  # an existing --out says how to continue it
+    assert pasted(refused, tmp_path) == ["python", "cli.py", "run", "--resume", HOSTILE]
+
+    real = files.write_all
+
+    def disk_full(tmp, data):
+        if ".results.csv." in tmp:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(tmp, data)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(files, "write_all", disk_full)
+        full = one_line(invoke("run", "--resume", HOSTILE, *FLAGS), 1)
+    assert pasted(full, tmp_path) == ["python", "cli.py", "run", "--resume", HOSTILE]
+
+    flip(tmp_path / HOSTILE / "checkpoint.pt")
+    damaged = one_line(invoke("run", "--resume", HOSTILE, *FLAGS))
+    assert pasted(damaged, tmp_path) == ["python", "cli.py", "run", "--resume", HOSTILE,
+                                         "--from-previous"]  # fmt: skip
+
+
+def test_ctrl_c_while_cli_py_imports_and_a_second_ctrl_c_are_one_line(tmp_path, cli_env):
+    """SIGINT at cli.py's first import (its ``_json`` is mapped), and twice on a training run:
+    the second arrives while the first is being answered."""
+    args = [sys.executable, str(ROOT / "cli.py"), "run", "--dataset", "mnist-sample",
+            "--iterations", "3000", "--rounds", "3", "--threads", "1", *FLAGS]  # fmt: skip
+
+    def maps(process: subprocess.Popen) -> str:
+        try:
+            return Path(f"/proc/{process.pid}/maps").read_text()
+        except OSError:  # it already ended
+            return "_json"
+
+    def check(process: subprocess.Popen, stderr: str) -> None:
+        assert process.returncode == 130, stderr
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("Interrupted"), stderr
+
+    for i in range(3):
+        process = subprocess.Popen([*args, "--out", f"early{i}"], cwd=tmp_path, env=cli_env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while "_json" not in maps(process) and time.monotonic() < deadline:
+            pass  # no sleep: the window is a few milliseconds
+        process.send_signal(signal.SIGINT)
+        check(process, process.communicate(timeout=60)[1])
+        assert not (tmp_path / f"early{i}").exists()
+
+    process = subprocess.Popen([*args, "--out", "twice"], cwd=tmp_path, env=cli_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "twice" / "results.csv").exists() and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    first = os.read(process.stderr.fileno(), 65536)  # the first Ctrl-C is being answered
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=60)
+    check(process, (first + rest).decode())
+    assert (tmp_path / "twice" / "checkpoint.pt").exists()
+
+
+def test_a_resume_of_a_folder_whose_run_is_starting_names_the_holder(tmp_path, invoke, cli_env):
+    (tmp_path / "starting").mkdir()  # a run between taking its folder and writing config.json
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "starting")],
+                              env=cli_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        expected = (f"Error: 'starting' is in use by another lottery process (pid {holder.pid}); "
+                    "wait for it to finish or stop it")  # fmt: skip
+        assert one_line(invoke("run", "--resume", "starting", *FLAGS)) == expected
+        assert one_line(invoke("sweep", "--resume", "starting")) == expected
+    finally:
+        holder.communicate("")
+    assert [p.name for p in (tmp_path / "starting").iterdir()] == [".lock"]
+
+
+def test_a_full_disk_during_a_resume_is_one_line_and_it_resumes_again(
+    folders, tmp_path, invoke, monkeypatch
+):
+    """Without --quiet: the progress bar must not add lines around the error."""
+    run = tmp_path / "run"
+    shutil.copytree(folders["cut"], run)
+    real = files.write_all
+
+    def disk_full(tmp, data):
+        if ".history.csv." in tmp:
+            real(tmp, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(tmp, data)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(files, "write_all", disk_full)
+        line = one_line(invoke("run", "--resume", "run"), 1)
+    assert line == (
+        "Error: could not write 'run/history.csv': No space left on device; rounds 0-2 are saved "
+        "in run; once fixed, continue with: python cli.py run --resume run"
+    )
+    assert not [p for p in run.iterdir() if files.is_own_temp(p.name)]
+    assert invoke("run", "--resume", "run", *FLAGS).returncode == 0
+    same_tables(run, folders["whole"])
+
+
+def test_resume_removes_only_temporary_files_it_can_prove_it_wrote(folders, tmp_path, invoke):
+    run = tmp_path / "run"
+    shutil.copytree(folders["cut"], run)
+    users = {".results.csv.backup.tmp": b"my backup\n", ".checkpoint.pt.old.tmp": b"old\n",
+             ".results.csv.12345678.tmp": b"mine too\n"}  # fmt: skip
+    for name, data in users.items():
+        (run / name).write_bytes(data)
+    leftover = run / files.temp_name("results.csv")  # what a killed writer leaves
+    leftover.write_bytes(b"half a tab")
+    assert invoke("run", "--resume", "run", *FLAGS).returncode == 0
+    same_tables(run, folders["whole"])
+    assert {name: (run / name).read_bytes() for name in users} == users
+    assert not leftover.exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -405,3 +406,58 @@ def test_ctrl_c_then_kill_9_of_the_driver_then_the_same_sweep_finishes(
         pd.testing.assert_frame_equal(pd.read_csv(run / "results.csv").iloc[: len(rows)], rows)
     got = comparable(folder / "results.csv", drop=["point"])
     pd.testing.assert_frame_equal(got[uninterrupted.columns], uninterrupted)
+
+
+def one_error(result, code: int = 2) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == code and len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: "), lines[0]
+    return lines[0]
+
+
+def test_an_address_where_nothing_answers_is_one_line_at_once(tmp_path, invoke):
+    """Ray would retry for minutes, printing each retry: the address is tried first."""
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    file = write_sweep(tmp_path / "s.toml", **TINY)
+    started = time.monotonic()
+    result = invoke("sweep", file, "--address", f"127.0.0.1:{port}", "--out", "s")
+    assert time.monotonic() - started < 30  # seconds, not Ray's minutes of retries
+    assert one_error(result) == (
+        f"Error: cannot connect to the Ray cluster at 127.0.0.1:{port}: nothing answers there "
+        "(Connection refused); start it with 'ray start --head' or check --address"
+    )
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_huge_grid_is_refused_at_once_and_equal_points_are_named(tmp_path, invoke):
+    huge = write_sweep(tmp_path / "huge.toml", {"seed": list(range(1000)),
+                                                "rewind_iter": list(range(1000))},
+                       **TINY)  # fmt: skip
+    started = time.monotonic()
+    line = one_error(invoke("sweep", huge, "--out", "huge"))
+    assert time.monotonic() - started < 30
+    assert line == (
+        f"Error: invalid sweep file '{huge}': the grid has 1,000,000 points (1000 seed x 1000 "
+        "rewind_iter); a sweep takes at most 10,000: split it into several sweeps"
+    )
+    same = write_sweep(tmp_path / "same.toml", {"lr": [0.001, 1, 1.0]}, **TINY)
+    line = one_error(invoke("sweep", same, "--out", "same"))
+    assert line == (
+        f"Error: invalid sweep file '{same}': grid entries lr[1] = 1 and lr[2] = 1.0 give the "
+        "same configuration (points lr=1 and lr=1.0); keep one"
+    )
+    assert not (tmp_path / "huge").exists() and not (tmp_path / "same").exists()
+
+
+def test_the_printed_resume_command_is_quoted_for_the_shell(tmp_path):
+    folder = tmp_path / "sweep;touch HINT_PWNED"
+    address = "127.0.0.1:6379;touch HINT_PWNED"  # --address is typed by a user too
+    line = sweep.resume_command(folder, 2, address)
+    assert shlex.split(line) == ["python", "cli.py", "sweep", "--resume", str(folder),
+                                 "--workers", "2", "--address", address]  # fmt: skip
+    subprocess.run(["bash", "-c", f"python() {{ :; }}; {line}"], cwd=tmp_path, check=True)
+    assert not (tmp_path / "HINT_PWNED").exists()
