@@ -17,12 +17,12 @@ SNIP at ``"init"``, SynFlow with ``init_steps = 100``), ``[[variant]]`` tables l
 naming the same fields; the points are then every grid combination with every variant::
 
     [[variant]]
-    prune = "magnitude"
-    prune_at = "imp"
+    prune = "snip"
+    init_steps = 1
 
     [[variant]]
-    prune = "snip"
-    prune_at = "init"
+    prune = "synflow"
+    init_steps = 100
 
 Every grid point (one value of each grid field and variant) is a trials/controls group folder under
 ``<sweep>/points/<name>/``, named from its values (``rewind_iter=100,scope=global``: the fields
