@@ -155,8 +155,9 @@ def load_ticket(path: Path, model: nn.Module | None = None) -> nn.Module:
 
     Without ``model``, a fresh one is built with the model plugin named in the ticket. Pruning
     stays a ``torch.nn.utils.prune`` re-parametrisation (``weight_orig`` * ``weight_mask``), so
-    training keeps pruned weights at zero. Also reads a run's own ``ticket.pt`` (pass ``model``:
-    it records no input shape).
+    training keeps pruned weights at zero. Also reads a run's own ``ticket.pt`` (its last
+    round's ticket; one written before tickets recorded ``input_shape`` and ``num_classes``
+    needs ``model``).
     """
     path = Path(path)
     if not path.is_file():
