@@ -216,7 +216,8 @@ class Experiment:
 
     def reinitialise(self, state: RunState, round_index: int) -> None:
         """Set the survivors' starting values for ``round_index`` with the reinit policy,
-        which must write ``ctx.parameters`` in place (checked)."""
+        which writes ``ctx.parameters`` in place or rebinds their ``.data`` to values of the
+        same dtype and shape, which are then copied in (checked: ``guards.check_reinit``)."""
         who = self.plugins.reinits.who(self.reinit.name)
         live = self.parameters()
         given = {k: v.data for k, v in live.items()}
@@ -232,10 +233,10 @@ class Experiment:
             masks=layer_masks,
             kinds={layer.name: layer.kind for layer in self.layers},
         )
-        before = {k: (v.device, v.dtype, tuple(v.shape)) for k, v in live.items()}
+        handed = {k: guards.where(v) for k, v in given.items()}
         returned = guards.call(who, f"reinitialising round {round_index}", self.reinit.apply,
                                context)  # fmt: skip
-        guards.check_reinit(who, returned, given, context.parameters, live, before, survivors)
+        guards.check_reinit(who, returned, given, handed, context.parameters, live, survivors)
         for layer in self.layers:
             masks.refresh_weight(layer)
         masks.check_pruned_are_zero(self.layers)

@@ -192,9 +192,15 @@ class PruningStrategy:
 class ReinitContext:
     """What a reinitialisation policy may read and write between rounds.
 
-    ``parameters`` are the live trainable tensors keyed by ``named_parameters()`` names (pruned
-    weights appear as ``<layer>.weight_orig``): write them **in place** (``tensor.copy_(...)``),
-    never rebind a key or return new tensors. ``initial_state`` is θ0 and ``rewind_state`` θk
+    ``parameters`` are keyed by ``named_parameters()`` names (pruned weights appear as
+    ``<layer>.weight_orig``); each is a plain tensor (no grad) that shares its memory with that
+    live parameter, so an in-place write (``tensor.copy_(...)``, ``tensor.mul_(...)``) is a
+    write to the model. ``tensor.data = value`` (the usual PyTorch idiom) is taken too: after the
+    policy returns, a value of the parameter's device, dtype and shape is copied into the
+    parameter (the value, not its memory, so ``tensor.data = ctx.rewind_state[name]`` never
+    aliases the rewind state); a value of another dtype, shape or device is an error naming
+    the policy. Rebinding a key (``ctx.parameters[name] = ...``) or returning tensors is an
+    error too. ``initial_state`` is θ0 and ``rewind_state`` θk
     (the same unless ``rewind_iter`` > 0), keyed the same way; ``masks`` and ``kinds`` are keyed
     by layer name (``"<layer>.weight_orig"`` = ``masks["<layer>"]``); ``fresh_parameters(
     generator)`` draws a new initialisation of the model's distribution, keyed like

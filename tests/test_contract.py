@@ -154,6 +154,55 @@ def test_bad_reinit_policies_are_one_line(install, invoke, tmp_path, body, fragm
     assert finished_rounds(tmp_path / "run") == [0]
 
 
+@pytest.mark.parametrize(
+    "body, fragments",
+    [
+        ("p.data = p.data.double()", ["'1.bias'].data to torch.float64 (300,)", "torch.float32"]),
+        ("p.data = torch.cat([p.data, p.data])", ["'1.bias'].data to torch.float32 (600,)",
+                                                  "is torch.float32 (300,)"]),
+    ],
+)
+def test_a_policy_rebinding_data_to_another_dtype_or_shape_is_one_line(install, invoke, tmp_path,
+                                                                        body, fragments):
+    """``p.data = ...`` on a handed tensor used to be lost silently (exit 0, the results of
+    ``none``): now a value the parameter cannot hold names the policy."""
+    install("rebind", f"""
+        def apply(ctx):
+            for name, p in ctx.parameters.items():
+                {body}
+
+        @hookimpl
+        def register_reinit_policies(register):
+            register(ReinitPolicy("rebind", apply))
+    """)
+    result = invoke("run", *SMALL, "--rounds", "2", "--reinit", "rebind", "--out", "run")
+    assert_plugin_error(result, "reinit policy 'rebind' (plugin 'rebind') set ctx.parameters[",
+                        *fragments)
+    assert finished_rounds(tmp_path / "run") == [0]
+
+
+def test_a_policy_assigning_data_of_the_same_shape_takes_effect(install, invoke, tmp_path):
+    """``p.data = theta_k`` is the researcher's "start from theta_k": the same results as
+    ``rewind`` (and the rewind state is copied, not aliased, so training does not move it)."""
+    install("assign", """
+        def apply(ctx):
+            for name, p in ctx.parameters.items():
+                p.data = ctx.rewind_state[name]
+
+        @hookimpl
+        def register_reinit_policies(register):
+            register(ReinitPolicy("assign", apply))
+    """)
+    cols = ["round", "remaining", "ES", "val", "test", "final_test", "val_loss", "weights"]
+    frames = {}
+    for policy in ("assign", "rewind", "none"):
+        result = invoke("run", *SMALL, "--rounds", "3", "--reinit", policy, "--out", policy)
+        assert result.returncode == 0, result.stderr
+        frames[policy] = pd.read_csv(tmp_path / policy / "results.csv")[cols]
+    pd.testing.assert_frame_equal(frames["assign"], frames["rewind"])
+    assert not frames["none"].equals(frames["rewind"])  # the test tells the two apart
+
+
 def test_a_policy_claiming_to_rewind_is_held_to_it(install, invoke):
     install("liar", """
         @torch.no_grad()
