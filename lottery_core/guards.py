@@ -48,10 +48,10 @@ def call(who: str, doing: str, function: Callable[..., T], *args: Any, **kwargs:
 
 
 def check_layer_tensors(
-    who: str, what: str, got: Any, like: dict[str, torch.Tensor]
+    who: str, what: str, got: Any, like: dict[str, torch.Tensor], real: bool = False
 ) -> dict[str, torch.Tensor]:
     """A dict with exactly ``like``'s layer names, each a finite real tensor of that layer's
-    shape; returned as float64 on the layer's device."""
+    shape (with ``real``, not bool: scores); returned as float64 on the layer's device."""
     if not isinstance(got, dict):
         raise PluginError(f"{who} returned {type(got).__name__} {what}; expected a dict by layer")
     missing, extra = sorted(set(like) - set(got)), sorted(set(got) - set(like))
@@ -71,6 +71,12 @@ def check_layer_tensors(
             )
         if value.is_complex():
             raise PluginError(f"{who}: {what} of layer {name} are complex")
+        if real and value.dtype == torch.bool:
+            raise PluginError(
+                f"{who}: {what} of layer {name} are bool; scores rank weights and must be real "
+                "numbers (float or integer); a strategy that picks the weights itself returns "
+                "masks= instead"
+            )
         value = value.detach().to(device=reference.device, dtype=torch.float64)
         if not bool(torch.isfinite(value).all()):
             raise PluginError(f"{who}: {what} of layer {name} are not all finite (NaN or inf)")

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
+from .errors import LotteryError
+
 if TYPE_CHECKING:
     from .config import ExperimentConfig
 
@@ -178,6 +180,13 @@ class PruningStrategy:
       their own sparsity or structure (neurons, channels). Each must be binary, of the layer's
       shape, and a subset of ``ctx.masks``.
 
+    Giving both, or neither, is an error naming the strategy when it is made (so a plugin
+    that registers one is skipped as broken, with that line).
+
+    Scores are real numbers: any floating or integer dtype (integers rank by their value,
+    ties as between equal floats); bool scores are refused, since a bool tensor is a mask
+    (return it from ``masks`` instead).
+
     ``scores`` functions written for the first contract, ``scores(weights, generator)``, are
     still called that way (weights = ``ctx.weights``).
     """
@@ -186,6 +195,15 @@ class PruningStrategy:
     scores: Callable[..., Tensors] | None = None
     description: str = ""
     masks: Callable[[PruningContext], Tensors] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.scores is None) == (self.masks is None):
+            both = self.scores is not None
+            given = "both scores= and masks=" if both else "neither scores= nor masks="
+            raise LotteryError(
+                f"pruning strategy {self.name!r} gives {given}; give exactly one: scores= to "
+                "rank weights (the core prunes the lowest), or masks= to set the masks itself"
+            )
 
 
 @dataclass

@@ -71,6 +71,7 @@ BAD_SCORES = {
     "zero_d": "{n: torch.tensor(1.0) for n in ctx.weights}",
     "missing": "{n: w.abs() for n, w in list(ctx.weights.items())[1:]}",
     "listed": "[w.abs() for w in ctx.weights.values()]",
+    "bool": "{n: w.abs() > w.abs().median() for n, w in ctx.weights.items()}",
 }
 
 
@@ -82,6 +83,7 @@ BAD_SCORES = {
         ("zero_d", ["has shape ()"]),
         ("missing", ["missing layers ['1']"]),
         ("listed", ["returned list scores"]),
+        ("bool", ["scores of layer 1 are bool", "masks= instead"]),
     ],
 )
 def test_bad_scores_are_one_line_and_round_0_is_kept(install, invoke, tmp_path, kind, fragments):
@@ -434,6 +436,91 @@ def test_a_plugin_that_fails_to_import_or_register_is_skipped(install, invoke, c
     assert len(warnings) == 2
     assert invoke("run", "--help").returncode == 0
     assert invoke("run", *SMALL, "--rounds", "1", "--out", "run").returncode == 0
+
+
+def test_a_strategy_giving_both_scores_and_masks_is_refused_when_registered(install, invoke,
+                                                                            tmp_path):
+    """Its masks used to win silently: now the plugin is skipped, naming the strategy."""
+    install("both", """
+        def scores(ctx):
+            return {n: w.abs() for n, w in ctx.weights.items()}
+
+        def masks(ctx):
+            return {n: m.clone() for n, m in ctx.masks.items()}
+
+        @hookimpl
+        def register_pruning_strategies(register):
+            register(PruningStrategy("both", scores, masks=masks))
+    """)
+    reason = ("register_pruning_strategies: pruning strategy 'both' gives both scores= and "
+              "masks=; give exactly one")  # fmt: skip
+    listing = invoke("plugins")
+    assert listing.returncode == 0, listing.stderr
+    assert f"both  (contract_both 0.1) BROKEN: {reason}" in listing.stdout
+    assert listing.stderr.startswith(f"Warning: plugin 'both' is skipped: {reason}")
+    assert len(listing.stderr.strip().splitlines()) == 1
+    result = invoke("run", *SMALL, "--rounds", "2", "--prune", "both", "--out", "run")
+    assert result.returncode == 2 and "'both' is not one of" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_integer_scores_rank_by_their_value(install, invoke, tmp_path):
+    """Integer scores are real numbers: accepted, ranked like the floats they equal."""
+    install("ints", """
+        def scores(ctx):
+            return {n: (w.abs() * 2**20).round().long() for n, w in ctx.weights.items()}
+
+        @hookimpl
+        def register_pruning_strategies(register):
+            register(PruningStrategy("ints", scores))
+    """)
+    result = invoke("run", *SMALL, "--rounds", "2", "--prune", "ints", "--out", "ints")
+    assert result.returncode == 0, result.stderr
+    magnitude = invoke("run", *SMALL, "--rounds", "2", "--out", "magnitude")
+    assert magnitude.returncode == 0
+    kept = {name: pd.read_csv(tmp_path / name / "layers.csv")["remaining"].tolist()
+            for name in ("ints", "magnitude")}  # fmt: skip
+    assert kept["ints"] == kept["magnitude"]
+
+
+def test_a_misspelled_hook_or_a_name_registered_twice_skips_only_that_plugin(install, invoke,
+                                                                            tmp_path):
+    """One bad package no longer stops every command (``plugins`` and ``--help`` included)."""
+    install("typo", """
+        @hookimpl
+        def register_model(register):
+            pass
+    """)
+    install("twice", """
+        def scores(ctx):
+            return {n: w.abs() for n, w in ctx.weights.items()}
+
+        @hookimpl
+        def register_pruning_strategies(register):
+            register(PruningStrategy("dup", scores))
+            register(PruningStrategy("dup", scores))
+    """)
+    install("good", """
+        def scores(ctx):
+            return {n: -w.abs() for n, w in ctx.weights.items()}
+
+        @hookimpl
+        def register_pruning_strategies(register):
+            register(PruningStrategy("largest", scores))
+    """)
+    listing = invoke("plugins")
+    assert listing.returncode == 0, listing.stderr
+    assert ("typo  (contract_typo 0.1) BROKEN: implements unknown hook 'register_model' (did you "
+            "mean 'register_models'?)") in listing.stdout  # fmt: skip
+    assert ("twice  (contract_twice 0.1) BROKEN: register_pruning_strategies: registered pruning "
+            "strategy 'dup' twice") in listing.stdout  # fmt: skip
+    assert "registers pruning strategy largest" in listing.stdout
+    warnings = [line for line in listing.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 2 and all(line.startswith("Warning: plugin '") for line in warnings)
+    help_text = invoke("run", "--help")
+    assert help_text.returncode == 0 and "largest" in help_text.stdout
+    ok = invoke("run", *SMALL, "--rounds", "2", "--prune", "largest", "--out", "run")
+    assert ok.returncode == 0, ok.stderr
 
 
 def test_pruning_at_init_follows_imps_schedule_from_theta0(invoke, tmp_path):
