@@ -24,6 +24,7 @@ from .specs import (
     PruningStrategy,
     ReinitContext,
     ReinitPolicy,
+    RunInfo,
 )
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "PruningStrategy",
     "ReinitContext",
     "ReinitPolicy",
+    "RunInfo",
     "get_plugins",
     "hookimpl",
     "make_config",

@@ -19,6 +19,8 @@ from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
 import pluggy
+import torch
+from torch import nn
 
 from . import hookspecs
 from .errors import LotteryError, PluginError
@@ -127,15 +129,29 @@ class Plugins:
     def hook(self) -> Any:
         return self.manager.hook
 
-    def notify(self, hook_name: str, **kwargs: Any) -> list[Any]:
+    def notify(self, hook_name: str, watch: nn.Module | None = None, **kwargs: Any) -> list[Any]:
         """Call a lifecycle hook plugin by plugin (pluggy's order: last registered first); an
-        exception names the hook and the plugin; a non-dict, non-None result is refused."""
+        exception names the hook and the plugin; a non-dict, non-None result is refused.
+
+        With ``watch`` (the run's model), each implementation is checked not to change it:
+        every parameter and buffer (weights, biases, masks) is compared, bit for bit, with a
+        copy taken before the first implementation ran; a change names the plugin. The copy
+        is taken only when some plugin implements the hook."""
         results = []
         caller = getattr(self.manager.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
+        impls = list(reversed(caller.get_hookimpls()))
+        before = _tensors_of(watch) if watch is not None and impls else None
+        for impl in impls:
             who = f"plugin {impl.plugin_name!r}"
             with blame(who, f"in {hook_name}"):
                 result = impl.function(**{name: kwargs[name] for name in impl.argnames})
+            if before is not None:
+                changed = _first_change(watch, before)  # type: ignore[arg-type]
+                if changed is not None:
+                    raise PluginError(
+                        f"{who} in {hook_name}: the model changed{_when(hook_name, kwargs)} "
+                        f"({changed} was written); lifecycle hooks must not change the model"
+                    )
             if result is not None and not isinstance(result, dict):
                 raise PluginError(
                     f"{who} returned a {type(result).__name__} from {hook_name}; expected a dict "
@@ -188,6 +204,38 @@ class Plugins:
                 }
             )
         return rows
+
+
+def _tensors_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter (``weight_orig``, biases) and buffer (``weight_mask``)."""
+    found = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    return {name: tensor.detach().clone() for name, tensor in found.items()}
+
+
+def _first_change(model: nn.Module, before: dict[str, torch.Tensor]) -> str | None:
+    """The first parameter or buffer whose values differ from ``before`` (NaN equals NaN, as
+    a policy may leave NaN in pruned entries), or one added or removed."""
+    now = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    if set(now) != set(before):
+        return ", ".join(sorted(set(now) ^ set(before)))
+    for name, tensor in now.items():
+        old = before[name]
+        if tensor.shape != old.shape or tensor.dtype != old.dtype:
+            return name
+        if torch.equal(tensor, old):
+            continue
+        if not bool(torch.isclose(tensor, old, rtol=0, atol=0, equal_nan=True).all()):
+            return name
+    return None
+
+
+def _when(hook_name: str, kwargs: dict[str, Any]) -> str:
+    if "round_index" not in kwargs:
+        return ""
+    r = kwargs["round_index"]
+    if hook_name == "on_round_start":
+        return f" as round {r} started"
+    return f" while round {r} trained"
 
 
 def _collect(

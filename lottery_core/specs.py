@@ -118,6 +118,21 @@ class ModelSpec:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """Which run a lifecycle hook call belongs to (the ``run`` argument of every lifecycle hook).
+
+    - ``run_dir``: the run's folder (``None`` for an ``Experiment.run`` without one);
+    - ``experiment``: under ``--trials``/``--controls``, the run's experiment (``"imp"``, the
+      main run; ``"reinit-random"`` and ``"prune-random"``, the controls), else ``None``;
+    - ``trial``: under ``--trials``/``--controls``, the trial index, else ``None``.
+    """
+
+    run_dir: Path | None = None
+    experiment: str | None = None
+    trial: int | None = None
+
+
 LayerKind = Literal["conv", "fc", "output"]
 Tensors = dict[str, torch.Tensor]
 

@@ -330,6 +330,100 @@ def test_a_hook_that_changes_masks_while_training_is_caught(install, invoke):
     assert_plugin_error(result, "changed while round 0 trained")
 
 
+@pytest.mark.parametrize(
+    "hook, write, changed",
+    [
+        ("on_round_start(round_index, model)", "model[1].weight_mask.zero_()",
+         "as round 1 started (1.weight_mask was written)"),
+        ("on_evaluation(round_index, iteration)", "seen[0][1].weight_orig.mul_(0.5)",
+         "while round 1 trained (1.weight_orig was written)"),
+        ("on_round_end(round_index, model)", "model[1].bias.add_(1.0)",
+         "while round 1 trained (1.bias was written)"),
+    ],
+)  # fmt: skip
+def test_a_hook_that_changes_masks_or_weights_is_named(install, invoke, tmp_path, hook, write,
+                                                       changed):
+    """Masks written by a hook used to be caught without naming the plugin, and surviving
+    weights or biases not at all (exit 0, wrong accuracy): each hook call is now compared."""
+    install("reader", """
+        @hookimpl
+        def on_round_start(round_index, model):
+            with torch.no_grad():
+                model(torch.zeros(1, 1, 28, 28))  # reading, even a forward, is fine
+    """)
+    install("meddler", f"""
+        seen = []
+
+        @hookimpl
+        def on_round_end(model):  # the model an on_evaluation may keep and write
+            seen[:] = [model]
+
+        @hookimpl
+        def {hook}:
+            if round_index == 1:
+                with torch.no_grad():
+                    {write}
+    """)
+    result = invoke("run", *SMALL, "--rounds", "3", "--out", "run")
+    assert_plugin_error(result, f"plugin 'meddler' in {hook.split('(')[0]}: the model changed "
+                        f"{changed}; lifecycle hooks must not change the model")  # fmt: skip
+    assert finished_rounds(tmp_path / "run") == [0]
+
+
+def test_every_lifecycle_call_under_controls_names_its_own_run(install, invoke, tmp_path):
+    """The controls start while the main run goes on: each call carries its run's folder, and
+    which experiment and trial it is, so an observer never writes into another run's folder."""
+    install("where", """
+        calls = []
+
+        def note(hook, run_dir, run, at=None):
+            calls.append((hook, run_dir, run.run_dir, run.experiment, run.trial, at))
+
+        @hookimpl
+        def on_experiment_start(run_dir, run):
+            note("start", run_dir, run)
+
+        @hookimpl
+        def on_resume(run_dir, run, next_round):
+            note("resume", run_dir, run, next_round)
+
+        @hookimpl
+        def on_round_start(round_index, run_dir, run):
+            note("round_start", run_dir, run, round_index)
+
+        @hookimpl
+        def on_evaluation(round_index, run_dir, run):
+            note("evaluation", run_dir, run, round_index)
+
+        @hookimpl
+        def on_round_end(round_index, record, run_dir, run):
+            assert record["round"] == round_index
+            note("round_end", run_dir, run, round_index)
+
+        @hookimpl
+        def on_experiment_end(run_dir, run):
+            note("end", run_dir, run)
+    """)
+    result = invoke("run", *SMALL, "--rounds", "3", "--trials", "1", "--controls", "--out", "g")
+    assert result.returncode == 0, result.stderr
+    calls = sys.modules["contract_where"].calls
+    runs = tmp_path / "g" / "runs"
+    folders = {name: runs / name / "trial_0" for name in ("imp", "reinit-random", "prune-random")}
+    by_run: dict = {}
+    for hook, run_dir, info_dir, experiment, trial, at in calls:
+        assert run_dir.resolve() == info_dir.resolve() == folders[experiment].resolve()
+        assert trial == 0
+        by_run.setdefault(experiment, []).append((hook, at))
+    rounds = [(h, r) for r in (1, 2) for h in ("round_start", "evaluation", "round_end")]
+    dense = [("round_start", 0), ("evaluation", 0), ("round_end", 0)]
+    assert by_run["imp"] == [("start", None), *dense, *rounds, ("end", None)]
+    for control in ("reinit-random", "prune-random"):
+        assert by_run[control] == [("start", None), ("resume", 1), *rounds, ("end", None)]
+    order = [(hook, experiment, at) for hook, _, _, experiment, _, at in calls]
+    # the interleaving that misled: the controls start between the main run's rounds 0 and 1
+    assert order.index(("start", "prune-random", None)) < order.index(("round_start", "imp", 1))
+
+
 def test_observers_are_named_and_learn_of_a_resume(install, invoke, tmp_path):
     install("observer", """
         import os
