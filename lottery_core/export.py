@@ -191,7 +191,11 @@ def export_ticket(
     Ticket (default): a ``torch.save`` dict with ``masks`` {layer: bool tensor}, ``weights``
     {parameter name as in the pruned model, e.g. ``1.weight_orig``, ``1.bias``: tensor},
     ``model``, ``input_shape``, ``num_classes``, ``start_iteration``, ``remaining``, ``config``
-    and ``data_source``; read it with :func:`load_ticket`.
+    and ``data_source``; read it with :func:`load_ticket` (a fresh model with the masks and
+    weights in, ready to train from ``start_iteration``). ``weights`` are θ0 for round 0 and
+    the rewind state for later rounds (θ0, or θk with ``rewind_iter``) *whatever the run's
+    reinit policy did*: a run that reinitialised otherwise (``random``, ``none``, a plugin's)
+    trained round K from weights the checkpoint does not keep, and ``note`` says so.
 
     ``pruned=True``: the whole ``nn.Module`` (``torch.save(model)``) with the re-parametrisation
     removed and pruned weights zero. Its weights are the ticket's *starting* weights times the
