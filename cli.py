@@ -179,7 +179,8 @@ def build_cli(plugins: Plugins) -> click.Group:
         help="A plain model (re-parametrisation removed, pruned weights zero).",
     )
     def export(run_dir, round_index, out, pruned) -> None:
-        """Export the winning ticket of a round: masks plus the weights to start from."""
+        """Export the ticket of a round: its masks plus the rewind state (θ0, or θk with
+        --rewind-iter; whatever the reinit policy did), for lottery_core.export.load_ticket."""
         from lottery_core.export import export_ticket
 
         if out is None:

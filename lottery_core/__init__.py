@@ -30,6 +30,7 @@ _EXPORTS = {
     "PruningStrategy": "specs",
     "ReinitContext": "specs",
     "ReinitPolicy": "specs",
+    "RunInfo": "specs",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import guards, masks
+from . import guards, masks, rundir
 from .config import ExperimentConfig
 from .divergence import round_flag
 from .errors import Interrupted, LotteryError, PluginError, RunFailed
@@ -28,7 +28,7 @@ from .plugins import Plugins, get_plugins
 from .progress import Progress
 from .pruning import Pruner, prune_round
 from .resolution import resolve
-from .specs import DataRequest, DatasetSplits, ReinitContext
+from .specs import DataRequest, DatasetSplits, ReinitContext, RunInfo
 from .state import RunState, derive_seeds, round_generator
 from .threads import ThreadRule, use_threads
 from .training import NonFiniteLoss, TrainSettings, train_round
@@ -100,6 +100,7 @@ class Experiment:
         self.model: nn.Module | None = None
         self.layers: list[masks.PrunableLayer] = []
         self.threads: ThreadRule | None = None
+        self.run_info = RunInfo()  # which run the lifecycle hooks are told about (``run``)
 
     @property
     def data(self) -> DatasetSplits:
@@ -218,7 +219,8 @@ class Experiment:
 
     def reinitialise(self, state: RunState, round_index: int) -> None:
         """Set the survivors' starting values for ``round_index`` with the reinit policy,
-        which must write ``ctx.parameters`` in place (checked)."""
+        which writes ``ctx.parameters`` in place or rebinds their ``.data`` to values of the
+        same dtype and shape, which are then copied in (checked: ``guards.check_reinit``)."""
         who = self.plugins.reinits.who(self.reinit.name)
         live = self.parameters()
         given = {k: v.data for k, v in live.items()}
@@ -234,10 +236,10 @@ class Experiment:
             masks=layer_masks,
             kinds={layer.name: layer.kind for layer in self.layers},
         )
-        before = {k: (v.device, v.dtype, tuple(v.shape)) for k, v in live.items()}
+        handed = {k: guards.where(v) for k, v in given.items()}
         returned = guards.call(who, f"reinitialising round {round_index}", self.reinit.apply,
                                context)  # fmt: skip
-        guards.check_reinit(who, returned, given, context.parameters, live, before, survivors)
+        guards.check_reinit(who, returned, given, handed, context.parameters, live, survivors)
         for layer in self.layers:
             masks.refresh_weight(layer)
         masks.check_pruned_are_zero(self.layers)
@@ -258,11 +260,18 @@ class Experiment:
     def train(self, state: RunState, round_index: int, progress: Progress) -> dict:
         """Train one round, record it in ``state`` and return its row of ``results.csv``."""
         assert self.model is not None
-        notify = self.plugins.notify
+        model = self.model
+        run = self.run_info
+
+        def notify(hook_name: str, **kwargs: object) -> list:  # the run's identity, watched
+            return self.plugins.notify(
+                hook_name, watch=model, run_dir=run.run_dir, run=run, **kwargs
+            )
+
         self.check_masks(state, round_index)
         trained_with = masks.current_masks(self.layers)
         remaining = masks.remaining_percent(self.layers)
-        notify("on_round_start", round_index=round_index, remaining=remaining, model=self.model)
+        notify("on_round_start", round_index=round_index, remaining=remaining, model=model)
         settings = self.settings(round_index)
         rewind_at = self.config.rewind_iter if round_index == 0 else 0
 
@@ -374,8 +383,9 @@ class Experiment:
         run_dir: Path | None = None,
     ) -> ExperimentResult:
         """Run (or continue) the rounds from ``state.next_round``; ``after_round(state)`` is
-        called after each round trains (the run folder's writer). ``run_dir`` is only named in
-        messages and the result."""
+        called after each round trains (the run folder's writer). ``run_dir`` is named in
+        messages, the result and every lifecycle hook call (``run_dir``, ``run``)."""
+        self.run_info = identify(run_dir)
         if state is None:
             state = self.start()
         rounds = self.config.rounds
@@ -453,6 +463,18 @@ class Experiment:
                 "reinit": self.plugins.reinits.sources[self.config.reinit],
             },
         }
+
+
+def identify(run_dir: Path | None) -> RunInfo:
+    """Which run ``run_dir`` is: a trials/controls folder keeps its runs under
+    ``runs/<experiment>/trial_<i>`` (``group.trial_dir``), any other folder is a single run."""
+    if run_dir is None:
+        return RunInfo()
+    path = Path(run_dir)
+    trial = path.name.removeprefix("trial_")
+    if path.parent.parent.name == rundir.RUNS and path.name != trial and trial.isdigit():
+        return RunInfo(path, path.parent.name, int(trial))
+    return RunInfo(path)
 
 
 def results_frame(records: list[dict]) -> pd.DataFrame:

@@ -155,8 +155,9 @@ def load_ticket(path: Path, model: nn.Module | None = None) -> nn.Module:
 
     Without ``model``, a fresh one is built with the model plugin named in the ticket. Pruning
     stays a ``torch.nn.utils.prune`` re-parametrisation (``weight_orig`` * ``weight_mask``), so
-    training keeps pruned weights at zero. Also reads a run's own ``ticket.pt`` (pass ``model``:
-    it records no input shape).
+    training keeps pruned weights at zero. Also reads a run's own ``ticket.pt`` (its last
+    round's ticket; one written before tickets recorded ``input_shape`` and ``num_classes``
+    needs ``model``).
     """
     path = Path(path)
     if not path.is_file():
@@ -190,7 +191,11 @@ def export_ticket(
     Ticket (default): a ``torch.save`` dict with ``masks`` {layer: bool tensor}, ``weights``
     {parameter name as in the pruned model, e.g. ``1.weight_orig``, ``1.bias``: tensor},
     ``model``, ``input_shape``, ``num_classes``, ``start_iteration``, ``remaining``, ``config``
-    and ``data_source``; read it with :func:`load_ticket`.
+    and ``data_source``; read it with :func:`load_ticket` (a fresh model with the masks and
+    weights in, ready to train from ``start_iteration``). ``weights`` are θ0 for round 0 and
+    the rewind state for later rounds (θ0, or θk with ``rewind_iter``) *whatever the run's
+    reinit policy did*: a run that reinitialised otherwise (``random``, ``none``, a plugin's)
+    trained round K from weights the checkpoint does not keep, and ``note`` says so.
 
     ``pruned=True``: the whole ``nn.Module`` (``torch.save(model)``) with the re-parametrisation
     removed and pruned weights zero. Its weights are the ticket's *starting* weights times the

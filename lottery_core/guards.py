@@ -48,10 +48,10 @@ def call(who: str, doing: str, function: Callable[..., T], *args: Any, **kwargs:
 
 
 def check_layer_tensors(
-    who: str, what: str, got: Any, like: dict[str, torch.Tensor]
+    who: str, what: str, got: Any, like: dict[str, torch.Tensor], real: bool = False
 ) -> dict[str, torch.Tensor]:
     """A dict with exactly ``like``'s layer names, each a finite real tensor of that layer's
-    shape; returned as float64 on the layer's device."""
+    shape (with ``real``, not bool: scores); returned as float64 on the layer's device."""
     if not isinstance(got, dict):
         raise PluginError(f"{who} returned {type(got).__name__} {what}; expected a dict by layer")
     missing, extra = sorted(set(like) - set(got)), sorted(set(got) - set(like))
@@ -71,6 +71,12 @@ def check_layer_tensors(
             )
         if value.is_complex():
             raise PluginError(f"{who}: {what} of layer {name} are complex")
+        if real and value.dtype == torch.bool:
+            raise PluginError(
+                f"{who}: {what} of layer {name} are bool; scores rank weights and must be real "
+                "numbers (float or integer); a strategy that picks the weights itself returns "
+                "masks= instead"
+            )
         value = value.detach().to(device=reference.device, dtype=torch.float64)
         if not bool(torch.isfinite(value).all()):
             raise PluginError(f"{who}: {what} of layer {name} are not all finite (NaN or inf)")
@@ -93,17 +99,34 @@ def check_masks(
     return {name: mask.to(current[name].dtype) for name, mask in masks.items()}
 
 
+Layout = tuple[torch.device, torch.dtype, tuple[int, ...]]
+
+
+def layout(tensor: torch.Tensor) -> Layout:
+    return tensor.device, tensor.dtype, tuple(tensor.shape)
+
+
+def where(tensor: torch.Tensor) -> tuple[int, tuple[int, ...], Layout]:
+    """What a tensor's ``.data`` points at: its memory, its strides and its layout."""
+    return tensor.data_ptr(), tuple(tensor.stride()), layout(tensor)
+
+
 def check_reinit(
     who: str,
     returned: Any,
     given: dict[str, torch.Tensor],
+    handed: dict[str, tuple[int, tuple[int, ...], Layout]],
     after: dict[str, torch.Tensor],
     live: dict[str, torch.Tensor],
-    before: dict[str, tuple[torch.device, torch.dtype, tuple[int, ...]]],
     survivors: dict[str, torch.Tensor],
 ) -> None:
-    """A policy wrote ``ctx.parameters`` in place: nothing returned, nothing rebound, devices,
-    dtypes and shapes kept, survivors finite."""
+    """A policy set ``ctx.parameters``: nothing returned, no key rebound, survivors finite.
+
+    ``given`` are the tensors the policy was handed (sharing the live parameters' memory) and
+    ``handed`` where each pointed then. A policy that rebinds a tensor's ``.data``
+    (``p.data = theta``, the PyTorch idiom) detached it from the live parameter: a value of the
+    parameter's device, dtype and shape is copied into the parameter, so the write takes effect
+    as the policy meant; any other value is an error naming the policy."""
     if returned is not None:
         raise PluginError(
             f"{who} returned a {type(returned).__name__}; a reinit policy writes "
@@ -115,9 +138,22 @@ def check_reinit(
                 f"{who} rebound ctx.parameters[{name!r}]; write into it in place instead "
                 "(ctx.parameters[name].copy_(...))"
             )
+    for name, tensor in given.items():
+        if where(tensor) == handed[name]:
+            continue  # written in place, or not at all
+        want = handed[name][2]
+        if layout(tensor) != want:
+            device, dtype, shape = layout(tensor)
+            raise PluginError(
+                f"{who} set ctx.parameters[{name!r}].data to {dtype} {shape} on {device}; "
+                f"{name} is {want[1]} {want[2]} on {want[0]}: give it values of its own "
+                "dtype and shape (ctx.parameters[name].copy_(...))"
+            )
+        with torch.no_grad():  # p.data = value: the value, never its memory (no aliasing)
+            live[name].copy_(tensor.clone())
     for name, tensor in live.items():
-        if (tensor.device, tensor.dtype, tuple(tensor.shape)) != before[name]:
-            device, dtype, shape = before[name]
+        if layout(tensor) != handed[name][2]:
+            device, dtype, shape = handed[name][2]
             raise PluginError(
                 f"{who} changed {name} to {tensor.dtype} {tuple(tensor.shape)} on "
                 f"{tensor.device}; it must stay {dtype} {shape} on {device}"

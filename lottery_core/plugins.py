@@ -9,6 +9,7 @@ plugins by name.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import os
@@ -18,6 +19,8 @@ from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
 import pluggy
+import torch
+from torch import nn
 
 from . import hookspecs
 from .errors import LotteryError, PluginError
@@ -37,36 +40,73 @@ T = TypeVar("T")
 
 @dataclass
 class Registry(Generic[T]):
-    """Named plugin objects of one kind, remembering which plugin registered each."""
+    """Named plugin objects of one kind, remembering which plugin registered each.
+
+    A name that two different plugins register is kept in ``conflicts`` (name -> {plugin:
+    object}) and neither object is used: asking for it is one line naming both plugins, while
+    every other name of both plugins keeps working."""
 
     kind: str
     expected: type
     items: dict[str, T] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    conflicts: dict[str, dict[str, T]] = field(default_factory=dict)
 
     def add(self, item: T, source: str) -> None:
+        """Register ``item`` for plugin ``source``; a wrong type, or a name the same plugin
+        registers twice, raises (the plugin is then skipped as broken, see ``collect``)."""
         if not isinstance(item, self.expected):
             raise LotteryError(
-                f"plugin {source!r} registered a {type(item).__name__} as a {self.kind}; "
-                f"expected {self.expected.__name__}"
+                f"registered a {type(item).__name__} as a {self.kind}; expected "
+                f"{self.expected.__name__}"
             )
         name = item.name  # type: ignore[attr-defined]
+        claims = self.conflicts.get(name)
+        if claims is not None:
+            if source in claims:
+                raise LotteryError(f"registered {self.kind} {name!r} twice")
+            claims[source] = item
+            return
         if name in self.items:
-            raise LotteryError(
-                f"{self.kind} {name!r} is registered twice: by plugin {self.sources[name]!r} "
-                f"and by plugin {source!r}"
-            )
+            if self.sources[name] == source:
+                raise LotteryError(f"registered {self.kind} {name!r} twice")
+            first = self.sources.pop(name)
+            self.conflicts[name] = {first: self.items.pop(name), source: item}
+            return
         self.items[name] = item
         self.sources[name] = source
 
+    def drop(self, source: str) -> None:
+        """Forget everything plugin ``source`` registered; a conflict it was part of is
+        resolved in favour of the one plugin left."""
+        for name in [n for n, s in self.sources.items() if s == source]:
+            self.items.pop(name)
+            self.sources.pop(name)
+        for name, claims in list(self.conflicts.items()):
+            claims.pop(source, None)
+            if len(claims) == 1:
+                ((only, item),) = claims.items()
+                self.items[name] = item
+                self.sources[name] = only
+                del self.conflicts[name]
+
+    def claimants(self, name: str) -> str:
+        return " and by ".join(f"plugin {source!r}" for source in self.conflicts[name])
+
     def get(self, name: str) -> T:
+        if name in self.conflicts:
+            raise LotteryError(
+                f"{self.kind} {name!r} is registered twice: by {self.claimants(name)}; "
+                "uninstall one, or skip one with LOTTERY_BLOCK_PLUGINS=<plugin>"
+            )
         if name not in self.items:
             known = ", ".join(sorted(self.items)) or "(none)"
             raise LotteryError(f"unknown {self.kind} {name!r}; known: {known}")
         return self.items[name]
 
     def names(self) -> list[str]:
-        return sorted(self.items)
+        """Every registered name, conflicting ones included (asking for one says why not)."""
+        return sorted({*self.items, *self.conflicts})
 
     def who(self, name: str) -> str:
         """``pruning strategy 'snip' (plugin 'lottery_examples')``: for one-line errors."""
@@ -89,15 +129,29 @@ class Plugins:
     def hook(self) -> Any:
         return self.manager.hook
 
-    def notify(self, hook_name: str, **kwargs: Any) -> list[Any]:
+    def notify(self, hook_name: str, watch: nn.Module | None = None, **kwargs: Any) -> list[Any]:
         """Call a lifecycle hook plugin by plugin (pluggy's order: last registered first); an
-        exception names the hook and the plugin; a non-dict, non-None result is refused."""
+        exception names the hook and the plugin; a non-dict, non-None result is refused.
+
+        With ``watch`` (the run's model), each implementation is checked not to change it:
+        every parameter and buffer (weights, biases, masks) is compared, bit for bit, with a
+        copy taken before the first implementation ran; a change names the plugin. The copy
+        is taken only when some plugin implements the hook."""
         results = []
         caller = getattr(self.manager.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
+        impls = list(reversed(caller.get_hookimpls()))
+        before = _tensors_of(watch) if watch is not None and impls else None
+        for impl in impls:
             who = f"plugin {impl.plugin_name!r}"
             with blame(who, f"in {hook_name}"):
                 result = impl.function(**{name: kwargs[name] for name in impl.argnames})
+            if before is not None:
+                changed = _first_change(watch, before)  # type: ignore[arg-type]
+                if changed is not None:
+                    raise PluginError(
+                        f"{who} in {hook_name}: the model changed{_when(hook_name, kwargs)} "
+                        f"({changed} was written); lifecycle hooks must not change the model"
+                    )
             if result is not None and not isinstance(result, dict):
                 raise PluginError(
                     f"{who} returned a {type(result).__name__} from {hook_name}; expected a dict "
@@ -105,6 +159,9 @@ class Plugins:
                 )
             results.append(result)
         return results
+
+    def registries(self) -> list[Registry[Any]]:
+        return [self.datasets, self.models, self.strategies, self.reinits]
 
     def describe(self) -> list[dict[str, Any]]:
         """One entry per plugin: its name, where it comes from, its hooks and what it registers."""
@@ -114,10 +171,16 @@ class Plugins:
                 continue
             origin = self.origins.get(name, "built-in (not installed)")
             registers = []
-            for registry in (self.datasets, self.models, self.strategies, self.reinits):
+            for registry in self.registries():
                 for item, source in sorted(registry.sources.items()):
                     if source == name:
                         registers.append(f"{registry.kind} {item}")
+                for item, claims in sorted(registry.conflicts.items()):
+                    if name in claims:
+                        registers.append(
+                            f"{registry.kind} {item} (UNUSABLE: registered by "
+                            f"{registry.claimants(item)})"
+                        )
             hooks = sorted(h.name for h in self.manager.get_hookcallers(plugin) or [])
             rows.append(
                 {
@@ -143,31 +206,61 @@ class Plugins:
         return rows
 
 
+def _tensors_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter (``weight_orig``, biases) and buffer (``weight_mask``)."""
+    found = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    return {name: tensor.detach().clone() for name, tensor in found.items()}
+
+
+def _first_change(model: nn.Module, before: dict[str, torch.Tensor]) -> str | None:
+    """The first parameter or buffer whose values differ from ``before`` (NaN equals NaN, as
+    a policy may leave NaN in pruned entries), or one added or removed."""
+    now = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    if set(now) != set(before):
+        return ", ".join(sorted(set(now) ^ set(before)))
+    for name, tensor in now.items():
+        old = before[name]
+        if tensor.shape != old.shape or tensor.dtype != old.dtype:
+            return name
+        if torch.equal(tensor, old):
+            continue
+        if not bool(torch.isclose(tensor, old, rtol=0, atol=0, equal_nan=True).all()):
+            return name
+    return None
+
+
+def _when(hook_name: str, kwargs: dict[str, Any]) -> str:
+    if "round_index" not in kwargs:
+        return ""
+    r = kwargs["round_index"]
+    if hook_name == "on_round_start":
+        return f" as round {r} started"
+    return f" while round {r} trained"
+
+
 def _collect(
     manager: pluggy.PluginManager, hook_name: str, registry: Registry, broken: dict[str, str]
 ) -> Registry:
     """Call one registration hook plugin by plugin, so each registered name keeps its source.
 
-    A plugin whose hook raises is marked broken (with the reason) and what it registered in
-    that call is dropped; a mistake such as a wrong type or a duplicate name still stops."""
+    A plugin whose hook raises, or registers something unusable (a wrong type, one name twice,
+    a ``PruningStrategy`` with both ``scores`` and ``masks``), is marked broken with the reason
+    and what it registered is dropped; the other plugins are unaffected."""
     caller = getattr(manager.hook, hook_name)
     for impl in caller.get_hookimpls():
         if impl.plugin_name in broken:
             continue
-        added: list[str] = []
 
-        def register(item: Any, _source: str = impl.plugin_name, _added=added) -> None:
+        def register(item: Any, _source: str = impl.plugin_name) -> None:
             registry.add(item, _source)
-            _added.append(item.name)
 
         try:
             impl.function(register=register)
-        except LotteryError:
-            raise
+        except LotteryError as exc:  # a registration mistake: its message says what
+            registry.drop(impl.plugin_name)
+            _mark_broken(broken, impl.plugin_name, f"{hook_name}: {exc}")
         except Exception as exc:  # a third-party bug must not take the tool down
-            for name in added:
-                registry.items.pop(name, None)
-                registry.sources.pop(name, None)
+            registry.drop(impl.plugin_name)
             _mark_broken(broken, impl.plugin_name, f"{hook_name} raised {describe_error(exc)}")
     return registry
 
@@ -175,6 +268,45 @@ def _collect(
 def _mark_broken(broken: dict[str, str], name: str, reason: str) -> None:
     broken[name] = reason
     print(f"Warning: plugin {name!r} is skipped: {reason}", file=sys.stderr)
+
+
+def _invalid(exc: pluggy.PluginValidationError) -> str:
+    """pluggy's validation message on one line."""
+    return " ".join(str(exc).split())
+
+
+def _register(
+    manager: pluggy.PluginManager, plugin: Any, name: str, broken: dict[str, str]
+) -> None:
+    """Register one plugin; one whose hook implementations do not fit their hooks is broken."""
+    try:
+        manager.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        _mark_broken(broken, name, f"invalid hook implementation: {_invalid(exc)}")
+
+
+def _unknown_hooks(manager: pluggy.PluginManager, broken: dict[str, str]) -> None:
+    """``check_pending``, plugin by plugin: a plugin implementing a hook that does not exist
+    (a misspelling) is unregistered and marked broken, naming the hook and the nearest one."""
+    known = [n for n in dir(hookspecs) if n.startswith(("register_", "on_"))]
+    while True:
+        try:
+            manager.check_pending()
+            return
+        except pluggy.PluginValidationError as exc:
+            name = manager.get_name(exc.plugin) or repr(exc.plugin)
+            unknown = sorted(
+                caller.name
+                for caller in manager.get_hookcallers(exc.plugin) or []
+                if not caller.has_spec()
+            )
+            parts = []
+            for hook in unknown:
+                near = difflib.get_close_matches(hook, known, n=1)
+                parts.append(f"{hook!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+            reason = f"implements unknown hook {', '.join(parts) or _invalid(exc)}"
+            manager.unregister(exc.plugin)
+            _mark_broken(broken, name, reason)
 
 
 def _load_entrypoints(
@@ -189,11 +321,10 @@ def _load_entrypoints(
         origins[entry.name] = f"{dist.name} {dist.version}" if dist is not None else "?"
         try:
             plugin = entry.load()
-            manager.register(plugin, name=entry.name)
-        except pluggy.PluginValidationError as exc:
-            raise LotteryError(f"plugin {entry.name!r} is invalid: {exc}") from exc
         except Exception as exc:  # an import error or a bug in the package
             _mark_broken(broken, entry.name, f"import failed: {describe_error(exc)}")
+            continue
+        _register(manager, plugin, entry.name, broken)
 
 
 def build_manager(
@@ -203,7 +334,8 @@ def build_manager(
     origins: dict[str, str] | None = None,
 ) -> pluggy.PluginManager:
     """A plugin manager with entry points loaded, built-ins ensured and spelling checked;
-    plugins that fail to import land in ``broken`` (name -> reason)."""
+    plugins that fail to import, whose hooks do not fit, or that implement a hook that does not
+    exist land in ``broken`` (name -> reason) and are not registered."""
     broken = {} if broken is None else broken
     origins = {} if origins is None else origins
     manager = pluggy.PluginManager(GROUP)
@@ -212,20 +344,17 @@ def build_manager(
         manager.set_blocked(blocked.strip())
     if load_entrypoints is None:
         load_entrypoints = os.environ.get("LOTTERY_NO_ENTRYPOINTS", "") in ("", "0")
-    try:
-        if load_entrypoints:
-            _load_entrypoints(manager, broken, origins)
-        for name, module_path in BUILTIN_MODULES.items():
-            if manager.has_plugin(name) or manager.is_blocked(name):
-                continue
-            module = importlib.import_module(module_path)
-            if not manager.is_registered(module):
-                manager.register(module, name=name)
-        for plugin in extra or []:
-            manager.register(plugin, name=getattr(plugin, "__name__", type(plugin).__name__))
-        manager.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise LotteryError(f"plugin {exc.plugin!r} is invalid: {exc}") from exc
+    if load_entrypoints:
+        _load_entrypoints(manager, broken, origins)
+    for name, module_path in BUILTIN_MODULES.items():
+        if manager.has_plugin(name) or manager.is_blocked(name) or name in broken:
+            continue
+        module = importlib.import_module(module_path)
+        if not manager.is_registered(module):
+            _register(manager, module, name, broken)
+    for plugin in extra or []:
+        _register(manager, plugin, getattr(plugin, "__name__", type(plugin).__name__), broken)
+    _unknown_hooks(manager, broken)
     return manager
 
 
@@ -245,11 +374,17 @@ def collect(
     registries = [_collect(manager, hook, registry, broken) for hook, registry in kinds]
     for name in broken:  # a plugin broken in one registration hook is dropped from all
         for registry in registries:
-            for item in [k for k, source in registry.sources.items() if source == name]:
-                registry.items.pop(item)
-                registry.sources.pop(item)
+            registry.drop(name)
         if manager.has_plugin(name):
             manager.unregister(name=name)
+    for registry in registries:
+        for item in sorted(registry.conflicts):
+            print(
+                f"Warning: {registry.kind} {item!r} is registered by {registry.claimants(item)}; "
+                "neither is used, and a run that names it stops, until one is uninstalled or "
+                "skipped (LOTTERY_BLOCK_PLUGINS)",
+                file=sys.stderr,
+            )
     return Plugins(manager, *registries, broken=broken, origins=origins or {})  # type: ignore[arg-type]
 
 

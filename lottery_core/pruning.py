@@ -144,7 +144,7 @@ def _one_step(
                 )
             else:
                 got = guards.call(who, "scoring", strategy.scores, context)
-            scores = guards.check_layer_tensors(who, "scores", got, current)
+            scores = guards.check_layer_tensors(who, "scores", got, current, real=True)
             if config.scope == "global":
                 new = masks.global_to_count(scores, current, keep[GLOBAL])
             else:

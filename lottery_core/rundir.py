@@ -43,6 +43,7 @@ RESULTS = "results.csv"
 HISTORY = "history.csv"
 LAYERS = "layers.csv"
 TICKET = "ticket.pt"
+TICKET_SHAPE_KEYS = {"input_shape", "num_classes"}  # absent from tickets of older runs
 AGGREGATE = "aggregate.csv"
 LOCK = ".lock"
 RUNS = "runs"  # a trials/controls folder keeps its runs under runs/<experiment>/trial_<i>/
@@ -428,7 +429,7 @@ def _ticket_matches(
         }
         config = body["config"]
         return (
-            set(ticket) == {"round", "masks", "weights", "model", "rewind_iter"}
+            set(ticket) - TICKET_SHAPE_KEYS == {"round", "masks", "weights", "model", "rewind_iter"}
             and ticket["model"] == config["model"]
             and ticket["rewind_iter"] == config["rewind_iter"]
             and _same(ticket["masks"], masks)
@@ -485,6 +486,8 @@ class RunFolder:
                 "weights": {k: v.cpu() for k, v in state.rewind_state.items()},
                 "model": self.experiment.config.model,
                 "rewind_iter": self.experiment.config.rewind_iter,
+                # what load_ticket needs to build the model from the file alone
+                **{key: self.meta.get(key) for key in TICKET_SHAPE_KEYS},
             },
         )
         files.write_csv(self.path / RESULTS, results_frame(state.records))

@@ -18,7 +18,7 @@ from pathlib import Path
 from . import checkpoint, files, rundir
 from .config import ExperimentConfig
 from .errors import Interrupted, LotteryError, RunFailed, WriteFailed, command
-from .experiment import Experiment, ExperimentResult
+from .experiment import Experiment, ExperimentResult, identify
 from .plugins import Plugins
 from .specs import DatasetSplits
 from .state import RunState
@@ -45,7 +45,11 @@ def start(
         try:
             folder.write_config()
             experiment.plugins.notify(
-                "on_experiment_start", config=experiment.config, run_dir=path
+                "on_experiment_start",
+                watch=experiment.model,
+                config=experiment.config,
+                run_dir=path,
+                run=identify(path),
             )
             if state is not None:
                 folder.write_round(state)
@@ -62,7 +66,9 @@ def restart(
     experiment.validate()
     folder = rundir.RunFolder(path, experiment)
     folder.write_config()
-    experiment.plugins.notify("on_experiment_start", config=experiment.config, run_dir=path)
+    experiment.plugins.notify(
+        "on_experiment_start", config=experiment.config, run_dir=path, run=identify(path)
+    )
     return _run(experiment, folder, None, progress, None, after_round, True, False)
 
 
@@ -104,7 +110,11 @@ def _run(
         raise
     if state.next_round >= (experiment.config.rounds or 0):
         experiment.plugins.notify(
-            "on_experiment_end", results=result.results, run_dir=folder.path
+            "on_experiment_end",
+            watch=experiment.model,
+            results=result.results,
+            run_dir=folder.path,
+            run=identify(folder.path),
         )
     return result
 
@@ -216,6 +226,11 @@ def resume(
                 return experiment.result(state, path)
             raise LotteryError(f"{str(path)!r} is already complete ({state.next_round} rounds)")
         experiment.plugins.notify(
-            "on_resume", config=experiment.config, run_dir=path, next_round=state.next_round
+            "on_resume",
+            watch=experiment.model,
+            config=experiment.config,
+            run_dir=path,
+            next_round=state.next_round,
+            run=identify(path),
         )
         return _run(experiment, folder, state, progress, None, after_round, True, False)

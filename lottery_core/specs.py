@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
+from .errors import LotteryError
+
 if TYPE_CHECKING:
     from .config import ExperimentConfig
 
@@ -128,6 +130,21 @@ class ModelSpec:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """Which run a lifecycle hook call belongs to (the ``run`` argument of every lifecycle hook).
+
+    - ``run_dir``: the run's folder (``None`` for an ``Experiment.run`` without one);
+    - ``experiment``: under ``--trials``/``--controls``, the run's experiment (``"imp"``, the
+      main run; ``"reinit-random"`` and ``"prune-random"``, the controls), else ``None``;
+    - ``trial``: under ``--trials``/``--controls``, the trial index, else ``None``.
+    """
+
+    run_dir: Path | None = None
+    experiment: str | None = None
+    trial: int | None = None
+
+
 LayerKind = Literal["conv", "fc", "output"]
 Tensors = dict[str, torch.Tensor]
 
@@ -190,6 +207,13 @@ class PruningStrategy:
       their own sparsity or structure (neurons, channels). Each must be binary, of the layer's
       shape, and a subset of ``ctx.masks``.
 
+    Giving both, or neither, is an error naming the strategy when it is made (so a plugin
+    that registers one is skipped as broken, with that line).
+
+    Scores are real numbers: any floating or integer dtype (integers rank by their value,
+    ties as between equal floats); bool scores are refused, since a bool tensor is a mask
+    (return it from ``masks`` instead).
+
     ``scores`` functions written for the first contract, ``scores(weights, generator)``, are
     still called that way (weights = ``ctx.weights``).
     """
@@ -199,14 +223,29 @@ class PruningStrategy:
     description: str = ""
     masks: Callable[[PruningContext], Tensors] | None = None
 
+    def __post_init__(self) -> None:
+        if (self.scores is None) == (self.masks is None):
+            both = self.scores is not None
+            given = "both scores= and masks=" if both else "neither scores= nor masks="
+            raise LotteryError(
+                f"pruning strategy {self.name!r} gives {given}; give exactly one: scores= to "
+                "rank weights (the core prunes the lowest), or masks= to set the masks itself"
+            )
+
 
 @dataclass
 class ReinitContext:
     """What a reinitialisation policy may read and write between rounds.
 
-    ``parameters`` are the live trainable tensors keyed by ``named_parameters()`` names (pruned
-    weights appear as ``<layer>.weight_orig``): write them **in place** (``tensor.copy_(...)``),
-    never rebind a key or return new tensors. ``initial_state`` is θ0 and ``rewind_state`` θk
+    ``parameters`` are keyed by ``named_parameters()`` names (pruned weights appear as
+    ``<layer>.weight_orig``); each is a plain tensor (no grad) that shares its memory with that
+    live parameter, so an in-place write (``tensor.copy_(...)``, ``tensor.mul_(...)``) is a
+    write to the model. ``tensor.data = value`` (the usual PyTorch idiom) is taken too: after the
+    policy returns, a value of the parameter's device, dtype and shape is copied into the
+    parameter (the value, not its memory, so ``tensor.data = ctx.rewind_state[name]`` never
+    aliases the rewind state); a value of another dtype, shape or device is an error naming
+    the policy. Rebinding a key (``ctx.parameters[name] = ...``) or returning tensors is an
+    error too. ``initial_state`` is θ0 and ``rewind_state`` θk
     (the same unless ``rewind_iter`` > 0), keyed the same way; ``masks`` and ``kinds`` are keyed
     by layer name (``"<layer>.weight_orig"`` = ``masks["<layer>"]``); ``fresh_parameters(
     generator)`` draws a new initialisation of the model's distribution, keyed like

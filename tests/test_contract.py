@@ -71,6 +71,7 @@ BAD_SCORES = {
     "zero_d": "{n: torch.tensor(1.0) for n in ctx.weights}",
     "missing": "{n: w.abs() for n, w in list(ctx.weights.items())[1:]}",
     "listed": "[w.abs() for w in ctx.weights.values()]",
+    "bool": "{n: w.abs() > w.abs().median() for n, w in ctx.weights.items()}",
 }
 
 
@@ -82,6 +83,7 @@ BAD_SCORES = {
         ("zero_d", ["has shape ()"]),
         ("missing", ["missing layers ['1']"]),
         ("listed", ["returned list scores"]),
+        ("bool", ["scores of layer 1 are bool", "masks= instead"]),
     ],
 )
 def test_bad_scores_are_one_line_and_round_0_is_kept(install, invoke, tmp_path, kind, fragments):
@@ -152,6 +154,55 @@ def test_bad_reinit_policies_are_one_line(install, invoke, tmp_path, body, fragm
     for fragment in fragments:
         assert fragment in result.stderr
     assert finished_rounds(tmp_path / "run") == [0]
+
+
+@pytest.mark.parametrize(
+    "body, fragments",
+    [
+        ("p.data = p.data.double()", ["'1.bias'].data to torch.float64 (300,)", "torch.float32"]),
+        ("p.data = torch.cat([p.data, p.data])", ["'1.bias'].data to torch.float32 (600,)",
+                                                  "is torch.float32 (300,)"]),
+    ],
+)
+def test_a_policy_rebinding_data_to_another_dtype_or_shape_is_one_line(install, invoke, tmp_path,
+                                                                        body, fragments):
+    """``p.data = ...`` on a handed tensor used to be lost silently (exit 0, the results of
+    ``none``): now a value the parameter cannot hold names the policy."""
+    install("rebind", f"""
+        def apply(ctx):
+            for name, p in ctx.parameters.items():
+                {body}
+
+        @hookimpl
+        def register_reinit_policies(register):
+            register(ReinitPolicy("rebind", apply))
+    """)
+    result = invoke("run", *SMALL, "--rounds", "2", "--reinit", "rebind", "--out", "run")
+    assert_plugin_error(result, "reinit policy 'rebind' (plugin 'rebind') set ctx.parameters[",
+                        *fragments)
+    assert finished_rounds(tmp_path / "run") == [0]
+
+
+def test_a_policy_assigning_data_of_the_same_shape_takes_effect(install, invoke, tmp_path):
+    """``p.data = theta_k`` is the researcher's "start from theta_k": the same results as
+    ``rewind`` (and the rewind state is copied, not aliased, so training does not move it)."""
+    install("assign", """
+        def apply(ctx):
+            for name, p in ctx.parameters.items():
+                p.data = ctx.rewind_state[name]
+
+        @hookimpl
+        def register_reinit_policies(register):
+            register(ReinitPolicy("assign", apply))
+    """)
+    cols = ["round", "remaining", "ES", "val", "test", "final_test", "val_loss", "weights"]
+    frames = {}
+    for policy in ("assign", "rewind", "none"):
+        result = invoke("run", *SMALL, "--rounds", "3", "--reinit", policy, "--out", policy)
+        assert result.returncode == 0, result.stderr
+        frames[policy] = pd.read_csv(tmp_path / policy / "results.csv")[cols]
+    pd.testing.assert_frame_equal(frames["assign"], frames["rewind"])
+    assert not frames["none"].equals(frames["rewind"])  # the test tells the two apart
 
 
 def test_a_policy_claiming_to_rewind_is_held_to_it(install, invoke):
@@ -279,6 +330,100 @@ def test_a_hook_that_changes_masks_while_training_is_caught(install, invoke):
     assert_plugin_error(result, "changed while round 0 trained")
 
 
+@pytest.mark.parametrize(
+    "hook, write, changed",
+    [
+        ("on_round_start(round_index, model)", "model[1].weight_mask.zero_()",
+         "as round 1 started (1.weight_mask was written)"),
+        ("on_evaluation(round_index, iteration)", "seen[0][1].weight_orig.mul_(0.5)",
+         "while round 1 trained (1.weight_orig was written)"),
+        ("on_round_end(round_index, model)", "model[1].bias.add_(1.0)",
+         "while round 1 trained (1.bias was written)"),
+    ],
+)  # fmt: skip
+def test_a_hook_that_changes_masks_or_weights_is_named(install, invoke, tmp_path, hook, write,
+                                                       changed):
+    """Masks written by a hook used to be caught without naming the plugin, and surviving
+    weights or biases not at all (exit 0, wrong accuracy): each hook call is now compared."""
+    install("reader", """
+        @hookimpl
+        def on_round_start(round_index, model):
+            with torch.no_grad():
+                model(torch.zeros(1, 1, 28, 28))  # reading, even a forward, is fine
+    """)
+    install("meddler", f"""
+        seen = []
+
+        @hookimpl
+        def on_round_end(model):  # the model an on_evaluation may keep and write
+            seen[:] = [model]
+
+        @hookimpl
+        def {hook}:
+            if round_index == 1:
+                with torch.no_grad():
+                    {write}
+    """)
+    result = invoke("run", *SMALL, "--rounds", "3", "--out", "run")
+    assert_plugin_error(result, f"plugin 'meddler' in {hook.split('(')[0]}: the model changed "
+                        f"{changed}; lifecycle hooks must not change the model")  # fmt: skip
+    assert finished_rounds(tmp_path / "run") == [0]
+
+
+def test_every_lifecycle_call_under_controls_names_its_own_run(install, invoke, tmp_path):
+    """The controls start while the main run goes on: each call carries its run's folder, and
+    which experiment and trial it is, so an observer never writes into another run's folder."""
+    install("where", """
+        calls = []
+
+        def note(hook, run_dir, run, at=None):
+            calls.append((hook, run_dir, run.run_dir, run.experiment, run.trial, at))
+
+        @hookimpl
+        def on_experiment_start(run_dir, run):
+            note("start", run_dir, run)
+
+        @hookimpl
+        def on_resume(run_dir, run, next_round):
+            note("resume", run_dir, run, next_round)
+
+        @hookimpl
+        def on_round_start(round_index, run_dir, run):
+            note("round_start", run_dir, run, round_index)
+
+        @hookimpl
+        def on_evaluation(round_index, run_dir, run):
+            note("evaluation", run_dir, run, round_index)
+
+        @hookimpl
+        def on_round_end(round_index, record, run_dir, run):
+            assert record["round"] == round_index
+            note("round_end", run_dir, run, round_index)
+
+        @hookimpl
+        def on_experiment_end(run_dir, run):
+            note("end", run_dir, run)
+    """)
+    result = invoke("run", *SMALL, "--rounds", "3", "--trials", "1", "--controls", "--out", "g")
+    assert result.returncode == 0, result.stderr
+    calls = sys.modules["contract_where"].calls
+    runs = tmp_path / "g" / "runs"
+    folders = {name: runs / name / "trial_0" for name in ("imp", "reinit-random", "prune-random")}
+    by_run: dict = {}
+    for hook, run_dir, info_dir, experiment, trial, at in calls:
+        assert run_dir.resolve() == info_dir.resolve() == folders[experiment].resolve()
+        assert trial == 0
+        by_run.setdefault(experiment, []).append((hook, at))
+    rounds = [(h, r) for r in (1, 2) for h in ("round_start", "evaluation", "round_end")]
+    dense = [("round_start", 0), ("evaluation", 0), ("round_end", 0)]
+    assert by_run["imp"] == [("start", None), *dense, *rounds, ("end", None)]
+    for control in ("reinit-random", "prune-random"):
+        assert by_run[control] == [("start", None), ("resume", 1), *rounds, ("end", None)]
+    order = [(hook, experiment, at) for hook, _, _, experiment, _, at in calls]
+    # the interleaving that misled: the controls start between the main run's rounds 0 and 1
+    assert order.index(("start", "prune-random", None)) < order.index(("round_start", "imp", 1))
+
+
 def test_observers_are_named_and_learn_of_a_resume(install, invoke, tmp_path):
     install("observer", """
         import os
@@ -385,6 +530,91 @@ def test_a_plugin_that_fails_to_import_or_register_is_skipped(install, invoke, c
     assert len(warnings) == 2
     assert invoke("run", "--help").returncode == 0
     assert invoke("run", *SMALL, "--rounds", "1", "--out", "run").returncode == 0
+
+
+def test_a_strategy_giving_both_scores_and_masks_is_refused_when_registered(install, invoke,
+                                                                            tmp_path):
+    """Its masks used to win silently: now the plugin is skipped, naming the strategy."""
+    install("both", """
+        def scores(ctx):
+            return {n: w.abs() for n, w in ctx.weights.items()}
+
+        def masks(ctx):
+            return {n: m.clone() for n, m in ctx.masks.items()}
+
+        @hookimpl
+        def register_pruning_strategies(register):
+            register(PruningStrategy("both", scores, masks=masks))
+    """)
+    reason = ("register_pruning_strategies: pruning strategy 'both' gives both scores= and "
+              "masks=; give exactly one")  # fmt: skip
+    listing = invoke("plugins")
+    assert listing.returncode == 0, listing.stderr
+    assert f"both  (contract_both 0.1) BROKEN: {reason}" in listing.stdout
+    assert listing.stderr.startswith(f"Warning: plugin 'both' is skipped: {reason}")
+    assert len(listing.stderr.strip().splitlines()) == 1
+    result = invoke("run", *SMALL, "--rounds", "2", "--prune", "both", "--out", "run")
+    assert result.returncode == 2 and "'both' is not one of" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_integer_scores_rank_by_their_value(install, invoke, tmp_path):
+    """Integer scores are real numbers: accepted, ranked like the floats they equal."""
+    install("ints", """
+        def scores(ctx):
+            return {n: (w.abs() * 2**20).round().long() for n, w in ctx.weights.items()}
+
+        @hookimpl
+        def register_pruning_strategies(register):
+            register(PruningStrategy("ints", scores))
+    """)
+    result = invoke("run", *SMALL, "--rounds", "2", "--prune", "ints", "--out", "ints")
+    assert result.returncode == 0, result.stderr
+    magnitude = invoke("run", *SMALL, "--rounds", "2", "--out", "magnitude")
+    assert magnitude.returncode == 0
+    kept = {name: pd.read_csv(tmp_path / name / "layers.csv")["remaining"].tolist()
+            for name in ("ints", "magnitude")}  # fmt: skip
+    assert kept["ints"] == kept["magnitude"]
+
+
+def test_a_misspelled_hook_or_a_name_registered_twice_skips_only_that_plugin(install, invoke,
+                                                                            tmp_path):
+    """One bad package no longer stops every command (``plugins`` and ``--help`` included)."""
+    install("typo", """
+        @hookimpl
+        def register_model(register):
+            pass
+    """)
+    install("twice", """
+        def scores(ctx):
+            return {n: w.abs() for n, w in ctx.weights.items()}
+
+        @hookimpl
+        def register_pruning_strategies(register):
+            register(PruningStrategy("dup", scores))
+            register(PruningStrategy("dup", scores))
+    """)
+    install("good", """
+        def scores(ctx):
+            return {n: -w.abs() for n, w in ctx.weights.items()}
+
+        @hookimpl
+        def register_pruning_strategies(register):
+            register(PruningStrategy("largest", scores))
+    """)
+    listing = invoke("plugins")
+    assert listing.returncode == 0, listing.stderr
+    assert ("typo  (contract_typo 0.1) BROKEN: implements unknown hook 'register_model' (did you "
+            "mean 'register_models'?)") in listing.stdout  # fmt: skip
+    assert ("twice  (contract_twice 0.1) BROKEN: register_pruning_strategies: registered pruning "
+            "strategy 'dup' twice") in listing.stdout  # fmt: skip
+    assert "registers pruning strategy largest" in listing.stdout
+    warnings = [line for line in listing.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 2 and all(line.startswith("Warning: plugin '") for line in warnings)
+    help_text = invoke("run", "--help")
+    assert help_text.returncode == 0 and "largest" in help_text.stdout
+    ok = invoke("run", *SMALL, "--rounds", "2", "--prune", "largest", "--out", "run")
+    assert ok.returncode == 0, ok.stderr
 
 
 def test_pruning_at_init_follows_imps_schedule_from_theta0(invoke, tmp_path):

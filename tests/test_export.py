@@ -205,3 +205,33 @@ def test_a_run_without_recorded_shapes_needs_a_model(run, tmp_path):
     assert load_ticket(tmp_path / "t.pt", model=model) is model
     with pytest.raises(LotteryError, match="input_shape/num_classes"):
         export_ticket(old, 1, tmp_path / "p.pt", pruned=True)
+
+
+def test_a_fresh_runs_ticket_and_its_exports_rebuild_each_rounds_network(sample_data, tmp_path):
+    """export -> load_ticket round trip, and the run's own ticket.pt without ``model=``: the
+    loaded network gives the logits the run's network gave when that round started (its mask,
+    its starting weights)."""
+    from lottery_core.hookspecs import hookimpl
+    from lottery_core.plugins import build_manager, collect
+
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    logits: dict[int, torch.Tensor] = {}
+
+    class Probe:
+        @hookimpl
+        def on_round_start(self, round_index, model):
+            with torch.no_grad():
+                logits[round_index] = model(x).clone()
+
+    plugins = collect(build_manager(load_entrypoints=False, extra=[Probe()]))
+    run = tmp_path / "run"
+    runs.start(Experiment(make_config(**BUDGET), plugins=plugins, data=sample_data), run,
+               progress=False)  # fmt: skip
+    assert sorted(logits) == [0, 1, 2]
+    own = load_ticket(run / "ticket.pt").eval()  # the last round's ticket, from the file alone
+    with torch.no_grad():
+        assert torch.equal(own(x), logits[2])
+    for k in (0, 1, 2):
+        export_ticket(run, k, tmp_path / f"r{k}.pt")
+        with torch.no_grad():
+            assert torch.equal(load_ticket(tmp_path / f"r{k}.pt").eval()(x), logits[k])

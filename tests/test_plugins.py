@@ -14,7 +14,7 @@ from lottery_core import hookspecs
 from lottery_core.errors import LotteryError
 from lottery_core.hookspecs import hookimpl
 from lottery_core.plugins import build_manager, collect
-from lottery_core.specs import ModelSpec
+from lottery_core.specs import ModelSpec, PruningStrategy
 
 from .conftest import ROOT
 
@@ -74,26 +74,99 @@ def test_builtins_come_through_the_same_hooks():
     assert plugins.reinits.names() == ["none", "random", "rewind"]
 
 
-def test_misspelled_hook_fails_loudly():
+def test_a_misspelled_hook_marks_only_its_plugin_broken(capsys):
+    """``check_pending`` used to stop every command: now the plugin is skipped, with one
+    ``Warning:`` line, and listed as broken; the other plugins keep working."""
+
     class Typo:
         @hookimpl
         def register_model(self, register):  # should be register_models
             pass
 
-    with pytest.raises(LotteryError, match="register_model"):
-        build_manager(load_entrypoints=False, extra=[Typo()])
+        @hookimpl
+        def register_pruning_strategies(self, register):
+            register(PruningStrategy("typo_strategy", lambda ctx: {}))
+
+    broken: dict[str, str] = {}
+    plugins = collect(build_manager(load_entrypoints=False, extra=[Typo()], broken=broken), broken)
+    reason = "implements unknown hook 'register_model' (did you mean 'register_models'?)"
+    assert broken == {"Typo": reason}
+    assert capsys.readouterr().err == f"Warning: plugin 'Typo' is skipped: {reason}\n"
+    assert "typo_strategy" not in plugins.strategies.names()
+    assert plugins.strategies.names() == ["magnitude", "random"]
+    assert plugins.models.get("lenet_fc").name == "lenet_fc"
+    assert [row["broken"] for row in plugins.describe() if row["name"] == "Typo"] == [reason]
 
 
-def test_two_plugins_registering_one_name_is_an_error_naming_both():
+def test_a_hook_implementation_that_does_not_fit_its_hook_marks_its_plugin_broken(capsys):
+    class Misfit:
+        @hookimpl
+        def on_round_end(self, round_idx):  # not an argument of on_round_end
+            pass
+
+    broken: dict[str, str] = {}
+    plugins = collect(build_manager(load_entrypoints=False, extra=[Misfit()], broken=broken),
+                      broken)  # fmt: skip
+    assert broken["Misfit"].startswith("invalid hook implementation: ")
+    assert "round_idx" in broken["Misfit"]
+    assert not plugins.manager.has_plugin("Misfit") and plugins.models.names()
+    assert capsys.readouterr().err.startswith("Warning: plugin 'Misfit' is skipped: invalid")
+
+
+def test_a_plugin_registering_one_name_twice_is_broken_and_dropped_everywhere(capsys):
+    def build(shape, classes):
+        return None
+
+    class Twice:
+        @hookimpl
+        def register_models(self, register):
+            register(ModelSpec("twin", build))
+            register(ModelSpec("twin", build))
+
+        @hookimpl
+        def register_pruning_strategies(self, register):
+            register(PruningStrategy("twin_strategy", lambda ctx: {}))
+
+    broken: dict[str, str] = {}
+    plugins = collect(build_manager(load_entrypoints=False, extra=[Twice()], broken=broken), broken)
+    assert broken == {"Twice": "register_models: registered model 'twin' twice"}
+    assert "twin" not in plugins.models.names()
+    assert "twin_strategy" not in plugins.strategies.names()
+    assert plugins.models.get("lenet_fc").name == "lenet_fc"
+    assert capsys.readouterr().err == (
+        "Warning: plugin 'Twice' is skipped: register_models: registered model 'twin' twice\n"
+    )
+
+
+def test_two_plugins_registering_one_name_leave_it_unusable_naming_both(capsys):
+    """Neither claimant is picked silently: the name is an error naming both when used, and a
+    ``Warning:`` line at start-up; every other name of both plugins keeps working."""
+
+    def build(shape, classes):
+        return None
+
     class Impostor:
         @hookimpl
         def register_models(self, register):
-            register(ModelSpec("lenet_fc", lambda shape, classes: None))
+            register(ModelSpec("lenet_fc", build))
+            register(ModelSpec("impostor_mlp", build))
 
-    manager = build_manager(load_entrypoints=False, extra=[Impostor()])
+    plugins = collect(build_manager(load_entrypoints=False, extra=[Impostor()]))
     with pytest.raises(LotteryError, match="'lenet_fc' is registered twice") as error:
-        collect(manager)
-    assert "'models'" in str(error.value) and "'Impostor'" in str(error.value)
+        plugins.models.get("lenet_fc")
+    assert "plugin 'models'" in str(error.value) and "plugin 'Impostor'" in str(error.value)
+    assert "lenet_fc" in plugins.models.names()  # a CLI choice, so that the run says why not
+    assert plugins.models.get("impostor_mlp").build is build
+    assert plugins.models.get("lenet_conv").name == "lenet_conv"
+    assert capsys.readouterr().err == (
+        "Warning: model 'lenet_fc' is registered by plugin 'models' and by plugin 'Impostor'; "
+        "neither is used, and a run that names it stops, until one is uninstalled or skipped "
+        "(LOTTERY_BLOCK_PLUGINS)\n"
+    )
+    rows = {row["name"]: row for row in plugins.describe()}
+    assert "model lenet_fc (UNUSABLE: registered by plugin 'models' and by plugin 'Impostor')" in (
+        rows["Impostor"]["registers"]
+    )
 
 
 def test_unknown_name_lists_the_known_ones():
