@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 INTERRUPTED = 130
 
@@ -36,7 +38,9 @@ from pathlib import Path  # noqa: E402
 import click  # noqa: E402
 
 from lottery_core.errors import Interrupted, LotteryError, command  # noqa: E402
-from lottery_core.plugins import Plugins, get_plugins  # noqa: E402
+
+if TYPE_CHECKING:
+    from lottery_core.plugins import Plugins
 
 USAGE_ERROR = 2
 
@@ -45,89 +49,139 @@ def fail(message: str) -> None:
     raise LotteryError(message)
 
 
-def build_cli(plugins: Plugins) -> click.Group:
-    """The click group, with choices taken from ``plugins``."""
-    from lottery_core.options import config_flags, with_config_options
+class LazyGroup(click.Group):
+    """A group whose plugin-dependent commands are built on first use (``lazy``: name ->
+    factory, whose docstring is the command's short help), so ``--help`` and the commands that
+    need no plugin start without loading the plugins, and with them torch."""
 
-    @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, Callable[[], click.Command]] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            self.add_command(self.lazy[cmd_name](), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.lazy and name not in self.commands:
+                rows.append((name, (self.lazy[name].__doc__ or "").strip().split("\n")[0]))
+            else:
+                command = super().get_command(ctx, name)
+                if command is not None and not command.hidden:
+                    rows.append((name, command.get_short_help_str(formatter.width - 6)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def build_cli(plugins: Callable[[], Plugins]) -> click.Group:
+    """The click group; ``plugins()`` gives the installed plugins (choices, ``plugins``), asked
+    only by the commands that need them."""
+
+    @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
     def cli() -> None:
         """lottery: lottery-ticket experiments (iterative magnitude pruning) with plugins."""
 
-    @with_config_options(plugins)
-    @cli.command()
-    @click.option(
-        "--config",
-        "config_file",
-        type=click.Path(path_type=Path),
-        help="TOML or JSON file of settings; flags override it.",
-    )
-    @click.option(
-        "--resume", type=click.Path(path_type=Path), help="Continue the stopped run in this folder."
-    )
-    @click.option(
-        "--from-previous",
-        is_flag=True,
-        help="With --resume: continue from checkpoint.prev.pt (the round before) when "
-        "checkpoint.pt is damaged; the damaged one is kept as checkpoint.damaged.pt.",
-    )
-    @click.option(
-        "--trials",
-        type=int,
-        default=1,
-        show_default=True,
-        help="Independent trials (seeds seed, seed+1, ...).",
-    )
-    @click.option(
-        "--controls", is_flag=True, help="Also run the random-reinit and random-pruning controls."
-    )
-    @click.option(
-        "--workers",
-        type=int,
-        help="With --trials/--controls: run them on this many Ray workers at once (one "
-        "process each; threads split the cores).",
-    )
-    @click.option("--quiet", is_flag=True, help="No progress bar.")
-    def run(config_file, resume, from_previous, trials, controls, workers, quiet, **values) -> None:
+    def run_command() -> click.Command:
         """Run an IMP experiment and print its per-round table."""
-        from lottery_core.api import resume_experiment, run_experiment, run_trials
-        from lottery_core.config import make_config
-        from lottery_core.tables import aggregate_table, summary_table
+        from lottery_core.options import config_flags, with_config_options
 
-        flags = config_flags(values)
-        if trials < 1:
-            fail(f"--trials must be at least 1 (got {trials})")
-        if from_previous and resume is None:
-            fail("--from-previous goes with --resume DIR")
-        if workers is not None and resume is None and trials == 1 and not controls:
-            fail("--workers runs --trials/--controls in parallel; a single run is one process")
-        if resume is not None:
-            given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
-            given += ["--config"] if config_file else []
-            if given:
-                fail(f"--resume continues a run as configured; drop {', '.join(given)}")
-            result = resume_experiment(
-                resume, progress=not quiet, from_previous=from_previous, workers=workers
-            )
-        else:
-            config = make_config(config_file, **flags)
-            if trials > 1 or controls:
-                result = run_trials(
-                    config, trials=trials, controls=controls, progress=not quiet, workers=workers
+        @with_config_options(plugins())
+        @click.command("run")
+        @click.option(
+            "--config",
+            "config_file",
+            type=click.Path(path_type=Path),
+            help="TOML or JSON file of settings; flags override it.",
+        )
+        @click.option(
+            "--resume",
+            type=click.Path(path_type=Path),
+            help="Continue the stopped run in this folder.",
+        )
+        @click.option(
+            "--from-previous",
+            is_flag=True,
+            help="With --resume: continue from checkpoint.prev.pt (the round before) when "
+            "checkpoint.pt is damaged; the damaged one is kept as checkpoint.damaged.pt.",
+        )
+        @click.option(
+            "--trials",
+            type=int,
+            default=1,
+            show_default=True,
+            help="Independent trials (seeds seed, seed+1, ...).",
+        )
+        @click.option(
+            "--controls",
+            is_flag=True,
+            help="Also run the random-reinit and random-pruning controls.",
+        )
+        @click.option(
+            "--workers",
+            type=int,
+            help="With --trials/--controls: run them on this many Ray workers at once (one "
+            "process each; threads split the cores).",
+        )
+        @click.option("--quiet", is_flag=True, help="No progress bar.")
+        def run(
+            config_file, resume, from_previous, trials, controls, workers, quiet, **values
+        ) -> None:
+            """Run an IMP experiment and print its per-round table."""
+            from lottery_core.api import resume_experiment, run_experiment, run_trials
+            from lottery_core.config import make_config
+            from lottery_core.tables import aggregate_table, summary_table
+
+            flags = config_flags(values)
+            if trials < 1:
+                fail(f"--trials must be at least 1 (got {trials})")
+            if from_previous and resume is None:
+                fail("--from-previous goes with --resume DIR")
+            if workers is not None and resume is None and trials == 1 and not controls:
+                fail("--workers runs --trials/--controls in parallel; a single run is one process")
+            if resume is not None:
+                given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+                given += ["--config"] if config_file else []
+                if given:
+                    fail(f"--resume continues a run as configured; drop {', '.join(given)}")
+                result = resume_experiment(
+                    resume, progress=not quiet, from_previous=from_previous, workers=workers
                 )
             else:
-                result = run_experiment(config, progress=not quiet)
-        click.echo(f"data: {result.data_source}")
-        if hasattr(result, "aggregate"):
-            click.echo(aggregate_table(result.aggregate))
-        else:
-            click.echo(summary_table(result.results))
-        click.echo(f"results written to {result.run_dir}")
+                config = make_config(config_file, **flags)
+                if trials > 1 or controls:
+                    result = run_trials(
+                        config,
+                        trials=trials,
+                        controls=controls,
+                        progress=not quiet,
+                        workers=workers,
+                    )
+                else:
+                    result = run_experiment(config, progress=not quiet)
+            click.echo(f"data: {result.data_source}")
+            if hasattr(result, "aggregate"):
+                click.echo(aggregate_table(result.aggregate))
+            else:
+                click.echo(summary_table(result.results))
+            click.echo(f"results written to {result.run_dir}")
+
+        return run
+
+    assert isinstance(cli, LazyGroup)
+    cli.lazy["run"] = run_command
 
     @cli.command("plugins")
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     def list_plugins(as_json: bool) -> None:
         """List every plugin, where it comes from and what it registers."""
-        rows = plugins.describe()
+        rows = plugins().describe()
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
@@ -274,6 +328,13 @@ def add_sweep_commands(cli: click.Group) -> None:
         click.echo(status_text(folder))
 
 
+def plugins() -> Plugins:
+    """The installed plugins (loaded once per process; importing them imports torch)."""
+    from lottery_core.plugins import get_plugins
+
+    return get_plugins()
+
+
 def warning_line(
     message: Warning | str,
     category: type[Warning],
@@ -315,7 +376,7 @@ def _main(argv: list[str] | None) -> None:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = warning_line
-            cli = build_cli(get_plugins())
+            cli = build_cli(plugins)
             cli.main(args=argv, prog_name="cli.py", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

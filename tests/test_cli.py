@@ -4,6 +4,7 @@ one real subprocess run end to end."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -221,3 +222,17 @@ def test_config_file_values_are_strictly_typed(tmp_path, invoke, text, fragments
 
 def test_report_refuses_a_nan_tolerance(invoke):
     assert_usage_error(invoke("report", "anything", "--tolerance", "nan"), "--tolerance")
+
+
+def test_top_level_help_lists_every_command_without_loading_torch(cli_env):
+    """``cli.py --help`` (and the commands that need no plugin) start without the plugins and
+    torch; ``run`` is built with its plugin choices when it is used."""
+    code = ("import sys, cli\n"
+            "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch loaded:', 'torch' in sys.modules)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=cli_env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert "torch loaded: False" in done.stdout, done.stdout + done.stderr
+    for name in ("export", "plugins", "report", "run", "sweep"):
+        assert re.search(rf"^  {name}\s+\S", done.stdout, re.M), done.stdout
+    assert "Run an IMP experiment" in done.stdout
