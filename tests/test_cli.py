@@ -22,7 +22,7 @@ def cli(*args, cwd, env=None):
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1800,  # a hang guard
     )
 
 
@@ -35,6 +35,7 @@ def assert_usage_error(result, *fragments):
         assert fragment in lines[0]
 
 
+@pytest.mark.slow
 def test_run_end_to_end_on_the_sample(tmp_path, cli_env, invoke):
     result = cli("run", *SMALL, "--rounds", "3", "--prune", "magnitude", "--reinit", "rewind",
                  cwd=tmp_path, env=cli_env)  # fmt: skip
