@@ -12,7 +12,8 @@ import pytest
 
 from .conftest import ROOT
 
-SMALL = ["--dataset", "mnist-sample", "--iterations", "100", "--eval-every", "50", "--quiet"]
+SMALL = ["--dataset", "mnist-sample", "--iterations", "100", "--eval-every", "50", "--quiet",
+         "--threads", "1"]  # fmt: skip
 
 
 def cli(*args, cwd, env=None):

@@ -145,7 +145,7 @@ def test_lifecycle_hooks_see_every_round_and_evaluation(sample_data, tmp_path):
             calls.append(("on_experiment_end", len(results), run_dir))
 
     plugins = collect(build_manager(load_entrypoints=False, extra=[Recorder()]))
-    config = make_config(dataset="mnist-sample", rounds=2, iterations=100, eval_every=50)
+    config = make_config(dataset="mnist-sample", rounds=2, iterations=100, eval_every=50, threads=1)
     experiment = Experiment(config, plugins=plugins, data=sample_data)
     runs.start(experiment, tmp_path / "run", progress=False)
     assert calls == [
