@@ -21,6 +21,19 @@ from lottery_core.resolution import resolve  # noqa: E402
 TINY = dict(dataset="mnist-sample", iterations=150, eval_every=50, batch_size=60)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Code that trains outside a run (``Experiment.train``, scores) on one thread: the models
+    are tiny, and on a busy machine a second thread costs several times the CPU. A run still
+    sets its own ``threads`` and gives this one back (tests/test_training.py checks both)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def plugins():
     return get_plugins()

@@ -9,7 +9,7 @@ from lottery_core import ExperimentRunner, LotteryError, make_config, run_experi
 
 
 def test_run_experiment_returns_the_tables(tmp_path, plugins):
-    config = make_config(dataset="mnist-sample", rounds=2, iterations=100, eval_every=50)
+    config = make_config(dataset="mnist-sample", rounds=2, iterations=100, eval_every=50, threads=1)
     result = run_experiment(config, out=tmp_path / "run", progress=False)
     assert isinstance(result.results, pd.DataFrame)
     assert list(result.results["round"]) == [0, 1]

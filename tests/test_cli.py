@@ -13,7 +13,8 @@ import pytest
 
 from .conftest import ROOT
 
-SMALL = ["--dataset", "mnist-sample", "--iterations", "100", "--eval-every", "50", "--quiet"]
+SMALL = ["--dataset", "mnist-sample", "--iterations", "100", "--eval-every", "50", "--quiet",
+         "--threads", "1"]  # fmt: skip
 
 
 def cli(*args, cwd, env=None):
@@ -23,7 +24,7 @@ def cli(*args, cwd, env=None):
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1800,  # a hang guard
     )
 
 
@@ -36,6 +37,7 @@ def assert_usage_error(result, *fragments):
         assert fragment in lines[0]
 
 
+@pytest.mark.slow
 def test_run_end_to_end_on_the_sample(tmp_path, cli_env, invoke):
     result = cli("run", *SMALL, "--rounds", "3", "--prune", "magnitude", "--reinit", "rewind",
                  cwd=tmp_path, env=cli_env)  # fmt: skip

@@ -18,7 +18,8 @@ import torch
 from lottery_core.errors import PluginError
 from lottery_core.plugins import get_plugins
 
-SMALL = ["--dataset", "mnist-sample", "--iterations", "50", "--eval-every", "50", "--quiet"]
+SMALL = ["--dataset", "mnist-sample", "--iterations", "50", "--eval-every", "50", "--quiet",
+         "--threads", "1"]  # fmt: skip
 
 HEADER = """
 import torch
@@ -300,7 +301,7 @@ def test_masks_that_regain_a_one_between_rounds_are_caught(plugins, sample_data)
 
     from .conftest import TINY
 
-    exp = Experiment(make_config(**TINY, rounds=3), plugins=plugins, data=sample_data)
+    exp = Experiment(make_config(**TINY, rounds=3, threads=1), plugins=plugins, data=sample_data)
     state = exp.start()
     with Progress(0, enabled=False) as bar:
         exp.train(state, 0, bar)

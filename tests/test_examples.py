@@ -73,7 +73,7 @@ def site(tmp_path_factory) -> Path:
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
          "--no-index", "--target", str(target), str(source)],
-        check=True, capture_output=True, timeout=300,
+        check=True, capture_output=True, timeout=1800,  # a hang guard
     )  # fmt: skip
     entry_points = list(target.glob("lottery_examples-*.dist-info/entry_points.txt"))
     assert entry_points and "[lottery]" in entry_points[0].read_text()
@@ -91,7 +91,7 @@ def runs(site, tmp_path_factory) -> dict[str, dict]:
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{site}")
     done = subprocess.run(
         [sys.executable, "-c", DRIVER, json.dumps(argvs)],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+        cwd=work, env=env, capture_output=True, text=True, timeout=1800,  # a hang guard
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
@@ -209,14 +209,28 @@ def examples(site) -> ModuleType:
     """``lottery_examples`` imported from the pip-installed copy, without putting the site
     folder on ``sys.path`` (so other tests' plugin discovery never sees it)."""
     folder = site / "lottery_examples"
+
+    def imported() -> dict[str, ModuleType]:
+        return {n: m for n, m in sys.modules.items() if n.split(".")[0] == "lottery_examples"}
+
+    # A copy the user installed (examples/README.md: pip install -e ...) may be imported
+    # already: set it aside, or its submodules would stand in for this copy's.
+    before = imported()
+    for name in before:
+        del sys.modules[name]
     spec = importlib.util.spec_from_file_location(
         "lottery_examples", folder / "__init__.py", submodule_search_locations=[str(folder)]
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["lottery_examples"] = module
-    spec.loader.exec_module(module)
-    return module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        for name in imported():
+            del sys.modules[name]
+        sys.modules.update(before)
 
 
 def context(plugins, data, model_name: str, prune_fraction: float = 0.0) -> PruningContext:

@@ -26,7 +26,7 @@ def installed_plugin(tmp_path_factory) -> Path:
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
          "--no-index", "--target", str(target), str(ROOT / "tests" / "example_plugin")],
-        check=True, capture_output=True, timeout=300,
+        check=True, capture_output=True, timeout=1800,  # a hang guard
     )  # fmt: skip
     assert list(target.glob("lottery_example_plugin-*.dist-info/entry_points.txt"))
     return target
@@ -36,10 +36,11 @@ def cli_with(site: Path, *args, cwd: Path):
     env = {"PYTHONPATH": f"{ROOT}:{site}", "PATH": "/usr/bin:/bin"}
     return subprocess.run(
         [sys.executable, str(ROOT / "cli.py"), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=1800,  # a hang guard
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_installed_package_appears_in_plugins_and_help(installed_plugin, tmp_path):
     listing = cli_with(installed_plugin, "plugins", cwd=tmp_path)
     assert listing.returncode == 0, listing.stderr
@@ -51,6 +52,7 @@ def test_installed_package_appears_in_plugins_and_help(installed_plugin, tmp_pat
     assert "tiny_mlp" in help_text and "largest" in help_text
 
 
+@pytest.mark.slow
 def test_installed_plugin_runs_end_to_end(installed_plugin, tmp_path):
     result = cli_with(installed_plugin, "run", "--model", "tiny_mlp", "--prune", "largest",
                       "--iterations", "60", "--eval-every", "30", "--out", "run", "--quiet",
@@ -216,7 +218,7 @@ def test_lifecycle_hooks_see_every_round_and_evaluation(sample_data, tmp_path):
             calls.append(("on_experiment_end", len(results), run_dir))
 
     plugins = collect(build_manager(load_entrypoints=False, extra=[Recorder()]))
-    config = make_config(dataset="mnist-sample", rounds=2, iterations=100, eval_every=50)
+    config = make_config(dataset="mnist-sample", rounds=2, iterations=100, eval_every=50, threads=1)
     experiment = Experiment(config, plugins=plugins, data=sample_data)
     runs.start(experiment, tmp_path / "run", progress=False)
     assert calls == [

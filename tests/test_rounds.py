@@ -16,7 +16,10 @@ from .conftest import TINY
 
 
 def experiment(plugins, data, **changes) -> Experiment:
-    return Experiment(make_config(**{**TINY, "rounds": 3, **changes}), plugins=plugins, data=data)
+    # One thread: on a busy machine two threads a run cost several times the CPU, and the
+    # numbers do not depend on it (tests/test_training.py).
+    config = make_config(**{**TINY, "rounds": 3, "threads": 1, **changes})
+    return Experiment(config, plugins=plugins, data=data)
 
 
 def trained_round_zero(plugins, data, **changes) -> tuple[Experiment, RunState, dict]:
