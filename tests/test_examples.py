@@ -253,7 +253,8 @@ def context(plugins, data, model_name: str, prune_fraction: float = 0.0) -> Prun
 
     def batches(count):
         for i in range(count):
-            yield data.train_x[60 * i : 60 * (i + 1)], data.train_y[60 * i : 60 * (i + 1)]
+            rows = slice(60 * i, 60 * (i + 1))
+            yield data.images(data.train_x[rows]), data.train_y[rows]
 
     return PruningContext(
         model=model, masks={n: m.weight_mask.clone() for n, m in layers.items()},
