@@ -40,6 +40,7 @@ def test_experiment_runner_accepts_the_seed_projects_keywords(tmp_path):
         device="cpu",
         results_dir=tmp_path,
         eval_every=50,
+        threads=1,
     )
     frame = runner.run(progress=False)
     assert list(frame.columns[:5]) == ["round", "remaining", "ES", "val", "test"]

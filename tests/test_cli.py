@@ -66,7 +66,7 @@ def test_run_end_to_end_on_the_sample(tmp_path, cli_env, invoke):
 def test_the_mnist_fallback_warning_is_one_line_on_stderr(tmp_path, invoke):
     result = invoke("run", "--dataset", "mnist", "--no-download", "--data-dir", "empty",
                     "--iterations", "50", "--eval-every", "50", "--rounds", "1",
-                    "--quiet")  # fmt: skip
+                    "--threads", "1", "--quiet")  # fmt: skip
     assert result.returncode == 0, result.stderr
     said = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(said) == 1 and said[0].startswith("WARNING: MNIST not found under empty"), said
@@ -76,12 +76,14 @@ def test_the_mnist_fallback_warning_is_one_line_on_stderr(tmp_path, invoke):
 def test_config_file_then_flags_override(tmp_path, invoke):
     (tmp_path / "exp.toml").write_text(
         'dataset = "mnist-sample"\nrounds = 2\niterations = 100\neval-every = 50\nlr = 0.002\n'
+        "threads = 1\n"
     )
     result = invoke("run", "--config", "exp.toml", "--rounds", "1", "--out", "run", "--quiet")
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
     assert config["rounds"] == 1 and config["lr"] == 0.002 and config["eval_every"] == 50
-    settings = {"dataset": "mnist-sample", "rounds": 1, "iterations": 60, "eval_every": 30}
+    settings = {"dataset": "mnist-sample", "rounds": 1, "iterations": 60, "eval_every": 30,
+                "threads": 1}
     (tmp_path / "exp.json").write_text(json.dumps(settings))
     result = invoke("run", "--config", "exp.json", "--out", "run2", "--quiet")
     assert result.returncode == 0, result.stderr

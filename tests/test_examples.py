@@ -116,6 +116,7 @@ def layer_pct(run: dict) -> dict[tuple[int, str], float]:
     return {(r.round, r.layer): round(r.remaining_pct, 1) for r in layers.itertuples()}
 
 
+@pytest.mark.slow
 def test_installed_package_registers_every_strategy(runs):
     listing = runs["plugins"]
     assert listing["code"] == 0, listing["stderr"]
@@ -124,6 +125,7 @@ def test_installed_package_registers_every_strategy(runs):
         assert f"registers pruning strategy {name}" in listing["stdout"]
 
 
+@pytest.mark.slow
 def test_every_strategy_runs_at_init_and_under_imp(runs):
     for name in RUNS:
         if name == "movement-init":
@@ -139,6 +141,7 @@ def test_every_strategy_runs_at_init_and_under_imp(runs):
     assert synflow["config"]["init_steps"] == 10
 
 
+@pytest.mark.slow
 def test_unstructured_strategies_follow_the_schedule(runs):
     """fc layers lose 20% a round, the output layer 10%: 100, 80.0, 64.1 remaining overall."""
     for name in UNSTRUCTURED:
@@ -150,6 +153,7 @@ def test_unstructured_strategies_follow_the_schedule(runs):
         assert [pct[2, "1"], pct[2, "3"], pct[2, "5"]] == [64.0, 64.0, 81.0], name
 
 
+@pytest.mark.slow
 def test_masks_under_imp_only_lose_ones(runs):
     for name in [n for n in RUNS if n.endswith("imp")]:
         masks = [masks_of(runs[name], r) for r in range(3)]
@@ -161,6 +165,7 @@ def test_masks_under_imp_only_lose_ones(runs):
             ), name
 
 
+@pytest.mark.slow
 def test_neuron_removes_whole_rows_of_hidden_fc_layers_only(runs):
     for name in ["neuron-imp", "neuron-init"]:
         run = runs[name]
@@ -177,6 +182,7 @@ def test_neuron_removes_whole_rows_of_hidden_fc_layers_only(runs):
         assert [int(masks_of(run, r)["1"].all(dim=1).sum()) for r in (1, 2)] == [240, 192], name
 
 
+@pytest.mark.slow
 def test_data_dependent_strategies_at_init_choose_their_own_masks(runs):
     """At θ0, SNIP, GraSP and SynFlow each keep the same counts as magnitude but other weights."""
     magnitude = masks_of(runs["magnitude-init"], 1)
@@ -192,6 +198,7 @@ def test_data_dependent_strategies_at_init_choose_their_own_masks(runs):
     assert not torch.equal(chosen["snip"], chosen["synflow"])
 
 
+@pytest.mark.slow
 def test_movement_at_init_stops_with_one_line_and_keeps_round_zero(runs):
     run = runs["movement-init"]
     assert run["code"] == 2

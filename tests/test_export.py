@@ -21,7 +21,7 @@ from lottery_core.experiment import Experiment, derive_seeds
 from lottery_core.export import export_ticket, load_ticket
 from lottery_core.plugins import get_plugins
 
-BUDGET = dict(dataset="mnist-sample", rounds=3, iterations=100, eval_every=25, seed=3)
+BUDGET = dict(dataset="mnist-sample", rounds=3, iterations=100, eval_every=25, seed=3, threads=1)
 
 
 def run_into(folder: Path, data, **overrides) -> Path:
@@ -111,6 +111,7 @@ def test_ticket_starts_from_the_initial_weights(run, sample_data, tmp_path):
         assert not torch.equal(weight, before[layer.name])
 
 
+@pytest.mark.slow
 def test_pruned_model_loads_with_plain_torch_and_matches_the_ticket(run, tmp_path):
     info = export_ticket(run, 2, tmp_path / "pruned.pt", pruned=True)
     export_ticket(run, 2, tmp_path / "ticket.pt")

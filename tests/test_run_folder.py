@@ -277,6 +277,7 @@ with rundir.locked(sys.argv[1]):
 """
 
 
+@pytest.mark.slow
 def test_a_held_folder_names_its_holder(folders, tmp_path, invoke, cli_env):
     shutil.copytree(folders["cut"], tmp_path / "run")
     (tmp_path / "fresh").mkdir()
