@@ -243,10 +243,21 @@ class Normalise:
     std: tuple[float, ...]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        mean, std = _channel_stats(self.mean, self.std, x.device)
         x = x.to(torch.float32, memory_format=torch.contiguous_format)
         return x.div_(255).sub_(mean).div_(std)
+
+
+@lru_cache(maxsize=16)
+def _channel_stats(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``1 x C x 1 x 1`` mean and std on ``device``, made once, not at every training step."""
+
+    def shaped(values: tuple[float, ...]) -> torch.Tensor:
+        return torch.tensor(values, device=device).view(1, -1, 1, 1)
+
+    return shaped(mean), shaped(std)
 
 
 @dataclass(frozen=True)
