@@ -53,6 +53,21 @@ def folders(tmp_path_factory, sample_data):
     }
 
 
+def invoke_with_ctrl_c_at_write(invoke, monkeypatch, when, *args):
+    """Run the CLI in process with Ctrl-C raised where a round would be written, whenever
+    ``when(folder, state)`` says so (other writes go ahead)."""
+    write_round = rundir.RunFolder.write_round
+
+    def write_or_interrupt(folder, state):
+        if when(folder, state):
+            raise KeyboardInterrupt
+        write_round(folder, state)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rundir.RunFolder, "write_round", write_or_interrupt)
+        return invoke(*args)
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file's bytes (the lock's holder pid aside: taking the lock rewrites it)."""
     return {p.name: (b"" if p.name == ".lock" else p.read_bytes()) for p in folder.iterdir()}
@@ -246,16 +261,9 @@ def test_ctrl_c_in_a_group_names_the_group_to_resume(tmp_path, invoke, monkeypat
     args = ["run", "--dataset", "mnist-sample", "--rounds", "2", "--iterations", "60",
             "--eval-every", "30", "--threads", "1", "--trials", "2", "--out", "group",
             *FLAGS]  # fmt: skip
-    write_round = rundir.RunFolder.write_round
-
-    def ctrl_c_in_trial_1(folder, state):
-        if folder.path.name == "trial_1":
-            raise KeyboardInterrupt
-        write_round(folder, state)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(rundir.RunFolder, "write_round", ctrl_c_in_trial_1)
-        interrupted = invoke(*args)
+    interrupted = invoke_with_ctrl_c_at_write(
+        invoke, monkeypatch, lambda folder, state: folder.path.name == "trial_1", *args
+    )
     assert interrupted.returncode == 130
     assert interrupted.stderr.strip() == (
         "Interrupted: every saved round of its runs is in group. Resume with: "
@@ -414,12 +422,8 @@ def test_a_run_that_fails_in_its_first_round_leaves_no_folder(tmp_path, invoke, 
                                                                     "of 'mnist-sample'")
     assert not (tmp_path / "run").exists()
 
-    def ctrl_c(*a, **k):
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(rundir.RunFolder, "write_round", ctrl_c)  # Ctrl-C while saving round 0
-        interrupted = invoke(*args)
+    # Ctrl-C while saving round 0
+    interrupted = invoke_with_ctrl_c_at_write(invoke, monkeypatch, lambda *_: True, *args)
     assert interrupted.returncode == 130
     assert interrupted.stderr.strip() == (
         "Interrupted before the first round finished; nothing was kept."
@@ -615,16 +619,9 @@ def pasted(line: str, cwd: Path) -> list[str]:
 def test_every_printed_command_is_quoted_for_the_shell(folders, tmp_path, invoke, monkeypatch):
     args = ["run", "--dataset", "mnist-sample", "--rounds", "3", "--iterations", "60",
             "--eval-every", "30", "--threads", "1", "--out", HOSTILE, *FLAGS]  # fmt: skip
-    write_round = rundir.RunFolder.write_round
-
-    def ctrl_c_in_round_1(folder, state):
-        if state.next_round == 2:
-            raise KeyboardInterrupt
-        write_round(folder, state)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(rundir.RunFolder, "write_round", ctrl_c_in_round_1)
-        stopped = invoke(*args)
+    stopped = invoke_with_ctrl_c_at_write(
+        invoke, monkeypatch, lambda folder, state: state.next_round == 2, *args
+    )
     assert stopped.returncode == 130
     assert pasted(stopped.stderr.strip(), tmp_path) == ["python", "cli.py", "run", "--resume",
                                                         HOSTILE]  # fmt: skip
