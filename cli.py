@@ -241,7 +241,7 @@ def build_cli(plugins: Callable[[], Plugins]) -> click.Group:
             out = run_dir / f"{'pruned' if pruned else 'ticket'}_round{round_index}.pt"
         if out.exists():
             fail(f"{str(out)!r} already exists; choose another --out")
-        info = export_ticket(run_dir, round_index, out, pruned=pruned)
+        info = export_ticket(run_dir, round_index, out, pruned=pruned, plugins=plugins())
         click.echo(
             f"{info['kind']} of round {info['round']} written to {info['path']}: "
             f"{info['bytes']:,} bytes, {info['nonzero']:,} of {info['total']:,} weights nonzero "
@@ -299,8 +299,8 @@ def add_sweep_commands(cli: click.Group) -> None:
         from lottery_core.sweep import run_sweep, summary_table
 
         result = run_sweep(
-            sweep_file, out=out, resume=resume, workers=workers, address=address,
-            progress=not quiet,
+            sweep_file, plugins=plugins(), out=out, resume=resume, workers=workers,
+            address=address, progress=not quiet,
         )  # fmt: skip
         if not result.results.empty:
             click.echo(summary_table(result.aggregate))
@@ -323,9 +323,9 @@ def add_sweep_commands(cli: click.Group) -> None:
     @click.argument("folder", type=click.Path(path_type=Path))
     def sweep_status(folder) -> None:
         """Every run's rounds, what runs now, and the failures of a sweep folder."""
-        from lottery_core.sweep import status_text
+        from lottery_core.sweep_status import status_text
 
-        click.echo(status_text(folder))
+        click.echo(status_text(folder, plugins()))
 
 
 def plugins() -> Plugins:

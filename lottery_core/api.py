@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir, runs
-from .config import ExperimentConfig, make_config
+from .config import ExperimentConfig, ResolvedConfig, make_config
+from .engine import plan
 from .errors import LotteryError, command
 from .experiment import Experiment, ExperimentResult
-from .group import GroupResult, continue_group, run_group
+from .group import GroupResult, continue_group, group_threads, run_group
 from .plugins import Plugins, get_plugins
 from .resolution import resolve
 
@@ -36,11 +37,13 @@ def run_experiment(
     ``config`` may be omitted and built from keyword ``overrides`` (the config's field names).
     Results go to ``out``, or to a new folder under ``results/`` named from the config.
     """
+    plugins = plugins or get_plugins()
     config = _with_overrides(config, overrides)
-    experiment = Experiment(config, plugins=plugins)
-    target = Path(out) if out is not None else experiment.config.out
+    resolved = config if isinstance(config, ResolvedConfig) else resolve(config, plugins)
+    experiment = Experiment(resolved, plugins=plugins)
+    target = Path(out) if out is not None else resolved.out
     if target is None:
-        target = rundir.default_run_dir(experiment.config.run_name())
+        target = rundir.default_run_dir(resolved.run_name())
     rundir.check_new(Path(target))
     return runs.start(experiment, Path(target), progress=progress)
 
@@ -59,15 +62,22 @@ def run_trials(
     """Run ``trials`` seeded trials of an experiment and, with ``controls``, its random-reinit
     and random-pruning controls branching off the same dense round; returns all rows and the
     per-round aggregate (mean, std, min, max). ``workers``: that many at once, on Ray."""
+    if trials < 1:
+        raise LotteryError(f"invalid config: trials must be at least 1 (got {trials})")
+    plugins = plugins or get_plugins()
     config = _with_overrides(config, overrides)
-    resolved = resolve(config, plugins or get_plugins())
+    engine_plan = None
+    if workers is not None:  # each worker's share of the cores, unless the config says
+        engine_plan = plan(workers, None, config.threads)
+        config = config.model_copy(update={"threads": engine_plan.threads})
+    resolved = resolve(config, plugins)
     target = Path(out) if out is not None else resolved.out
     if target is None:
         suffix = f"-trials{trials}" + ("-controls" if controls else "")
         target = rundir.default_run_dir(resolved.run_name() + suffix)
     return run_group(
-        config, Path(target), trials=trials, controls=controls, progress=progress,
-        plugins=plugins, workers=workers,
+        resolved, Path(target), plugins, trials=trials, controls=controls, progress=progress,
+        engine_plan=engine_plan,
     )  # fmt: skip
 
 
@@ -82,6 +92,7 @@ def resume_experiment(
     """Continue a stopped run (or trials/controls folder) from its last finished round; with
     ``from_previous``, a run from its previous checkpoint (``checkpoint.pt`` is damaged)."""
     run_dir = Path(run_dir)
+    plugins = plugins or get_plugins()
     found = rundir.kind(run_dir)
     if found == "group" and from_previous:
         raise LotteryError(
@@ -89,7 +100,8 @@ def resume_experiment(
             "folder; give the folder its error named"
         )
     if found == "group":
-        return continue_group(run_dir, progress=progress, plugins=plugins, workers=workers)
+        engine_plan = None if workers is None else plan(workers, None, group_threads(run_dir))
+        return continue_group(run_dir, plugins, progress=progress, engine_plan=engine_plan)
     if found == "sweep":
         raise LotteryError(
             f"{str(run_dir)!r} is a sweep folder; continue it with: "

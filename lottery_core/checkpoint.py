@@ -29,12 +29,11 @@ import torch
 
 from . import files
 from .errors import LotteryError
+from .paths import CHECKPOINT, PREVIOUS
 from .state import RunState
 
 FORMAT = "lottery-checkpoint"
 VERSION = 2
-FILENAME = "checkpoint.pt"
-PREVIOUS = "checkpoint.prev.pt"
 
 
 def run_identity(meta: dict[str, Any]) -> str:
@@ -114,7 +113,7 @@ def save(
     files.atomic_write(path, write)
 
 
-def read(run_dir: Path, name: str = FILENAME) -> dict[str, Any]:
+def read(run_dir: Path, name: str = CHECKPOINT) -> dict[str, Any]:
     """The checkpoint body ``name`` of ``run_dir``, or one line saying why it cannot be
     trusted."""
     path = Path(run_dir) / name

@@ -147,6 +147,28 @@ class ExperimentConfig(BaseModel):
         )
 
 
+class ResolvedConfig(ExperimentConfig):
+    """A config as it runs: resolved against the plugins (``resolution.resolve``), so what the
+    model fills in is set. ``conv_rate`` and ``output_rate`` stay ``None`` under global scope.
+    Every ``config.json`` holds one."""
+
+    dataset: str = Field(description="Dataset.", json_schema_extra={"plugin": "datasets"})
+    rate: float = Field(gt=0, lt=1, description="Per-round rate.")
+    rounds: int = Field(ge=1, description="Rounds, the dense one included.")
+    iterations: int = Field(ge=1, description="Training iterations a round.")
+    batch_size: int = Field(ge=1, description="Minibatch size.")
+    lr: float = Field(gt=0, description="Adam learning rate.")
+    threads: int = Field(ge=1, description="Most intra-op CPU threads.")
+
+
+def config_of(meta: dict[str, Any], where: str = "config.json") -> ResolvedConfig:
+    """The resolved config a ``config.json`` (a run's, a group's) records, or one line."""
+    try:
+        return ResolvedConfig(**meta["config"])
+    except (ValidationError, KeyError, TypeError) as exc:  # another schema, a hand edit
+        raise LotteryError(f"{where} holds an unusable config: {exc}".splitlines()[0]) from None
+
+
 # Where a run is stored or run, and what only --controls reads: not part of its identity.
 NOT_IDENTITY = {
     "out", "device", "data_dir", "download", "threads", "thread_rule", "control_prune",
@@ -220,9 +242,7 @@ def check_file_types(values: dict[str, Any], source: str) -> None:
             wants_float and (is_bool or not isinstance(value, (int, float)))
         ):
             kind = "an integer" if wants_int else "a number"
-            raise LotteryError(
-                f"invalid config in {source}: {name} must be {kind} (got {value!r})"
-            )
+            raise LotteryError(f"invalid config in {source}: {name} must be {kind} (got {value!r})")
         if field.annotation is bool and not is_bool:  # ``download = "no"`` would be False
             raise LotteryError(
                 f"invalid config in {source}: {name} must be true or false (got {value!r})"

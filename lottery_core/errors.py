@@ -52,3 +52,10 @@ class Interrupted(Exception):
         self.run_dir = run_dir
         self.next_round = next_round
         self.kept = kept or f"rounds before round {next_round} are saved in {run_dir}"
+
+
+class Stopped(LotteryError):
+    """Ctrl-C while units ran in parallel (a sweep, ``run --workers``): what finished is saved;
+    the message says how to resume."""
+
+    exit_code = 130

@@ -20,20 +20,21 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import guards, masks, rundir
-from .config import ExperimentConfig
+from . import guards, invariants, masks, seeds
+from .config import ExperimentConfig, ResolvedConfig
 from .divergence import round_flag
 from .errors import Interrupted, LotteryError, PluginError, RunFailed
+from .loading import load_data
 from .plugins import Plugins, get_plugins
 from .progress import Progress
 from .pruning import Pruner, prune_round
+from .records import identify, results_frame, versions
+from .reinit import Reinitialiser, reinit_round
 from .resolution import resolve
-from .specs import DataRequest, DatasetSplits, ReinitContext, RunInfo
-from .state import RunState, derive_seeds, round_generator
+from .specs import DatasetSplits, RunInfo
+from .state import RunState
 from .threads import ThreadRule, use_threads
-from .training import NonFiniteLoss, TrainSettings, train_round
-
-RESULT_COLUMNS = ["round", "remaining", "ES", "val", "test"]
+from .training import NonFiniteLoss, RoundOutcome, TrainSettings, train_round
 
 
 @dataclass
@@ -59,23 +60,6 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def load_data(config: ExperimentConfig, plugins: Plugins) -> DatasetSplits:
-    """The resolved dataset, loaded once (trials and controls share it)."""
-    spec = plugins.datasets.get(config.dataset)  # type: ignore[arg-type]
-    request = DataRequest(
-        data_dir=Path(config.data_dir),
-        seed=config.split_seed,
-        validation_size=config.validation_size,
-        download=config.download,
-    )
-    who = plugins.datasets.who(spec.name)
-    data = guards.call(who, "loading", spec.load, request)
-    data = guards.check_splits(who, data, config.validation_size)
-    if not data.name:
-        data.name = spec.name
-    return data
-
-
 class Experiment:
     """One IMP experiment: a resolved config, its plugins, its data and its model.
 
@@ -89,9 +73,11 @@ class Experiment:
         plugins: Plugins | None = None,
         data: DatasetSplits | None = None,
     ):
-        self.plugins = plugins or get_plugins()
-        self.config = resolve(config, self.plugins)
-        self.seeds = derive_seeds(self.config.seed)
+        self.plugins = plugins or get_plugins()  # the Python API's default: the installed set
+        if not isinstance(config, ResolvedConfig):  # a config straight from a notebook
+            config = resolve(config, self.plugins)
+        self.config: ResolvedConfig = config
+        self.seeds = seeds.derive_seeds(self.config.seed)
         self.device = pick_device(self.config.device)
         self.model_spec = self.plugins.models.get(self.config.model)
         self.strategy = self.plugins.strategies.get(self.config.prune)
@@ -115,7 +101,7 @@ class Experiment:
     def fresh_model(self, seed: int) -> nn.Module:
         """A new, unpruned model with weights drawn from ``seed``."""
         model = self.model_spec.build(self.data.input_shape, self.data.num_classes)
-        self.model_spec.init(model, torch.Generator().manual_seed(seed))
+        self.model_spec.init(model, seeds.generator(seed))
         return model.to(self.device)
 
     def build_model(self) -> None:
@@ -132,8 +118,7 @@ class Experiment:
 
     def fresh_parameters(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """A fresh initialisation keyed like this model's parameters (weights as weight_orig)."""
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-        fresh = dict(self.fresh_model(seed).named_parameters())
+        fresh = dict(self.fresh_model(seeds.fresh_seed(generator)).named_parameters())
         pruned = {f"{layer.name}.weight" for layer in self.layers}
         return {
             (f"{name}_orig" if name in pruned else name): value.detach()
@@ -145,7 +130,7 @@ class Experiment:
         has a prunable layer and runs on the data's input shape."""
         data = self.data
         n = int(data.train_x.shape[0])
-        if self.config.batch_size > n:  # type: ignore[operator]
+        if self.config.batch_size > n:
             raise LotteryError(
                 f"--batch-size {self.config.batch_size} is larger than the {n} training "
                 f"examples of {self.config.dataset!r}"
@@ -218,40 +203,25 @@ class Experiment:
         prune_round(pruner, state, round_index)
 
     def reinitialise(self, state: RunState, round_index: int) -> None:
-        """Set the survivors' starting values for ``round_index`` with the reinit policy,
-        which writes ``ctx.parameters`` in place or rebinds their ``.data`` to values of the
-        same dtype and shape, which are then copied in (checked: ``guards.check_reinit``)."""
-        who = self.plugins.reinits.who(self.reinit.name)
-        live = self.parameters()
-        given = {k: v.data for k, v in live.items()}
-        layer_masks = masks.current_masks(self.layers)
-        survivors = {f"{name}.weight_orig": mask for name, mask in layer_masks.items()}
-        context = ReinitContext(
-            parameters=dict(given),
-            rewind_state=state.rewind_state,
-            fresh_parameters=self.fresh_parameters,
-            generator=round_generator(self.seeds["reinit"], round_index),
-            round_index=round_index,
-            initial_state=state.initial_state,
-            masks=layer_masks,
-            kinds={layer.name: layer.kind for layer in self.layers},
+        """Set the survivors' starting values for ``round_index`` with the reinit policy, in
+        place (``lottery_core.reinit``)."""
+        assert self.model is not None
+        step = Reinitialiser(
+            self.model,
+            self.layers,
+            self.seeds["reinit"],
+            self.reinit,
+            self.plugins.reinits.who(self.reinit.name),
+            self.fresh_parameters,
         )
-        handed = {k: guards.where(v) for k, v in given.items()}
-        returned = guards.call(who, f"reinitialising round {round_index}", self.reinit.apply,
-                               context)  # fmt: skip
-        guards.check_reinit(who, returned, given, handed, context.parameters, live, survivors)
-        for layer in self.layers:
-            masks.refresh_weight(layer)
-        masks.check_pruned_are_zero(self.layers)
-        if self.reinit.rewinds:
-            check_rewound(self.parameters(), state.rewind_state, self.layers, who)
+        reinit_round(step, state, round_index)
 
     def settings(self, round_index: int) -> TrainSettings:
         c = self.config
         return TrainSettings(
-            iterations=c.iterations,  # type: ignore[arg-type]
-            batch_size=c.batch_size,  # type: ignore[arg-type]
-            lr=c.lr,  # type: ignore[arg-type]
+            iterations=c.iterations,
+            batch_size=c.batch_size,
+            lr=c.lr,
             eval_every=c.eval_every,
             start_iteration=c.rewind_iter if round_index > 0 else 0,
             test_every_eval=c.test_every_eval,
@@ -302,6 +272,28 @@ class Experiment:
             progress=progress.advance,
             threads=self.threads,
         )
+        record = self.record(round_index, remaining, outcome, settings, started)
+        for extra in notify(
+            "on_round_end", round_index=round_index, record=dict(record), model=self.model
+        ):
+            record.update(extra or {})
+        invariants.check_unchanged(self.layers, trained_with, round_index)
+        state.records.append(record)
+        state.history.extend({"round": round_index, **row} for row in outcome.history)
+        state.layers.extend(self.layer_rows(round_index))
+        state.masks[round_index] = {k: v.bool().cpu() for k, v in trained_with.items()}
+        state.next_round = round_index + 1
+        return record
+
+    def record(
+        self,
+        round_index: int,
+        remaining: float,
+        outcome: RoundOutcome,
+        settings: TrainSettings,
+        started: float,
+    ) -> dict:
+        """A trained round's row of ``results.csv`` (before the hooks add their columns)."""
         counts = masks.remaining_counts(self.layers)
         record = {
             "round": round_index,
@@ -316,40 +308,12 @@ class Experiment:
             "time_s": time.perf_counter() - started,
         }
         record["flag"] = round_flag(outcome.history, outcome.es_val_acc, self.data.num_classes)
-        for extra in notify(
-            "on_round_end", round_index=round_index, record=dict(record), model=self.model
-        ):
-            record.update(extra or {})
-        self.check_unchanged(trained_with, round_index)
-        state.records.append(record)
-        state.history.extend({"round": round_index, **row} for row in outcome.history)
-        state.layers.extend(self.layer_rows(round_index))
-        state.masks[round_index] = {k: v.bool().cpu() for k, v in trained_with.items()}
-        state.next_round = round_index + 1
         return record
 
     def check_masks(self, state: RunState, round_index: int) -> None:
-        """Masks never regain a one, whoever changed them: under IMP each round's masks are a
-        subset of the previous round's recorded ones."""
-        previous = state.masks.get(round_index - 1)
-        if self.config.prune_at != "imp" or previous is None:
-            return
-        for layer in self.layers:
-            if bool((layer.mask.bool().cpu() & ~previous[layer.name]).any()):
-                raise PluginError(
-                    f"the mask of layer {layer.name} regained a one between rounds "
-                    f"{round_index - 1} and {round_index}: a plugin wrote weight_mask; masks "
-                    "never regain a one"
-                )
-
-    def check_unchanged(self, trained_with: dict[str, torch.Tensor], round_index: int) -> None:
-        """No hook may change the masks while a round trains or is recorded."""
-        for layer in self.layers:
-            if not torch.equal(layer.mask, trained_with[layer.name]):
-                raise PluginError(
-                    f"the mask of layer {layer.name} changed while round {round_index} trained: "
-                    "a plugin hook wrote weight_mask; lifecycle hooks must not change the model"
-                )
+        """Masks never regain a one, whoever changed them (``invariants.check_monotone``)."""
+        if self.config.prune_at == "imp":
+            invariants.check_monotone(self.layers, state.masks.get(round_index - 1), round_index)
 
     def layer_rows(self, round_index: int) -> list[dict]:
         rates = self.rates() if self.config.scope == "layerwise" else {}
@@ -397,7 +361,7 @@ class Experiment:
         threads_before = torch.get_num_threads()
         if self.threads is None:  # one rule for the run: what it measured carries across rounds
             self.threads = ThreadRule(
-                self.config.threads,  # type: ignore[arg-type]
+                self.config.threads,
                 adaptive=self.config.thread_rule == "adaptive" and self.device.type == "cpu",
             )
         try:
@@ -457,66 +421,9 @@ class Experiment:
             "device": str(self.device),
             "versions": versions(),
             "plugins": {
-                "dataset": self.plugins.datasets.sources[self.config.dataset],  # type: ignore[index]
+                "dataset": self.plugins.datasets.sources[self.config.dataset],
                 "model": self.plugins.models.sources[self.config.model],
                 "prune": self.plugins.strategies.sources[self.config.prune],
                 "reinit": self.plugins.reinits.sources[self.config.reinit],
             },
         }
-
-
-def identify(run_dir: Path | None) -> RunInfo:
-    """Which run ``run_dir`` is: a trials/controls folder keeps its runs under
-    ``runs/<experiment>/trial_<i>`` (``group.trial_dir``), any other folder is a single run."""
-    if run_dir is None:
-        return RunInfo()
-    path = Path(run_dir)
-    trial = path.name.removeprefix("trial_")
-    if path.parent.parent.name == rundir.RUNS and path.name != trial and trial.isdigit():
-        return RunInfo(path, path.parent.name, int(trial))
-    return RunInfo(path)
-
-
-def results_frame(records: list[dict]) -> pd.DataFrame:
-    """``results.csv``: the seed project's columns first, then the rest."""
-    frame = pd.DataFrame(records)
-    if frame.empty:
-        return pd.DataFrame(columns=RESULT_COLUMNS)
-    return frame[RESULT_COLUMNS + [c for c in frame.columns if c not in RESULT_COLUMNS]]
-
-
-def check_rewound(
-    parameters: dict[str, torch.Tensor],
-    rewind_state: dict[str, torch.Tensor],
-    layers: list[masks.PrunableLayer],
-    who: str = "the reinit policy",
-) -> None:
-    """Invariant of a policy that declares ``rewinds``: right after it ran, every survivor and
-    bias equals its rewind value."""
-    mask_of = {f"{layer.name}.weight_orig": layer.mask for layer in layers}
-    for name, value in parameters.items():
-        expected = rewind_state[name]
-        survivors = (
-            mask_of[name] > 0 if name in mask_of else torch.ones_like(value, dtype=torch.bool)
-        )
-        if not torch.equal(value.detach()[survivors], expected[survivors]):
-            raise PluginError(
-                f"{who} declares rewinds=True, but {name} differs from its rewind value"
-            )
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata
-    import platform
-
-    import pluggy
-    import pydantic
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": importlib.metadata.version("torchvision"),  # not imported by every run
-        "pluggy": pluggy.__version__,
-        "pydantic": pydantic.__version__,
-        "pandas": pd.__version__,
-    }

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from . import checkpoint, files, masks, rundir
+from . import checkpoint, files, masks, paths, rundir
 from .errors import LotteryError
+from .plugins import Plugins
 
 FORMAT = "lottery-ticket"
 VERSION = 1
@@ -47,7 +48,9 @@ def _data_info(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def ticket_from_run(run_dir: Path, round_index: int) -> dict[str, Any]:
+def ticket_from_run(
+    run_dir: Path, round_index: int, plugins: Plugins | None = None
+) -> dict[str, Any]:
     """The ticket of round ``round_index`` as the dict that ``export_ticket`` saves.
 
     The starting weights are those round K trained from under rewinding: the initial weights
@@ -60,7 +63,7 @@ def ticket_from_run(run_dir: Path, round_index: int) -> dict[str, Any]:
     if rundir.kind(run_dir) == "group":
         raise LotteryError(
             f"{str(run_dir)!r} is a trials/controls folder; export one of its runs, "
-            f"e.g. {str(run_dir / 'runs' / 'imp' / 'trial_0')!r}"
+            f"e.g. {str(paths.trial_dir(run_dir, 'imp', 0))!r}"
         )
     meta = rundir.read_meta(run_dir)
     raw = rundir.verified(run_dir, meta)  # another run's checkpoint or an edited config: refused
@@ -68,7 +71,7 @@ def ticket_from_run(run_dir: Path, round_index: int) -> dict[str, Any]:
     config = raw["config"]
     start = raw["initial_state"] if round_index == 0 else raw["rewind_state"]
     note = ""
-    if not _rewinds(config.get("reinit")) and round_index > 0:
+    if not _rewinds(config.get("reinit"), _plugins(plugins)) and round_index > 0:
         note = (
             f"this run reinitialised survivors with {config.get('reinit')!r}; the ticket starts "
             "from the rewind state (the original initialisation), not from the weights round "
@@ -91,24 +94,29 @@ def ticket_from_run(run_dir: Path, round_index: int) -> dict[str, Any]:
     }
 
 
-def _rewinds(policy: Any) -> bool:
-    """Whether the run's reinit policy declares that it rewinds exactly (unknown: no)."""
+def _plugins(plugins: Plugins | None) -> Plugins:
+    """The plugin set given by the caller, or (the Python API's default) the installed one."""
+    if plugins is not None:
+        return plugins
     from .plugins import get_plugins
 
-    reinits = get_plugins().reinits
+    return get_plugins()
+
+
+def _rewinds(policy: Any, plugins: Plugins) -> bool:
+    """Whether the run's reinit policy declares that it rewinds exactly (unknown: no)."""
+    reinits = plugins.reinits
     return isinstance(policy, str) and policy in reinits.items and reinits.items[policy].rewinds
 
 
-def _build(ticket: dict[str, Any], source: str) -> nn.Module:
+def _build(ticket: dict[str, Any], source: str, plugins: Plugins) -> nn.Module:
     """A fresh model of the ticket's architecture, built by its registered ModelSpec."""
-    from .plugins import get_plugins
-
     if ticket.get("input_shape") is None or ticket.get("num_classes") is None:
         raise LotteryError(
             f"{source} records no input_shape/num_classes (its run predates them), so the model "
             "cannot be built; pass model= an unpruned module of the same architecture"
         )
-    spec = get_plugins().models.get(ticket["model"])
+    spec = plugins.models.get(ticket["model"])
     return spec.build(tuple(ticket["input_shape"]), int(ticket["num_classes"]))
 
 
@@ -150,7 +158,9 @@ def apply_ticket(model: nn.Module, ticket: dict[str, Any], source: str = "the ti
     return model
 
 
-def load_ticket(path: Path, model: nn.Module | None = None) -> nn.Module:
+def load_ticket(
+    path: Path, model: nn.Module | None = None, plugins: Plugins | None = None
+) -> nn.Module:
     """A network ready to train as the ticket in ``path``: masks applied, starting weights loaded.
 
     Without ``model``, a fresh one is built with the model plugin named in the ticket. Pruning
@@ -171,20 +181,24 @@ def load_ticket(path: Path, model: nn.Module | None = None) -> nn.Module:
     if not isinstance(ticket, dict) or not {"masks", "weights", "model"} <= set(ticket):
         raise LotteryError(f"{str(path)!r} is not a lottery ticket")
     if model is None:
-        model = _build(ticket, repr(str(path)))
+        model = _build(ticket, repr(str(path)), _plugins(plugins))
     return apply_ticket(model, ticket, repr(str(path)))
 
 
-def pruned_model(ticket: dict[str, Any], source: str) -> nn.Module:
+def pruned_model(ticket: dict[str, Any], source: str, plugins: Plugins | None = None) -> nn.Module:
     """A plain module: ticket weights times mask, with ``prune.remove`` baking the zeros in."""
-    model = apply_ticket(_build(ticket, source), ticket, source)
+    model = apply_ticket(_build(ticket, source, _plugins(plugins)), ticket, source)
     for layer in masks.prunable_layers(model):
         prune.remove(layer.module, "weight")
     return model.eval()
 
 
 def export_ticket(
-    run_dir: Path, round_index: int, out: Path, pruned: bool = False
+    run_dir: Path,
+    round_index: int,
+    out: Path,
+    pruned: bool = False,
+    plugins: Plugins | None = None,
 ) -> dict[str, Any]:
     """Write round ``round_index`` of ``run_dir`` to ``out`` as a ticket or a pruned model.
 
@@ -209,10 +223,11 @@ def export_ticket(
     out = Path(out)
     if out.is_dir():
         raise LotteryError(f"{str(out)!r} is a folder; give a file name such as ticket_r3.pt")
-    ticket = ticket_from_run(Path(run_dir), round_index)
+    plugins = _plugins(plugins)
+    ticket = ticket_from_run(Path(run_dir), round_index, plugins)
     source = f"run {str(run_dir)!r}"
     if pruned:
-        model = pruned_model(ticket, source)
+        model = pruned_model(ticket, source, plugins)
         weights = [layer.module.weight for layer in masks.prunable_layers(model)]
         files.write_torch(out, model)
     else:

@@ -2,33 +2,28 @@
 
 A group folder holds ``config.json``, a ``results.csv`` of every run's rows (with ``experiment``
 and ``trial`` columns), ``aggregate.csv`` (mean/std/min/max per experiment and round) and the
-runs themselves under ``runs/<experiment>/trial_<i>/``, each an ordinary run folder.
-
-Trial ``i`` uses seed ``seed + i`` (init, data order and pruning seeds are derived from it), so
-trial 0 equals the single run with the same seed. The controls (random pruning and random
-reinitialisation, by default; ``control_prune``/``control_reinit`` choose others) branch off the
-main run's trained dense round: when it finishes, each control's folder is written with that
-round as its own round 0 (before the main run's own files, so a main run past round 0 always
-has its branches on disk), and every control then continues as an ordinary resume.
+runs themselves under ``runs/<experiment>/trial_<i>/``, each an ordinary run folder
+(``group_runs`` says which runs and how one is brought further). They run one after another here,
+or with ``workers`` as units of the parallel executor (``parallel``, on Ray).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from . import files, rundir, runs
-from .config import ExperimentConfig
-from .errors import LotteryError
-from .experiment import Experiment, load_data
-from .plugins import Plugins, get_plugins
-from .resolution import resolve
+from . import files, group_runs, paths, rundir, runs
+from .config import ResolvedConfig, config_of
+from .engine import Engine, Event, Plan
+from .errors import LotteryError, RunFailed, Stopped, command
+from .experiment import Experiment
+from .loading import load_data
+from .parallel import execute
+from .plugins import Plugins
 from .specs import DatasetSplits
-from .state import RunState, derive_seeds
-
-MAIN = "imp"
 
 
 @dataclass
@@ -39,46 +34,17 @@ class GroupResult:
     data_source: str
 
 
-def experiments(config: ExperimentConfig, controls: bool) -> dict[str, ExperimentConfig]:
-    """The main experiment and, if asked, its controls (skipping one the main run already is)."""
-    found = {MAIN: config}
-    if controls:
-        changes = {
-            "reinit-random": {"reinit": config.control_reinit},
-            "prune-random": {"prune": config.control_prune},
-        }
-        for name, change in changes.items():
-            if all(getattr(config, k) == v for k, v in change.items()):
-                continue
-            found[name] = config.model_copy(update=change)
-    return found
-
-
-def trial_dir(root: Path, experiment: str, trial: int) -> Path:
-    return Path(root) / rundir.RUNS / experiment / f"trial_{trial}"
-
-
 def run_group(
-    config: ExperimentConfig,
+    config: ResolvedConfig,
     out: Path,
+    plugins: Plugins,
     trials: int = 1,
     controls: bool = False,
     progress: bool = True,
-    plugins: Plugins | None = None,
-    workers: int | None = None,
+    engine_plan: Plan | None = None,
 ) -> GroupResult:
-    """Run ``trials`` trials of the experiment and its controls into the group folder ``out``;
-    with ``workers``, as that many Ray workers at once (``lottery_core.engine``)."""
-    if trials < 1:
-        raise LotteryError(f"invalid config: trials must be at least 1 (got {trials})")
-    plugins = plugins or get_plugins()
-    engine_plan = None
-    if workers is not None:
-        from .engine import plan
-
-        engine_plan = plan(workers, None, config.threads)
-        config = config.model_copy(update={"threads": engine_plan.threads})
-    config = resolve(config, plugins)
+    """Run ``trials`` trials of the experiment and its controls into the new group folder
+    ``out``; with ``engine_plan``, as that many Ray workers at once."""
     out = Path(out)
     rundir.check_new(out)
     rundir.check_writable(out)
@@ -88,176 +54,125 @@ def run_group(
     rundir.create(out)
     with rundir.locked(out):
         try:
-            write_group_config(out, config, trials, controls)
+            group_runs.write_group_config(out, config, trials, controls)
             if engine_plan is not None:
-                from .sweep import run_groups
-
-                return run_groups([out], engine_plan, progress, data.source)
+                return run_parallel([out], engine_plan, progress, data.source)
             return _continue(out, progress, plugins, data)
         except BaseException as exc:  # nothing saved: the same command can simply run again
             runs.remove_unsaved_group(out, existed)
             raise runs.for_group(exc, out) from None
 
 
-def write_group_config(out: Path, config: ExperimentConfig, trials: int, controls: bool) -> None:
-    """A group folder's ``config.json`` (its resolved config, trials, controls) and ``runs/``."""
-    files.write_json(
-        Path(out) / rundir.CONFIG,
-        {
-            "group": {"trials": trials, "controls": controls},
-            "config": config.model_dump(mode="json"),
-            "trial_seeds": {
-                t: {"seed": config.seed + t, **derive_seeds(config.seed + t)}
-                for t in range(trials)
-            },
-        },
-    )
-    (Path(out) / rundir.RUNS).mkdir(exist_ok=True)
-
-
 def continue_group(
     out: Path,
+    plugins: Plugins,
     progress: bool = True,
-    plugins: Plugins | None = None,
-    data: DatasetSplits | None = None,
-    workers: int | None = None,
+    engine_plan: Plan | None = None,
 ) -> GroupResult:
     """Run whatever the group in ``out`` still lacks: resumes stopped runs, starts missing ones
-    (with ``workers``, on that many Ray workers)."""
+    (with ``engine_plan``, on Ray workers)."""
     with rundir.locked(out):
-        if workers is not None:
-            from .engine import plan
-            from .sweep import run_groups
-
-            threads = ExperimentConfig(**read_group_config(out)["config"]).threads
-            return run_groups([Path(out)], plan(workers, None, threads), progress)
+        if engine_plan is not None:
+            return run_parallel([Path(out)], engine_plan, progress)
         try:
-            return _continue(Path(out), progress, plugins or get_plugins(), data)
+            return _continue(Path(out), progress, plugins, None)
         except BaseException as exc:
             raise runs.for_group(exc, Path(out)) from None
 
 
-def read_group_config(out: Path) -> dict:
-    meta = rundir.read_meta(out)
-    group = meta.get("group")
-    if not isinstance(group, dict) or not {"trials", "controls"} <= set(group):
-        raise LotteryError(f"{str(out)!r} is not a lottery trials/controls folder")
-    return meta
+def group_threads(out: Path) -> int:
+    """The threads a group's runs were resolved with (``--workers`` keeps them on resume)."""
+    return config_of(group_runs.read_group_config(out)).threads
 
 
 def _continue(
     out: Path, progress: bool, plugins: Plugins, data: DatasetSplits | None
 ) -> GroupResult:
-    meta = read_group_config(out)
-    config = ExperimentConfig(**meta["config"])
-    trials, controls = meta["group"]["trials"], meta["group"]["controls"]
+    """The serial executor: every run of every trial, one after another."""
+    meta = group_runs.read_group_config(out)
+    config = config_of(meta, f"{out}/{paths.CONFIG}")
     if data is None:
-        data = load_data(resolve(config, plugins), plugins)
-    for trial in range(trials):
-        for name in experiments(config, controls):
-            advance(out, trial, name, progress=progress, plugins=plugins, data=data, meta=meta)
+        data = load_data(config, plugins)
+    for trial in range(meta["group"]["trials"]):
+        for name in group_runs.experiments(config, meta["group"]["controls"]):
+            group_runs.advance(out, trial, name, plugins, data=data, meta=meta, progress=progress)
         write_tables(out)
-    frame = pd.read_csv(out / rundir.RESULTS)
-    return GroupResult(frame, pd.read_csv(out / rundir.AGGREGATE), out, data.source)
+    return _result(out, data.source)
 
 
-def advance(
-    out: Path,
-    trial: int,
-    experiment: str = MAIN,
-    dense_only: bool = False,
-    progress: bool = False,
-    plugins: Plugins | None = None,
-    data: DatasetSplits | None = None,
-    meta: dict | None = None,
-) -> None:
-    """Bring one run of the group further: the main run (writing its controls' branches after
-    its dense round; with ``dense_only`` it stops there, or trains on if that round was lost),
-    or a control, which continues from its branch. One of these is one unit of the engine."""
-    out = Path(out)
-    plugins = plugins or get_plugins()
-    meta = meta or read_group_config(out)
-    config = ExperimentConfig(**meta["config"])
-    trial_config = config.model_copy(update={"seed": config.seed + trial})
-    variants = experiments(trial_config, meta["group"]["controls"])
-    path = trial_dir(out, experiment, trial)
-    if experiment != MAIN:
-        if rundir.kind(path) in ("missing", "empty"):
-            raise LotteryError(
-                f"{str(path)!r} is missing although the main run is past its dense round; "
-                "the group folder was changed by hand"
+def _result(out: Path, data_source: str) -> GroupResult:
+    frame = pd.read_csv(out / paths.RESULTS)
+    return GroupResult(frame, pd.read_csv(out / paths.AGGREGATE), out, data_source)
+
+
+def run_parallel(
+    groups: list[Path], engine_plan: Plan, progress: bool = True, data_source: str | None = None
+) -> GroupResult:
+    """The parallel executor for groups (``run --trials/--controls --workers``): their runs as
+    units on Ray; the first group's tables, or ``RunFailed`` listing the failures and the
+    resume command."""
+    groups = [Path(g) for g in groups]
+    root = groups[0]
+    units = [u for g in groups for u in group_runs.units(g, root)]
+    workers = engine_plan.workers
+    again = command("run", "--resume", root, *(["--workers", workers] if workers else []))
+    failures: dict[str, str] = {}
+    if units:  # a finished group needs no Ray
+        with Engine(engine_plan) as engine:
+            outcomes = execute(engine, units, _recorder(groups, failures), progress)
+        if outcomes is None:
+            write_all_tables(groups)
+            raise Stopped(
+                f"\nInterrupted: finished rounds are saved in {root}. Resume with: {again}"
             )
-        runs.resume(path, progress=progress, plugins=plugins, data=data, complete_ok=True)
-        return
-    branches = {
-        name: (trial_dir(out, name, trial), variant)
-        for name, variant in variants.items()
-        if name != MAIN
-    }
-    main = Experiment(variants[MAIN], plugins=plugins, data=data)
-
-    def branch(state: RunState) -> None:
-        if state.next_round == 1:
-            for branch_path, variant in branches.values():
-                _write_branch(main, state, branch_path, variant, plugins, main.data)
-
-    if dense_only and (path / rundir.RESULTS).exists():
-        return  # the dense round (and so every branch) is on disk
-    _run_or_resume(main, path, progress, branch, stop_after=1 if dense_only else None)
+    write_all_tables(groups)
+    if failures:
+        listed = "; ".join(f"{run}: {error}" for run, error in failures.items())
+        raise RunFailed(f"{len(failures)} run(s) failed: {listed}. Resume with: {again}")
+    return _result(root, data_source if data_source is not None else _data_source(root))
 
 
-def _run_or_resume(
-    experiment: Experiment, path: Path, progress: bool, after_round, stop_after=None
-) -> None:
-    if rundir.kind(path) in ("missing", "empty"):
-        runs.start(
-            experiment, path, progress=progress, after_round=after_round, stop_after=stop_after
-        )
-    else:
-        runs.resume(
-            path,
-            progress=progress,
-            plugins=experiment.plugins,
-            data=experiment.data,
-            after_round=after_round,
-            complete_ok=True,
-        )
+def _recorder(groups: list[Path], failures: dict[str, str]) -> Callable[[Event], None]:
+    """Tables rewritten as each unit ends; a run's own failure noted (a cancel is not one)."""
+
+    def on_event(event: Event) -> None:
+        if event.outcome is not None and event.unit is not None:
+            write_all_tables(groups)
+            if not event.outcome.ok and event.outcome.error != "cancelled":
+                failures[event.unit.run] = event.outcome.error
+
+    return on_event
 
 
-def _write_branch(
-    main: Experiment,
-    state: RunState,
-    path: Path,
-    config: ExperimentConfig,
-    plugins: Plugins,
-    data: DatasetSplits,
-) -> None:
-    """A control's folder holding the main run's trained dense round as its own round 0."""
-    assert main.model is not None
-    if rundir.kind(path) == "run":  # a branch a killed process left: only its own config
-        if rundir.resume_point(path, rundir.read_meta(path)) is not None:
-            return
-        (path / rundir.CONFIG).unlink()
-    control = Experiment(config, plugins=plugins, data=data)
-    model_state = {k: v.detach().clone() for k, v in main.model.state_dict().items()}
-    branched = control.restore(model_state, state.copy())
-    runs.start(control, path, progress=False, state=branched, stop_after=1)
+def _data_source(root: Path) -> str:
+    for run in paths.group_runs(root):
+        try:
+            return str(rundir.read_meta(run).get("data_source", ""))
+        except LotteryError:
+            continue
+    return ""
 
 
 def write_tables(root: Path) -> None:
     """The group's ``results.csv`` (every run's rows) and ``aggregate.csv``."""
-    from .report import aggregate
-
     frames = []
-    for folder in sorted((Path(root) / rundir.RUNS).glob("*/trial_*")):
-        path = folder / rundir.RESULTS
+    for folder in paths.group_runs(root):
+        path = folder / paths.RESULTS
         if path.exists():
             frame = pd.read_csv(path)
             frame["experiment"] = folder.parent.name
-            frame["trial"] = int(folder.name.split("_")[1])
+            frame["trial"] = paths.trial_number(folder)
             frames.append(frame)
     if not frames:
         return
+    from .report import aggregate  # TEMP until the report split lands (tables.aggregate)
+
     combined = pd.concat(frames, ignore_index=True)
-    files.write_csv(Path(root) / rundir.RESULTS, combined)
-    files.write_csv(Path(root) / rundir.AGGREGATE, aggregate(combined))
+    files.write_csv(Path(root) / paths.RESULTS, combined)
+    files.write_csv(Path(root) / paths.AGGREGATE, aggregate(combined))
+
+
+def write_all_tables(groups: list[Path]) -> None:
+    """Every group's tables from its runs' own results."""
+    for group in groups:
+        write_tables(group)

@@ -15,15 +15,15 @@ import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import guards, masks
 from .config import ExperimentConfig
+from .seeds import round_generator, step_generator
 from .specs import DatasetSplits, PruningContext, PruningStrategy
-from .state import RunState, round_generator
+from .state import RunState
 
 
 @dataclass
@@ -46,6 +46,7 @@ class Pruner:
     def parameters(self) -> dict[str, torch.Tensor]:
         return dict(self.model.named_parameters())
 
+
 GLOBAL = "*"
 
 
@@ -54,9 +55,7 @@ def targets(experiment: Pruner, round_index: int) -> dict[str, int]:
     layers, config = experiment.layers, experiment.config
     at_init = config.prune_at == "init"
     if config.scope == "global":
-        alive = sum(
-            (layer.mask.numel() if at_init else int(layer.mask.sum())) for layer in layers
-        )
+        alive = sum((layer.mask.numel() if at_init else int(layer.mask.sum())) for layer in layers)
         return {GLOBAL: masks.survivors_after(alive, config.rate, round_index if at_init else 1)}  # type: ignore[arg-type]
     rates = experiment.rates()
     return {
@@ -157,12 +156,6 @@ def _one_step(
     masks.apply_masks(layers, new)
 
 
-def _step_generator(seed: int, round_index: int, step: int, stream: int) -> torch.Generator:
-    """A generator for (seed, round, step, stream) with no two tuples sharing a seed."""
-    value = np.random.SeedSequence([seed, round_index, step, stream]).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(value))
-
-
 def _legacy(function) -> bool:
     """A ``scores(weights, generator)`` function of the first contract."""
     try:
@@ -184,7 +177,7 @@ def _context(
     data = experiment.data
     seed = experiment.seed
     generator = (
-        _step_generator(seed, round_index, step, 0)
+        step_generator(seed, round_index, step, 0)
         if steps > 1
         else round_generator(seed, round_index)  # one step: the generator IMP always used
     )
@@ -192,7 +185,7 @@ def _context(
     assert batch_size is not None
 
     def batches(count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = _step_generator(seed, round_index, step, 1)
+        order = step_generator(seed, round_index, step, 1)
         n = int(data.train_x.shape[0])
         for _ in range(count):
             index = torch.randperm(n, generator=order)[:batch_size].to(data.train_x.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from .config import LAYERWISE_ONLY, MODEL_FILLED, ExperimentConfig
+from .config import LAYERWISE_ONLY, MODEL_FILLED, ExperimentConfig, ResolvedConfig
 from .errors import LotteryError
 from .plugins import Plugins
 
@@ -17,7 +17,7 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def resolve(config: ExperimentConfig, plugins: Plugins) -> ExperimentConfig:
+def resolve(config: ExperimentConfig, plugins: Plugins) -> ResolvedConfig:
     """Check every plugin name and fill unset fields from the model's defaults.
 
     With ``scope = "global"`` one rate ranks every layer, so a per-kind rate would be ignored:
@@ -48,12 +48,12 @@ def resolve(config: ExperimentConfig, plugins: Plugins) -> ExperimentConfig:
     if values["dataset"] is None:
         raise LotteryError(f"model {config.model!r} names no default dataset; give --dataset")
     plugins.datasets.get(values["dataset"])
-    resolved = ExperimentConfig(**values)
+    resolved = ResolvedConfig(**values)
     if resolved.prune_at == "init" and resolved.rewind_iter:
         raise LotteryError(
             "invalid config: --prune-at init prunes and trains from θ0; drop --rewind-iter"
         )
-    if resolved.rewind_iter >= resolved.iterations:  # type: ignore[operator]
+    if resolved.rewind_iter >= resolved.iterations:
         raise LotteryError(
             f"invalid config: rewind_iter ({resolved.rewind_iter}) must be below "
             f"iterations ({resolved.iterations})"

@@ -22,34 +22,33 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import pandas as pd
 import torch
 
 from . import checkpoint, files
 from .errors import LotteryError, command
+from .paths import (
+    CHECKPOINT,
+    CONFIG,
+    HISTORY,
+    LAYERS,
+    LOCK,
+    OWN_FILES,
+    PREVIOUS,
+    RESULTS,
+    RESULTS_ROOT,
+    RUNS,
+    SET_ASIDE,
+    SWEEP,
+    TABLES,
+    TICKET,
+)
+from .records import results_frame
 from .state import RunState
 
-if TYPE_CHECKING:
-    from .experiment import Experiment
-
-RESULTS_ROOT = Path("results")
-CONFIG = "config.json"
-CHECKPOINT = checkpoint.FILENAME
-PREVIOUS = checkpoint.PREVIOUS  # the checkpoint of the round before, kept as a fallback
-SET_ASIDE = "checkpoint.damaged"  # where --from-previous moves a damaged checkpoint.pt
-RESULTS = "results.csv"
-HISTORY = "history.csv"
-LAYERS = "layers.csv"
-TICKET = "ticket.pt"
 TICKET_SHAPE_KEYS = {"input_shape", "num_classes"}  # absent from tickets of older runs
-AGGREGATE = "aggregate.csv"
-LOCK = ".lock"
-RUNS = "runs"  # a trials/controls folder keeps its runs under runs/<experiment>/trial_<i>/
-SWEEP = "sweep.toml"  # a sweep folder (lottery_core.sweep) holds the sweep as run
-TABLES = (HISTORY, LAYERS, TICKET, RESULTS)  # written after the checkpoint, in this order
-OWN_FILES = (CONFIG, CHECKPOINT, PREVIOUS, *TABLES)
 NAME_MAX = 255
 PATH_MAX = 4096
 
@@ -390,8 +389,6 @@ def tables_current(path: Path, body: dict[str, Any]) -> bool:
 def _frame(rows: list[dict], results: bool = False) -> pd.DataFrame:
     """``rows`` as the CSV reader returns them once written (as ``results.csv`` with
     ``results``), so files compare like for like."""
-    from .experiment import results_frame
-
     return _parse((results_frame(rows) if results else pd.DataFrame(rows)).to_csv(index=False))
 
 
@@ -454,27 +451,22 @@ def tables_of(body: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
 class RunFolder:
     """Writes one run's files: ``config.json`` once, then the round files after every round."""
 
-    def __init__(self, path: Path, experiment: Experiment):
+    def __init__(self, path: Path, meta: dict[str, Any]):
         self.path = Path(path)
-        self.experiment = experiment
-        self.meta = experiment.describe()
+        self.meta = meta  # what config.json holds (``Experiment.describe``)
         self.saved_rounds = 0  # rounds the folder's checkpoint holds, as far as this run knows
 
     def write_config(self) -> None:
         files.write_json(self.path / CONFIG, self.meta)
 
-    def write_round(self, state: RunState) -> None:
+    def write_round(self, state: RunState, model_state: dict[str, torch.Tensor]) -> None:
         """The checkpoint (the one it replaces kept as ``checkpoint.prev.pt``), then the ticket
         and the per-round tables, and ``results.csv`` last."""
-        experiment = self.experiment
-        assert experiment.model is not None
-        checkpoint.save(self.path / CHECKPOINT, self.meta, experiment.model.state_dict(), state)
+        checkpoint.save(self.path / CHECKPOINT, self.meta, model_state, state)
         self.saved_rounds = state.next_round
         self.write_tables(state)
 
     def write_tables(self, state: RunState) -> None:
-        from .experiment import results_frame
-
         files.write_csv(self.path / HISTORY, pd.DataFrame(state.history))
         files.write_csv(self.path / LAYERS, pd.DataFrame(state.layers))
         last = max(state.masks)
@@ -484,8 +476,8 @@ class RunFolder:
                 "round": last,
                 "masks": state.masks[last],
                 "weights": {k: v.cpu() for k, v in state.rewind_state.items()},
-                "model": self.experiment.config.model,
-                "rewind_iter": self.experiment.config.rewind_iter,
+                "model": self.meta["config"]["model"],
+                "rewind_iter": self.meta["config"]["rewind_iter"],
                 # what load_ticket needs to build the model from the file alone
                 **{key: self.meta.get(key) for key in TICKET_SHAPE_KEYS},
             },

@@ -54,11 +54,13 @@ class ExperimentRunner:
 
     def run(self, progress: bool = True) -> pd.DataFrame:
         from . import rundir
-        from .experiment import Experiment
+        from .plugins import get_plugins
+        from .resolution import resolve
 
-        name = Experiment(self.config).config.run_name()
-        out = rundir.default_run_dir(name, self.results_dir)
-        self.result = run_experiment(self.config, out=out, progress=progress)
+        plugins = get_plugins()
+        config = resolve(self.config, plugins)  # this entry path's one resolution
+        out = rundir.default_run_dir(config.run_name(), self.results_dir)
+        self.result = run_experiment(config, out=out, progress=progress, plugins=plugins)
         return self.result.results
 
     @property

@@ -16,10 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import checkpoint, files, rundir
-from .config import ExperimentConfig
+from .config import config_of
 from .errors import Interrupted, LotteryError, RunFailed, WriteFailed, command
-from .experiment import Experiment, ExperimentResult, identify
+from .experiment import Experiment, ExperimentResult
 from .plugins import Plugins
+from .records import identify
 from .specs import DatasetSplits
 from .state import RunState
 
@@ -41,7 +42,7 @@ def start(
     with rundir.locked(path):
         if rundir.kind(path) != "empty":  # someone else took it between our check and lock
             rundir.check_new(path)
-        folder = rundir.RunFolder(path, experiment)
+        folder = rundir.RunFolder(path, experiment.describe())
         try:
             folder.write_config()
             experiment.plugins.notify(
@@ -52,7 +53,7 @@ def start(
                 run=identify(path),
             )
             if state is not None:
-                folder.write_round(state)
+                folder.write_round(state, _model_state(experiment))
         except BaseException:
             _remove_own(path, existed)
             raise
@@ -64,7 +65,7 @@ def restart(
 ) -> ExperimentResult:
     """A run stopped before its first round finished (only its ``config.json`` is there)."""
     experiment.validate()
-    folder = rundir.RunFolder(path, experiment)
+    folder = rundir.RunFolder(path, experiment.describe())
     folder.write_config()
     experiment.plugins.notify(
         "on_experiment_start", config=experiment.config, run_dir=path, run=identify(path)
@@ -88,7 +89,7 @@ def _run(
     def write(current: RunState) -> None:
         if after_round is not None:
             after_round(current)
-        folder.write_round(current)
+        folder.write_round(current, _model_state(experiment))
 
     try:
         if state is None:
@@ -173,20 +174,15 @@ def _remove_own(path: Path, existed: bool) -> None:
             pass
 
 
-def experiment_of(
-    meta: dict, plugins: Plugins | None, data: DatasetSplits | None = None
-) -> Experiment:
-    try:
-        config = ExperimentConfig(**meta["config"])
-    except Exception as exc:  # a config.json from a different config schema
-        raise LotteryError(f"config.json holds an unusable config: {exc}".splitlines()[0]) from None
-    return Experiment(config, plugins=plugins, data=data)
+def _model_state(experiment: Experiment) -> dict:
+    assert experiment.model is not None
+    return experiment.model.state_dict()
 
 
 def resume(
     path: Path,
+    plugins: Plugins,
     progress: bool = True,
-    plugins: Plugins | None = None,
     data: DatasetSplits | None = None,
     after_round=None,
     complete_ok: bool = False,
@@ -206,13 +202,12 @@ def resume(
             body = rundir.previous_point(path, meta)
         else:
             body = rundir.resume_point(path, meta)
-        experiment = experiment_of(meta, plugins, data)
+        experiment = Experiment(config_of(meta), plugins=plugins, data=data)
         if body is None:
             return restart(experiment, path, progress, after_round)
         model_state, state = checkpoint.state_of(body)
         experiment.restore(model_state, state)
-        folder = rundir.RunFolder(path, experiment)
-        folder.meta = meta  # the folder's own record stays as it was written
+        folder = rundir.RunFolder(path, meta)  # the folder's own record, as it was written
         folder.saved_rounds = state.next_round
         if from_previous:  # tables first: a stop in between leaves a state that resumes again
             folder.write_tables(state)

@@ -1,14 +1,13 @@
-"""The state of an experiment between rounds, and the seeds its random choices come from.
+"""The state of an experiment between rounds: what a checkpoint holds besides the model.
 
-A round's random choices (pruning, reinitialisation, data order) are drawn from generators
-derived from (seed, round), so nothing random has to be carried across a resume.
+Nothing random is in it: every random choice is drawn from a stream of ``seeds``, derived from
+(seed, round), so nothing random has to be carried across a resume.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 
@@ -40,14 +39,3 @@ class RunState:
             rewind_state={k: v.clone() for k, v in self.rewind_state.items()},
             initial_state=self.initial_state,
         )
-
-
-def derive_seeds(seed: int) -> dict[str, int]:
-    """Independent seeds for initialisation, data order, pruning and reinitialisation."""
-    values = np.random.SeedSequence(seed).generate_state(4, dtype=np.uint32)
-    return dict(zip(("init", "data_order", "pruning", "reinit"), map(int, values), strict=True))
-
-
-def round_generator(seed: int, round_index: int) -> torch.Generator:
-    """A generator for one round's random choice: no state to carry across rounds or resumes."""
-    return torch.Generator().manual_seed(seed * 10_007 + round_index)

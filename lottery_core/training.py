@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import seeds
 from .specs import DatasetSplits
 from .threads import ThreadRule
 
@@ -91,10 +92,8 @@ def evaluate(
 
 
 def epoch_permutation(seed: int, epoch: int, n: int, device: torch.device) -> torch.Tensor:
-    """The example order of one epoch: a function of (seed, epoch) alone, so any iteration can
-    be resumed or rewound to without replaying earlier epochs."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator).to(device)
+    """The example order of one epoch (``seeds.epoch_generator``)."""
+    return torch.randperm(n, generator=seeds.epoch_generator(seed, epoch)).to(device)
 
 
 def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lottery_core.config import make_config  # noqa: E402
-from lottery_core.experiment import load_data  # noqa: E402
+from lottery_core.loading import load_data  # noqa: E402
 from lottery_core.plugins import get_plugins  # noqa: E402
 from lottery_core.resolution import resolve  # noqa: E402
 

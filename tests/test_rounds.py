@@ -162,7 +162,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(plugins, sample_data, tmp_pat
 
 
 def test_the_rewind_invariant_catches_a_survivor_that_moved(plugins, sample_data):
-    from lottery_core.experiment import check_rewound
+    from lottery_core.invariants import check_rewound
 
     exp, state, _ = trained_round_zero(plugins, sample_data)
     exp.prune(state, 1)

@@ -58,10 +58,10 @@ def invoke_with_ctrl_c_at_write(invoke, monkeypatch, when, *args):
     ``when(folder, state)`` says so (other writes go ahead)."""
     write_round = rundir.RunFolder.write_round
 
-    def write_or_interrupt(folder, state):
+    def write_or_interrupt(folder, state, model_state):
         if when(folder, state):
             raise KeyboardInterrupt
-        write_round(folder, state)
+        write_round(folder, state, model_state)
 
     with monkeypatch.context() as patch:
         patch.setattr(rundir.RunFolder, "write_round", write_or_interrupt)

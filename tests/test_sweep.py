@@ -22,9 +22,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lottery_core import engine, sweep
+from lottery_core import engine, group_runs, sweep, sweep_file
 from lottery_core.errors import LotteryError
-from lottery_core.sweep import Sweep, point_name, read_sweep, to_toml
+from lottery_core.sweep_file import Sweep, point_name, read_sweep, to_toml
 
 from .conftest import ROOT
 
@@ -157,7 +157,7 @@ def test_point_names_are_stable_and_the_written_file_reads_back(tmp_path):
     assert point_name({"data_dir": "/data/a b"}) == "data_dir=_data_a_b_a99e17"
     assert point_name({}) == "base"
     long = point_name({f"k{i}": "x" * 30 for i in range(6)})
-    assert len(long) == sweep.NAME_MAX and long == point_name({f"k{i}": "x" * 30 for i in range(6)})
+    assert len(long) == sweep_file.NAME_MAX and long == point_name({f"k{i}": "x" * 30 for i in range(6)})
     original = Sweep({"dataset": "mnist-sample", "lr": 0.002, "download": False},
                      {"scope": ["layerwise", "global"], "seed": [0, 3]}, 2, True)  # fmt: skip
     file = tmp_path / "s.toml"
@@ -182,7 +182,7 @@ def test_variants_list_points_that_are_no_product_of_fields(tmp_path, plugins):
     again = read_sweep(file)
     assert again.spec() == original.spec() and not again.differences(original)
     assert again.fields == ["seed", "prune", "prune_at", "init_steps"]
-    names = [p.name for p in sweep.validate(again, plugins, check_data=False)]
+    names = [p.name for p in sweep_file.validate(again, plugins, check_data=False)]
     assert names == [
         "init_steps=1,prune=magnitude,prune_at=imp,seed=0",
         "init_steps=100,prune=random,prune_at=init,seed=0",
@@ -204,7 +204,7 @@ def test_variants_list_points_that_are_no_product_of_fields(tmp_path, plugins):
             read_sweep(bad)
     unknown = Sweep({"dataset": "mnist-sample"}, {}, variants=[{"prune": "snipp"}])
     with pytest.raises(LotteryError, match="grid point prune=snipp"):
-        sweep.validate(unknown, plugins, check_data=False)
+        sweep_file.validate(unknown, plugins, check_data=False)
 
 
 @pytest.mark.slow
@@ -309,7 +309,7 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(
         def busy():
             for run in run_dirs(tmp_path / "kill"):
                 pid = locked_by(run)
-                if pid and pid != os.getpid() and sweep.rows(run) >= 1:
+                if pid and pid != os.getpid() and group_runs.rows(run) >= 1:
                     return run, pid
             return None
 
@@ -358,7 +358,7 @@ def test_ctrl_c_then_kill_9_of_the_driver_then_the_same_sweep_finishes(
     folder = tmp_path / "results" / "sweep-stop"
 
     def interrupt() -> None:
-        wait_until(lambda: any(sweep.rows(r) >= 1 for r in run_dirs(folder)), what="a round")
+        wait_until(lambda: any(group_runs.rows(r) >= 1 for r in run_dirs(folder)), what="a round")
         os.kill(os.getpid(), signal.SIGINT)
 
     sender = threading.Thread(target=interrupt)
@@ -376,8 +376,8 @@ def test_ctrl_c_then_kill_9_of_the_driver_then_the_same_sweep_finishes(
     )
     assert "Traceback" not in stopped.stderr  # fmt: skip
     first_rows = {r: pd.read_csv(r / "results.csv") for r in run_dirs(folder)
-                  if sweep.rows(r)}  # fmt: skip
-    done_before = sum(sweep.rows(r) for r in run_dirs(folder))
+                  if group_runs.rows(r)}  # fmt: skip
+    done_before = sum(group_runs.rows(r) for r in run_dirs(folder))
     assert 1 <= done_before < 2 * LONGER["rounds"]
 
     # The default engine, an embedded Ray bound to loopback, in a driver killed with SIGKILL.
@@ -387,19 +387,19 @@ def test_ctrl_c_then_kill_9_of_the_driver_then_the_same_sweep_finishes(
         text=True, start_new_session=True,
     )  # fmt: skip
     try:
-        wait_until(lambda: sum(sweep.rows(r) for r in run_dirs(folder)) > done_before,
+        wait_until(lambda: sum(group_runs.rows(r) for r in run_dirs(folder)) > done_before,
                    what="progress of the resumed sweep", process=driver)  # fmt: skip
         live = json.loads((folder / "status.json").read_text())["driver"]
         driver.kill()
         driver.communicate()
         assert live["pid"] == driver.pid and not live["finished"]
-        assert sum(sweep.rows(r) for r in run_dirs(folder)) < 2 * LONGER["rounds"]  # work left
+        assert sum(group_runs.rows(r) for r in run_dirs(folder)) < 2 * LONGER["rounds"]  # work left
         # Its workers go with it (Ray kills a dead driver's workers): no run stays locked.
         wait_until(lambda: not any(locked_by(r) for r in run_dirs(folder)),
                    what="the killed driver's workers to let go of their runs")  # fmt: skip
         # Ray notices a dead driver after a heartbeat or two; on a fast machine its workers may
         # finish the last rounds first. Either way the folder must say what is left.
-        left = sum(sweep.rows(r) for r in run_dirs(folder)) < 2 * LONGER["rounds"]
+        left = sum(group_runs.rows(r) for r in run_dirs(folder)) < 2 * LONGER["rounds"]
     finally:  # Ray's agents outlive a killed driver by a minute or two: end them now
         try:
             os.killpg(driver.pid, signal.SIGKILL)

@@ -1,0 +1,71 @@
+"""One reinitialisation step: the policy's context, its writes checked, the survivors reset.
+
+Every round after the dense one resets the survivors of its pruning before training: the
+policy (``rewind`` to θ0 or θk, ``random``, ``none`` or a plugin's) gets a ``ReinitContext``
+built from what the checkpoint holds, so a resume or a control gives it the same inputs as an
+uninterrupted run. It writes ``ctx.parameters`` in place or rebinds their ``.data`` to values
+of the same dtype and shape, which are then copied in (``guards.check_reinit``); the round's
+invariants (``invariants``) are checked after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import guards, invariants, masks
+from .seeds import round_generator
+from .specs import ReinitContext, ReinitPolicy
+from .state import RunState
+
+
+@dataclass
+class Reinitialiser:
+    """What a reinitialisation step works on: the round loop's model, layers and policy."""
+
+    model: nn.Module
+    layers: list[masks.PrunableLayer]
+    seed: int  # the run's reinit stream (``seeds``)
+    policy: ReinitPolicy
+    who: str
+    fresh_parameters: Callable[[torch.Generator], dict[str, torch.Tensor]]
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.named_parameters())
+
+
+def _context(
+    step: Reinitialiser, state: RunState, round_index: int, given: dict[str, torch.Tensor]
+) -> ReinitContext:
+    layers = step.layers
+    return ReinitContext(
+        parameters=dict(given),
+        rewind_state=state.rewind_state,
+        fresh_parameters=step.fresh_parameters,
+        generator=round_generator(step.seed, round_index),
+        round_index=round_index,
+        initial_state=state.initial_state,
+        masks=masks.current_masks(layers),
+        kinds={layer.name: layer.kind for layer in layers},
+    )
+
+
+def reinit_round(step: Reinitialiser, state: RunState, round_index: int) -> None:
+    """Set the survivors' starting values for ``round_index`` in place (module docstring)."""
+    live = step.parameters()
+    given = {k: v.data for k, v in live.items()}
+    context = _context(step, state, round_index, given)
+    survivors = {f"{name}.weight_orig": mask for name, mask in context.masks.items()}
+    handed = {k: guards.where(v) for k, v in given.items()}
+    returned = guards.call(
+        step.who, f"reinitialising round {round_index}", step.policy.apply, context
+    )
+    guards.check_reinit(step.who, returned, given, handed, context.parameters, live, survivors)
+    for layer in step.layers:
+        masks.refresh_weight(layer)
+    masks.check_pruned_are_zero(step.layers)
+    if step.policy.rewinds:
+        invariants.check_rewound(step.parameters(), state.rewind_state, step.layers, step.who)

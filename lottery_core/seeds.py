@@ -1,0 +1,76 @@
+"""Every random stream of a run, derived here from its seeds and listed in one place.
+
+A run's randomness comes from two config fields, ``seed`` and ``split_seed``. Each stream is a
+pure function of them and of where it is used (round, step, epoch), so nothing random is carried
+across a resume, a branch or a worker, and a resumed or parallel run draws what an uninterrupted
+one draws. The streams:
+
+=================  ==========================================  ==================================
+stream             derived from                                draws
+=================  ==========================================  ==================================
+trial seed         ``seed + i``                                trial ``i`` of a group (trial 0 is
+                                                               the single run)
+init               ``derive_seeds(seed)["init"]``              θ0, through the model's init
+data_order         ``derive_seeds(seed)["data_order"]``,       one epoch's example order
+                   epoch
+pruning            ``derive_seeds(seed)["pruning"]``, round    a strategy's generator (one step)
+pruning step       pruning seed, round, step, stream 0 / 1     a strategy's generator and its
+                                                               batches (``init_steps`` > 1; the
+                                                               batches at any step count)
+reinit             ``derive_seeds(seed)["reinit"]``, round     a reinit policy's generator
+fresh init         the reinit generator's next draw            ``fresh_parameters`` (random
+                                                               reinit)
+validation split   ``split_seed``                              the hold-out (the dataset plugin
+                                                               draws it with ``split_generator``)
+=================  ==========================================  ==================================
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+STREAMS = ("init", "data_order", "pruning", "reinit")
+
+
+def trial_seed(seed: int, trial: int) -> int:
+    """The seed of trial ``trial`` of a group whose config says ``seed``."""
+    return seed + trial
+
+
+def derive_seeds(seed: int) -> dict[str, int]:
+    """Independent seeds for initialisation, data order, pruning and reinitialisation."""
+    values = np.random.SeedSequence(seed).generate_state(len(STREAMS), dtype=np.uint32)
+    return dict(zip(STREAMS, map(int, values), strict=True))
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` (θ0, a fresh init, the validation split)."""
+    return torch.Generator().manual_seed(seed)
+
+
+def round_generator(seed: int, round_index: int) -> torch.Generator:
+    """A generator for one round's random choice: no state to carry across rounds or resumes."""
+    return torch.Generator().manual_seed(seed * 10_007 + round_index)
+
+
+def step_generator(seed: int, round_index: int, step: int, stream: int) -> torch.Generator:
+    """A generator for (seed, round, step, stream) with no two tuples sharing a seed."""
+    value = np.random.SeedSequence([seed, round_index, step, stream]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(value))
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's example order: a function of (seed, epoch) alone, so any
+    iteration can be resumed or rewound to without replaying earlier epochs."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def fresh_seed(source: torch.Generator) -> int:
+    """The seed of a fresh initialisation, drawn from a round's reinit generator."""
+    return int(torch.randint(0, 2**62, (1,), generator=source).item())
+
+
+def split_generator(split_seed: int) -> torch.Generator:
+    """The generator a dataset plugin deals its validation hold-out with."""
+    return generator(split_seed)
