@@ -160,6 +160,12 @@ class ResolvedConfig(ExperimentConfig):
     lr: float = Field(gt=0, description="Adam learning rate.")
     threads: int = Field(ge=1, description="Most intra-op CPU threads.")
 
+    def kind_rates(self) -> tuple[float, float, float]:
+        """The per-round rates of fc, conv and output layers (layerwise scope sets all three)."""
+        if self.conv_rate is None or self.output_rate is None:
+            raise LotteryError("per-kind rates apply with --scope layerwise only")
+        return self.rate, self.conv_rate, self.output_rate
+
 
 def config_of(meta: dict[str, Any], where: str = "config.json") -> ResolvedConfig:
     """The resolved config a ``config.json`` (a run's, a group's) records, or one line."""

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -184,8 +185,7 @@ class Experiment:
     # -- the steps of a round --------------------------------------------------------------
 
     def rates(self) -> dict[str, float]:
-        c = self.config
-        return masks.layer_rates(self.layers, c.rate, c.conv_rate, c.output_rate)  # type: ignore[arg-type]
+        return masks.layer_rates(self.layers, *self.config.kind_rates())
 
     def prune(self, state: RunState, round_index: int) -> None:
         """Prune for ``round_index`` with the strategy, in place (``lottery_core.pruning``)."""
@@ -295,7 +295,7 @@ class Experiment:
     ) -> dict:
         """A trained round's row of ``results.csv`` (before the hooks add their columns)."""
         counts = masks.remaining_counts(self.layers)
-        record = {
+        record: dict[str, Any] = {
             "round": round_index,
             "remaining": remaining,
             "ES": outcome.es_iteration,

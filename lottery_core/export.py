@@ -132,11 +132,11 @@ def apply_ticket(model: nn.Module, ticket: dict[str, Any], source: str = "the ti
             f"{sorted(ticket_masks)}, the model's prunable layers are {sorted(names)}"
         )
     for layer in layers:
-        mask = ticket_masks[layer.name].to(layer.module.weight.device)
-        if mask.shape != layer.module.weight.shape:
+        mask = ticket_masks[layer.name].to(layer.weight.device)
+        if mask.shape != layer.weight.shape:
             raise LotteryError(
                 f"{source} does not fit this model: layer {layer.name} has shape "
-                f"{tuple(layer.module.weight.shape)}, the mask {tuple(mask.shape)}"
+                f"{tuple(layer.weight.shape)}, the mask {tuple(mask.shape)}"
             )
         if prune.is_pruned(layer.module):
             layer.mask.copy_(mask)
@@ -228,7 +228,7 @@ def export_ticket(
     source = f"run {str(run_dir)!r}"
     if pruned:
         model = pruned_model(ticket, source, plugins)
-        weights = [layer.module.weight for layer in masks.prunable_layers(model)]
+        weights = [layer.weight for layer in masks.prunable_layers(model)]
         files.write_torch(out, model)
     else:
         weights = [

@@ -226,7 +226,8 @@ def _trial_units(
     main_run = relative(main_path, root)
     kwargs = {"out": str(out), "trial": trial, "experiment": MAIN, "cwd": str(Path.cwd())}
     gpu = config.device != "cpu"
-    found, after = [], ()
+    found: list[Unit] = []
+    after: tuple[str, ...] = ()
     main_done = rows(main_path)
     if main_done == 0:
         key = f"{main_run}#dense"

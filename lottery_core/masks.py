@@ -9,6 +9,7 @@ never stacked in a ``PruningContainer`` (which keeps a full copy each round).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -28,11 +29,16 @@ class PrunableLayer:
 
     @property
     def mask(self) -> torch.Tensor:
-        return self.module.weight_mask
+        return cast(torch.Tensor, self.module.weight_mask)
 
     @property
     def weight_orig(self) -> nn.Parameter:
-        return self.module.weight_orig
+        return cast(nn.Parameter, self.module.weight_orig)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective (masked) weight the forward pass uses."""
+        return cast(torch.Tensor, self.module.weight)
 
 
 def prunable_layers(model: nn.Module) -> list[PrunableLayer]:
@@ -189,5 +195,5 @@ def check_pruned_are_zero(layers: list[PrunableLayer]) -> None:
     """Invariant: every pruned entry of the effective weight is exactly zero."""
     for layer in layers:
         refresh_weight(layer)
-        if bool((layer.module.weight[layer.mask == 0] != 0).any()):
+        if bool((layer.weight[layer.mask == 0] != 0).any()):
             raise RuntimeError(f"invariant broken: a pruned weight of {layer.name} is nonzero")

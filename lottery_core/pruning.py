@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import guards, masks
-from .config import ExperimentConfig
+from .config import ResolvedConfig
 from .seeds import round_generator, step_generator
 from .specs import DatasetSplits, PruningContext, PruningStrategy
 from .state import RunState
@@ -32,7 +32,7 @@ class Pruner:
 
     model: nn.Module
     layers: list[masks.PrunableLayer]
-    config: ExperimentConfig
+    config: ResolvedConfig
     seed: int
     data: DatasetSplits
     strategy: PruningStrategy
@@ -40,8 +40,7 @@ class Pruner:
     device: torch.device
 
     def rates(self) -> dict[str, float]:
-        c = self.config
-        return masks.layer_rates(self.layers, c.rate, c.conv_rate, c.output_rate)  # type: ignore[arg-type]
+        return masks.layer_rates(self.layers, *self.config.kind_rates())
 
     def parameters(self) -> dict[str, torch.Tensor]:
         return dict(self.model.named_parameters())
@@ -56,7 +55,7 @@ def targets(experiment: Pruner, round_index: int) -> dict[str, int]:
     at_init = config.prune_at == "init"
     if config.scope == "global":
         alive = sum((layer.mask.numel() if at_init else int(layer.mask.sum())) for layer in layers)
-        return {GLOBAL: masks.survivors_after(alive, config.rate, round_index if at_init else 1)}  # type: ignore[arg-type]
+        return {GLOBAL: masks.survivors_after(alive, config.rate, round_index if at_init else 1)}
     rates = experiment.rates()
     return {
         layer.name: masks.survivors_after(

@@ -7,6 +7,7 @@ DataFrame and ``save_results(filename)`` writes it as CSV.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -33,7 +34,7 @@ class ExperimentRunner:
         batch_size: int | None = None,
         device: str | None = None,
         results_dir: str | Path = "results",
-        **extra: object,
+        **extra: Any,
     ):
         self.config = make_config(
             dataset=dataset,

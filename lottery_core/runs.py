@@ -14,6 +14,7 @@ aside, never deleting it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from . import checkpoint, files, rundir
 from .config import config_of
@@ -198,6 +199,7 @@ def resume(
     with rundir.locked(path):
         rundir.clear_stray_temp_files(path)
         meta = rundir.read_meta(path)
+        body: dict[str, Any] | None
         if from_previous:
             body = rundir.previous_point(path, meta)
         else:

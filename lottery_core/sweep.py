@@ -253,7 +253,8 @@ def _prepare_points(folder: Path, points: list[Point], sweep: Sweep) -> list[Pat
 
 def write_sweep_tables(folder: Path, points: list[tuple[str, dict[str, Scalar]]]) -> None:
     """The sweep's ``results.csv`` and ``aggregate.csv`` from its points' own tables."""
-    results, aggregates = [], []
+    results: list[pd.DataFrame] = []
+    aggregates: list[pd.DataFrame] = []
     grid_keys = list(points[0][1]) if points else []
     for name, values in points:
         point_dir = paths.point_dir(folder, name)

@@ -18,9 +18,9 @@ from lottery_core import checkpoint, masks, runs
 from lottery_core.config import make_config
 from lottery_core.errors import LotteryError
 from lottery_core.experiment import Experiment
-from lottery_core.seeds import derive_seeds
 from lottery_core.export import export_ticket, load_ticket
 from lottery_core.plugins import get_plugins
+from lottery_core.seeds import derive_seeds
 
 BUDGET = dict(dataset="mnist-sample", rounds=3, iterations=100, eval_every=25, seed=3, threads=1)
 

@@ -157,7 +157,8 @@ def test_point_names_are_stable_and_the_written_file_reads_back(tmp_path):
     assert point_name({"data_dir": "/data/a b"}) == "data_dir=_data_a_b_a99e17"
     assert point_name({}) == "base"
     long = point_name({f"k{i}": "x" * 30 for i in range(6)})
-    assert len(long) == sweep_file.NAME_MAX and long == point_name({f"k{i}": "x" * 30 for i in range(6)})
+    again = point_name({f"k{i}": "x" * 30 for i in range(6)})
+    assert len(long) == sweep_file.NAME_MAX and long == again
     original = Sweep({"dataset": "mnist-sample", "lr": 0.002, "download": False},
                      {"scope": ["layerwise", "global"], "seed": [0, 3]}, 2, True)  # fmt: skip
     file = tmp_path / "s.toml"
