@@ -365,13 +365,18 @@ def collect(
 ) -> Plugins:
     """Resolve every registration hook of ``manager`` into name registries."""
     broken = {} if broken is None else broken
-    kinds = [
-        ("register_datasets", Registry("dataset", DatasetSpec)),
-        ("register_models", Registry("model", ModelSpec)),
-        ("register_pruning_strategies", Registry("pruning strategy", PruningStrategy)),
-        ("register_reinit_policies", Registry("reinit policy", ReinitPolicy)),
-    ]
-    registries = [_collect(manager, hook, registry, broken) for hook, registry in kinds]
+    datasets = _collect(manager, "register_datasets", Registry("dataset", DatasetSpec), broken)
+    models = _collect(manager, "register_models", Registry("model", ModelSpec), broken)
+    strategies = _collect(
+        manager,
+        "register_pruning_strategies",
+        Registry("pruning strategy", PruningStrategy),
+        broken,
+    )
+    reinits = _collect(
+        manager, "register_reinit_policies", Registry("reinit policy", ReinitPolicy), broken
+    )
+    registries: list[Registry[Any]] = [datasets, models, strategies, reinits]
     for name in broken:  # a plugin broken in one registration hook is dropped from all
         for registry in registries:
             registry.drop(name)
@@ -385,7 +390,7 @@ def collect(
                 "skipped (LOTTERY_BLOCK_PLUGINS)",
                 file=sys.stderr,
             )
-    return Plugins(manager, *registries, broken=broken, origins=origins or {})  # type: ignore[arg-type]
+    return Plugins(manager, datasets, models, strategies, reinits, broken, origins or {})
 
 
 @lru_cache(maxsize=1)
