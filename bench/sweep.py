@@ -30,8 +30,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from lottery_core import paths
 from lottery_core.resolution import default_threads
-from lottery_core.sweep import Sweep, to_toml
+from lottery_core.sweep_file import Sweep, to_toml
 
 from .report import cpu_name
 
@@ -86,10 +87,10 @@ def unit_table(folder: Path) -> pd.DataFrame:
     """One row per unit of a finished sweep: worker pid, seconds, training seconds, peak RSS."""
     import json
 
-    placed = json.loads((folder / "status.json").read_text())["placed"]
+    placed = json.loads((folder / paths.STATUS).read_text())["placed"]
     rows = []
     for key, unit in placed.items():
-        results = pd.read_csv(folder / unit["run"] / "results.csv").sort_values("round")
+        results = pd.read_csv(folder / unit["run"] / paths.RESULTS).sort_values("round")
         trained = (
             results["time_s"].iloc[:1] if key.endswith("#dense") else results["time_s"].iloc[1:]
         )
@@ -115,7 +116,7 @@ def units_phase(folder: Path) -> float:
     ``status.json``): the sweep without Python's start, validation and Ray's start and stop."""
     import json
 
-    driver = json.loads((folder / "status.json").read_text())["driver"]
+    driver = json.loads((folder / paths.STATUS).read_text())["driver"]
     return float(driver["updated"]) - float(driver["started"])
 
 
@@ -181,7 +182,7 @@ def report(timings: dict[str, Timing], base: dict, load_before, load_after, limi
     units = pd.concat([unit_table(f) for t in (one, two) for f in t.folders], ignore_index=True)
     cold, warm = units[units["cold"]], units[~units["cold"]]
     per_worker = units.groupby("pid")["peak_rss_mb"].max()
-    training = sum(float(pd.read_csv(f / "results.csv")["time_s"].sum()) for f in one.folders)
+    training = sum(float(pd.read_csv(f / paths.RESULTS)["time_s"].sum()) for f in one.folders)
     training /= len(one.folders)
     scaling = one.wall / two.wall
     phase_one = statistics.median(units_phase(f) for f in one.folders)
