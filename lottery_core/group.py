@@ -27,6 +27,7 @@ from .plugins import Plugins, get_plugins
 from .resolution import resolve
 from .specs import DatasetSplits
 from .state import RunState, derive_seeds
+from .tables import aggregate
 
 MAIN = "imp"
 
@@ -246,8 +247,6 @@ def _write_branch(
 
 def write_tables(root: Path) -> None:
     """The group's ``results.csv`` (every run's rows) and ``aggregate.csv``."""
-    from .report import aggregate
-
     frames = []
     for folder in sorted((Path(root) / rundir.RUNS).glob("*/trial_*")):
         path = folder / rundir.RESULTS
