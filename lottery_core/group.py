@@ -24,6 +24,7 @@ from .loading import load_data
 from .parallel import execute
 from .plugins import Plugins
 from .specs import DatasetSplits
+from .tables import aggregate
 
 
 @dataclass
@@ -165,8 +166,6 @@ def write_tables(root: Path) -> None:
             frames.append(frame)
     if not frames:
         return
-    from .report import aggregate  # TEMP until the report split lands (tables.aggregate)
-
     combined = pd.concat(frames, ignore_index=True)
     files.write_csv(Path(root) / paths.RESULTS, combined)
     files.write_csv(Path(root) / paths.AGGREGATE, aggregate(combined))

@@ -5,15 +5,7 @@ match the dense one?", so the report opens with that verdict for every series, t
 with the per-round numbers, the per-layer sparsity and the paper's figures (accuracy and
 early-stopping iteration against weights remaining, validation curves per round).
 
-A *series* is one curve of a figure: a single run folder, or one experiment (``imp``,
-``reinit-random``, ``prune-random``...) of a trials/controls group folder, whose trials are
-averaged with a min/max band as in the paper. Everything is read from the files a run writes,
-so a report can be made while a long run is still going.
-
-A report never gives a verdict over tables it cannot trust: where a run folder has a checkpoint,
-the checkpoint must verify (checksum, identity, ``config.json``) and every table beside it must
-say what it says (``rundir.check_tables``); without one, the tables must parse, list each round
-from 0 once, and have a number in every key column. Anything else is one line naming the file.
+What a report reads, and what it refuses to give a verdict over, is ``report_inputs``.
 Rounds flagged ``diverged`` or ``chance`` (``divergence``) are named in the verdict, and a dense
 round so flagged gives no verdict at all.
 """
@@ -23,23 +15,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from . import divergence, files, rundir
+from . import divergence, files
 from .errors import LotteryError
+from .report_inputs import Series, describe, load_series
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-METRICS = ("ES", "val", "test")
-STATS = ("mean", "std", "min", "max")
-MAIN_EXPERIMENT = "imp"
 FIGURES = {
     "accuracy.png": "Test accuracy at early stopping",
     "early_stop.png": "Early-stopping iteration",
@@ -51,53 +40,7 @@ MARKDOWN = "report.md"
 MANIFEST = ".report.json"
 
 
-# -- reading run folders -------------------------------------------------------------------
-
-
-@dataclass
-class Trial:
-    """One run folder's tables and its ``config.json``."""
-
-    folder: Path
-    meta: dict[str, Any]
-    results: pd.DataFrame
-    history: pd.DataFrame
-    layers: pd.DataFrame
-
-
-@dataclass
-class Series:
-    """One curve: the trials of one experiment, from one folder given by the user."""
-
-    label: str
-    folder: Path
-    experiment: str | None
-    trials: list[Trial] = field(default_factory=list)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.trials[0].meta.get("config", {})
-
-    def frame(self) -> pd.DataFrame:
-        """Every trial's ``results.csv`` rows, with a ``trial`` column."""
-        frames = [t.results.assign(trial=i) for i, t in enumerate(self.trials)]
-        return pd.concat(frames, ignore_index=True)
-
-    def summary(self) -> pd.DataFrame:
-        return aggregate(self.frame())
-
-    def flags(self) -> dict[int, list[str]]:
-        """Each flagged round's flags (``divergence``), naming the trial when there are several."""
-        found: dict[int, list[str]] = {}
-        for trial in self.trials:
-            if "flag" not in trial.results:
-                continue
-            results = trial.results
-            for round_index, flag in zip(results["round"], results["flag"], strict=True):
-                if isinstance(flag, str) and flag:
-                    where = f" in {trial.folder.name}" if len(self.trials) > 1 else ""
-                    found.setdefault(int(round_index), []).append(flag + where)
-        return found
+# -- numbers -------------------------------------------------------------------------------
 
 
 def _without(frame: pd.DataFrame, rounds: dict[int, list[str]], column: str) -> pd.DataFrame:
@@ -105,252 +48,6 @@ def _without(frame: pd.DataFrame, rounds: dict[int, list[str]], column: str) -> 
     frame = frame.copy()
     frame.loc[frame["round"].isin(list(rounds)), column] = math.nan
     return frame
-
-
-class Unfinished(LotteryError):
-    """A run folder with no finished round yet: a group's report skips it with a note."""
-
-
-def _read_csv(path: Path, required: bool) -> pd.DataFrame:
-    if not path.is_file():
-        if required:
-            raise Unfinished(
-                f"{str(path.parent)!r} has no {path.name}: not a lottery run or trials folder"
-            )
-        return pd.DataFrame()
-    try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LotteryError(f"{str(path)!r} is not a readable table ({first})") from None
-    except OSError as exc:
-        raise LotteryError(f"{str(path)!r} cannot be read: {files.reason(exc)}") from None
-
-
-# Columns each table must have, and those of them that must hold a finite number in every row.
-KEY_COLUMNS = {
-    rundir.RESULTS: (("round", "remaining", *METRICS), ("round", "remaining", *METRICS)),
-    rundir.HISTORY: (("round", "iteration", "val_acc"), ("round", "iteration", "val_acc")),
-    rundir.LAYERS: (
-        ("round", "layer", "kind", "remaining_pct", "target_pct"),
-        ("round", "remaining_pct"),
-    ),
-}
-
-
-def check_table(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """``frame`` (the table in ``path``) if it is whole: its columns, a finite number in each
-    key column, and for ``results.csv`` each round from 0 exactly once; else one line."""
-    if frame.empty and path.name != rundir.RESULTS:
-        return frame
-    columns, numeric = KEY_COLUMNS[path.name]
-    missing = set(columns) - set(frame.columns)
-    if missing:
-        raise LotteryError(f"{str(path)!r} lacks the columns {', '.join(sorted(missing))}")
-    if frame.empty:
-        raise Unfinished(f"{str(path.parent)!r} has no finished round yet")
-    for column in numeric:
-        values = pd.to_numeric(frame[column], errors="coerce").astype(float)
-        bad = ~np.isfinite(values.to_numpy())
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            value = frame[column].iloc[row]
-            shown = repr(value) if isinstance(value, str) else str(value)
-            raise LotteryError(
-                f"{str(path)!r} has no number in column {column} (row {row + 1}: {shown}): "
-                "the table is damaged; no report over it"
-            )
-        frame[column] = values
-    if path.name == rundir.RESULTS:
-        rounds = frame["round"]
-        if not (rounds == rounds.round()).all():
-            raise LotteryError(f"{str(path)!r} has a round that is not a whole number")
-        rounds = rounds.astype(int)
-        frame["round"] = rounds
-        twice = sorted(set(rounds[rounds.duplicated()]))
-        if twice:
-            raise LotteryError(
-                f"{str(path)!r} lists round {twice[0]} more than once: the table is damaged; "
-                "no verdict over it"
-            )
-        lacking = sorted(set(range(int(rounds.max()) + 1)) - set(rounds))
-        if lacking or rounds.min() < 0:
-            listed = ", ".join(map(str, sorted(rounds)))
-            gap = ", ".join(map(str, lacking)) if lacking else "a negative round"
-            raise LotteryError(
-                f"{str(path)!r} lacks round {gap} (it lists {listed}): the table is damaged; "
-                "no verdict over a gap"
-            )
-    return frame
-
-
-def read_trial(folder: Path) -> Trial:
-    """A single run folder; an error naming it if it is missing, has no finished round, or its
-    files cannot be trusted (see the module's docstring)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise LotteryError(f"{str(folder)!r} does not exist or is not a folder")
-    meta: dict[str, Any] = {}
-    if (folder / rundir.CHECKPOINT).exists():
-        meta = rundir.read_meta(folder)
-        try:
-            body = rundir.verified(folder, meta)
-        except LotteryError as exc:
-            raise LotteryError(f"{exc}{rundir.fallback_hint(folder, meta)}") from None
-        rundir.check_tables(folder, body, names=(rundir.RESULTS, rundir.HISTORY, rundir.LAYERS))
-        results, history, layers = rundir.tables_of(body)
-    else:
-        results = _read_csv(folder / rundir.RESULTS, required=True)
-        history = _read_csv(folder / rundir.HISTORY, required=False)
-        layers = _read_csv(folder / rundir.LAYERS, required=False)
-        if (folder / rundir.CONFIG).is_file():
-            meta = rundir.read_meta(folder)
-    results = check_table(results, folder / rundir.RESULTS)
-    return Trial(
-        folder,
-        meta,
-        results.sort_values("round", ignore_index=True),
-        check_table(history, folder / rundir.HISTORY),
-        check_table(layers, folder / rundir.LAYERS),
-    )
-
-
-def is_group(folder: Path) -> bool:
-    """A trials/controls folder keeps its runs under ``runs/<experiment>/trial_<i>/``."""
-    return rundir.kind(folder) == "group"
-
-
-def _trial_number(folder: Path) -> int:
-    suffix = folder.name.rpartition("_")[2]
-    return int(suffix) if suffix.isdigit() else 1 << 30
-
-
-def read_group(folder: Path) -> tuple[list[tuple[str, list[Trial]]], list[str]]:
-    """Each experiment's finished trials (main experiment first), and notes on what was skipped.
-
-    Trials that have not finished a round yet are skipped with a note, so a group can be
-    reported while it is still running.
-    """
-    notes: list[str] = []
-    names = sorted(p.name for p in (folder / rundir.RUNS).iterdir() if p.is_dir())
-    names.sort(key=lambda name: name != MAIN_EXPERIMENT)
-    found = []
-    for name in names:
-        trials = []
-        for trial_dir in sorted((folder / "runs" / name).glob("trial_*"), key=_trial_number):
-            try:
-                trials.append(read_trial(trial_dir))
-            except Unfinished as exc:  # still running: anything else is refused
-                notes.append(f"skipped {trial_dir.relative_to(folder)}: {exc}")
-        if trials:
-            found.append((name, trials))
-    if not found:
-        raise LotteryError(f"{str(folder)!r} is a trials folder with no finished run yet")
-    return found, notes
-
-
-def describe(config: dict[str, Any]) -> str:
-    """A run's method in words, from its config: what distinguishes it from plain IMP."""
-    words = f"{config.get('prune', '?')} pruning, {config.get('reinit', '?')} reinit"
-    if config.get("scope") == "global":
-        words += ", global"
-    if config.get("rewind_iter"):
-        words += f", rewind to iteration {config['rewind_iter']}"
-    return words
-
-
-def load_series(
-    folders: list[Path], by: list[str] | None = None
-) -> tuple[list[Series], list[str]]:
-    """Every series in ``folders`` (single runs, groups and sweeps, whose series ``by``
-    chooses), with unique readable labels."""
-    if not folders:
-        raise LotteryError("no run folder given to report on")
-    several = len(folders) > 1
-    series: list[Series] = []
-    notes: list[str] = []
-    for folder in map(Path, folders):
-        if not folder.is_dir():
-            raise LotteryError(f"{str(folder)!r} does not exist or is not a folder")
-        if rundir.kind(folder) == "sweep":
-            series += sweep_series(folder, by, several)
-        elif is_group(folder):
-            experiments, skipped = read_group(folder)
-            notes += [f"{folder.name}: {note}" for note in skipped]
-            for name, trials in experiments:
-                label = f"{folder.name} / {name}" if several else name
-                series.append(Series(label, folder, name, trials))
-        else:
-            trial = read_trial(folder)
-            words = describe(trial.meta.get("config", {}))
-            label = f"{folder.name} ({words})" if several else words
-            series.append(Series(label, folder, None, [trial]))
-    if by and not any(rundir.kind(f) == "sweep" for f in map(Path, folders)):
-        raise LotteryError("--by chooses the series of a sweep folder; none was given")
-    seen: dict[str, int] = {}
-    for item in series:
-        seen[item.label] = seen.get(item.label, 0) + 1
-        if seen[item.label] > 1:
-            item.label += f" #{seen[item.label]}"
-    return series, notes
-
-
-def sweep_series(folder: Path, by: list[str] | None, several: bool) -> list[Series]:
-    """A sweep folder's series: one per grid point and experiment, or per value of the ``by``
-    fields (``lottery_core.sweep.report_series``), of the trials that finished a round."""
-    from .sweep import report_series
-
-    found = []
-    for label, experiment, trial_dirs in report_series(folder, by):
-        trials = []
-        for trial_dir in trial_dirs:
-            try:
-                trials.append(read_trial(trial_dir))
-            except LotteryError:  # not started, or no finished round yet
-                continue
-        if trials:
-            found.append(Series(f"{folder.name} / {label}" if several else label, folder,
-                                experiment, trials))  # fmt: skip
-    if not found:
-        raise LotteryError(f"{str(folder)!r} is a sweep with no finished round yet")
-    return found
-
-
-# -- numbers -------------------------------------------------------------------------------
-
-
-def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (experiment, round) statistics over trials, as the paper's figures plot them.
-
-    Groups ``frame`` (rows of ``results.csv``, possibly several trials and experiments) by
-    ``experiment`` when that column exists, and by ``round``. Returns ``remaining`` (mean),
-    ``trials`` (how many rows were combined) and ``ES_mean, ES_std, ES_min, ES_max`` and the
-    same for ``val`` and ``test``. The std is pandas' sample std (ddof=1), so it is NaN, not 0,
-    for a single trial: one trial says nothing about the spread. Experiments keep their order
-    of first appearance; rounds are ascending.
-    """
-    keys = ["experiment", "round"] if "experiment" in frame.columns else ["round"]
-    missing = {"round", "remaining", *METRICS} - set(frame.columns)
-    if missing:
-        raise LotteryError(f"results table lacks the columns {', '.join(sorted(missing))}")
-    columns = keys + ["remaining", "trials"] + [f"{m}_{s}" for m in METRICS for s in STATS]
-    if frame.empty:
-        return pd.DataFrame(columns=columns)
-    grouped = frame.groupby(keys, sort=False)
-    out = grouped["remaining"].mean().to_frame()
-    out["trials"] = grouped["trial"].nunique() if "trial" in frame.columns else grouped.size()
-    for metric in METRICS:
-        stats = grouped[metric].agg(list(STATS))
-        for stat in STATS:
-            out[f"{metric}_{stat}"] = stats[stat]
-    out = out.reset_index()
-    if "experiment" in keys:
-        order = {name: i for i, name in enumerate(pd.unique(frame["experiment"]))}
-        out = out.assign(_order=out["experiment"].map(order))
-        out = out.sort_values(["_order", "round"], kind="stable").drop(columns="_order")
-    else:
-        out = out.sort_values("round", kind="stable")
-    return out[columns].reset_index(drop=True)
 
 
 def sparsest_within(
@@ -388,10 +85,12 @@ def pct(value: float) -> str:
 
 
 def num(value: float, digits: int = 2) -> str:
+    """An accuracy with ``digits`` decimals, or a dash where there is no number (no trial)."""
     return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines, so every section of the report renders alike."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
@@ -445,6 +144,7 @@ def verdict_lines(series: Series, tolerance: float) -> list[str]:
 
 
 def round_table(series: Series) -> list[str]:
+    """The numbers behind the verdict: per round, ES and accuracy over trials, and flags."""
     rows = []
     flags = series.flags()
     for _, row in series.summary().iterrows():
@@ -534,6 +234,7 @@ def setup_lines(item: Series) -> str:
 
 
 def markdown(series: list[Series], notes: list[str], tolerance: float) -> str:
+    """``report.md``: the verdict first, then what backs it (setup, rounds, layers, figures)."""
     lines = ["# Lottery ticket report", ""]
     lines += data_lines(series) + [""]
     lines += [
@@ -675,6 +376,7 @@ def validation_figure(series: list[Series]) -> Figure:
 
 
 def _sha256(path: Path) -> str:
+    """What ``MANIFEST`` records, so a later report can tell its own files from edited ones."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -712,11 +414,13 @@ def check_out(out_dir: Path) -> None:
 
 
 def _write_manifest(out_dir: Path, names: tuple[str, ...], done: bool) -> None:
+    """Claim ``names`` before writing them (``done=False``), then record what they hold."""
     files.write_json(out_dir / MANIFEST,
                      {n: _sha256(out_dir / n) if done else None for n in names})  # fmt: skip
 
 
 def save_figure(fig: Figure, path: Path) -> None:
+    """Atomically, so a killed report never leaves half a PNG under a real name."""
     files.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 

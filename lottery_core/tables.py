@@ -1,8 +1,17 @@
-"""The per-round tables a terminal shows: one run's rows, or a group's aggregate."""
+"""Per-round tables: a group's statistics over trials, and what a terminal shows of them.
+
+``aggregate`` sits this low because a group writes its ``aggregate.csv`` with it and a report
+plots it: the group need not import the report's rendering to do so.
+"""
 
 from __future__ import annotations
 
 import pandas as pd
+
+from .errors import LotteryError
+
+METRICS = ("ES", "val", "test")
+STATS = ("mean", "std", "min", "max")
 
 FORMATS = {
     "remaining": "{:.1f}",
@@ -11,6 +20,40 @@ FORMATS = {
     "final_test": "{:.2f}",
     "time_s": "{:.1f}",
 }
+
+
+def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (experiment, round) statistics over trials, as the paper's figures plot them.
+
+    Groups ``frame`` (rows of ``results.csv``, possibly several trials and experiments) by
+    ``experiment`` when that column exists, and by ``round``. Returns ``remaining`` (mean),
+    ``trials`` (how many rows were combined) and ``ES_mean, ES_std, ES_min, ES_max`` and the
+    same for ``val`` and ``test``. The std is pandas' sample std (ddof=1), so it is NaN, not 0,
+    for a single trial: one trial says nothing about the spread. Experiments keep their order
+    of first appearance; rounds are ascending.
+    """
+    keys = ["experiment", "round"] if "experiment" in frame.columns else ["round"]
+    missing = {"round", "remaining", *METRICS} - set(frame.columns)
+    if missing:
+        raise LotteryError(f"results table lacks the columns {', '.join(sorted(missing))}")
+    columns = keys + ["remaining", "trials"] + [f"{m}_{s}" for m in METRICS for s in STATS]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = frame.groupby(keys, sort=False)
+    out = grouped["remaining"].mean().to_frame()
+    out["trials"] = grouped["trial"].nunique() if "trial" in frame.columns else grouped.size()
+    for metric in METRICS:
+        stats = grouped[metric].agg(list(STATS))
+        for stat in STATS:
+            out[f"{metric}_{stat}"] = stats[stat]
+    out = out.reset_index()
+    if "experiment" in keys:
+        order = {name: i for i, name in enumerate(pd.unique(frame["experiment"]))}
+        out = out.assign(_order=out["experiment"].map(order))
+        out = out.sort_values(["_order", "round"], kind="stable").drop(columns="_order")
+    else:
+        out = out.sort_values("round", kind="stable")
+    return out[columns].reset_index(drop=True)
 
 
 def summary_table(frame: pd.DataFrame) -> str:

@@ -17,7 +17,6 @@ from lottery_core.config import make_config
 from lottery_core.errors import LotteryError
 from lottery_core.experiment import Experiment
 from lottery_core.report import (
-    aggregate,
     load_series,
     metric_figure,
     pct,
@@ -25,6 +24,7 @@ from lottery_core.report import (
     validation_figure,
     write_report,
 )
+from lottery_core.tables import aggregate
 
 BUDGET = dict(dataset="mnist-sample", rounds=3, iterations=100, eval_every=25, threads=1)
 LAYOUT = {

@@ -1,0 +1,284 @@
+"""A report's inputs: the run, group and sweep folders it reads, and the checks they must pass.
+
+A *series* is one curve of a figure: a single run folder, or one experiment (``imp``,
+``reinit-random``, ``prune-random``...) of a trials/controls group folder, whose trials are
+averaged with a min/max band as in the paper. Everything is read from the files a run writes,
+so a report can be made while a long run is still going.
+
+A report never gives a verdict over tables it cannot trust: where a run folder has a checkpoint,
+the checkpoint must verify (checksum, identity, ``config.json``) and every table beside it must
+say what it says (``rundir.check_tables``); without one, the tables must parse, list each round
+from 0 once, and have a number in every key column. Anything else is one line naming the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import files, rundir
+from .errors import LotteryError
+from .tables import METRICS, aggregate
+
+MAIN_EXPERIMENT = "imp"
+
+
+@dataclass
+class Trial:
+    """One run folder's tables and its ``config.json``."""
+
+    folder: Path
+    meta: dict[str, Any]
+    results: pd.DataFrame
+    history: pd.DataFrame
+    layers: pd.DataFrame
+
+
+@dataclass
+class Series:
+    """One curve: the trials of one experiment, from one folder given by the user."""
+
+    label: str
+    folder: Path
+    experiment: str | None
+    trials: list[Trial] = field(default_factory=list)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The first trial's config, by which the setup line and layer note describe the series."""
+        return self.trials[0].meta.get("config", {})
+
+    def frame(self) -> pd.DataFrame:
+        """Every trial's ``results.csv`` rows, with a ``trial`` column."""
+        frames = [t.results.assign(trial=i) for i, t in enumerate(self.trials)]
+        return pd.concat(frames, ignore_index=True)
+
+    def summary(self) -> pd.DataFrame:
+        """Per-round statistics over the trials (``tables.aggregate``), as the figures plot them."""
+        return aggregate(self.frame())
+
+    def flags(self) -> dict[int, list[str]]:
+        """Each flagged round's flags (``divergence``), naming the trial when there are several."""
+        found: dict[int, list[str]] = {}
+        for trial in self.trials:
+            if "flag" not in trial.results:
+                continue
+            results = trial.results
+            for round_index, flag in zip(results["round"], results["flag"], strict=True):
+                if isinstance(flag, str) and flag:
+                    where = f" in {trial.folder.name}" if len(self.trials) > 1 else ""
+                    found.setdefault(int(round_index), []).append(flag + where)
+        return found
+
+
+class Unfinished(LotteryError):
+    """A run folder with no finished round yet: a group's report skips it with a note."""
+
+
+def _read_csv(path: Path, required: bool) -> pd.DataFrame:
+    """A table of a folder without a checkpoint; one line naming the file if it cannot be read."""
+    if not path.is_file():
+        if required:
+            raise Unfinished(
+                f"{str(path.parent)!r} has no {path.name}: not a lottery run or trials folder"
+            )
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LotteryError(f"{str(path)!r} is not a readable table ({first})") from None
+    except OSError as exc:
+        raise LotteryError(f"{str(path)!r} cannot be read: {files.reason(exc)}") from None
+
+
+# Columns each table must have, and those of them that must hold a finite number in every row.
+KEY_COLUMNS = {
+    rundir.RESULTS: (("round", "remaining", *METRICS), ("round", "remaining", *METRICS)),
+    rundir.HISTORY: (("round", "iteration", "val_acc"), ("round", "iteration", "val_acc")),
+    rundir.LAYERS: (
+        ("round", "layer", "kind", "remaining_pct", "target_pct"),
+        ("round", "remaining_pct"),
+    ),
+}
+
+
+def check_table(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """``frame`` (the table in ``path``) if it is whole: its columns, a finite number in each
+    key column, and for ``results.csv`` each round from 0 exactly once; else one line."""
+    if frame.empty and path.name != rundir.RESULTS:
+        return frame
+    columns, numeric = KEY_COLUMNS[path.name]
+    missing = set(columns) - set(frame.columns)
+    if missing:
+        raise LotteryError(f"{str(path)!r} lacks the columns {', '.join(sorted(missing))}")
+    if frame.empty:
+        raise Unfinished(f"{str(path.parent)!r} has no finished round yet")
+    for column in numeric:
+        values = pd.to_numeric(frame[column], errors="coerce").astype(float)
+        bad = ~np.isfinite(values.to_numpy())
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            value = frame[column].iloc[row]
+            shown = repr(value) if isinstance(value, str) else str(value)
+            raise LotteryError(
+                f"{str(path)!r} has no number in column {column} (row {row + 1}: {shown}): "
+                "the table is damaged; no report over it"
+            )
+        frame[column] = values
+    if path.name == rundir.RESULTS:
+        rounds = frame["round"]
+        if not (rounds == rounds.round()).all():
+            raise LotteryError(f"{str(path)!r} has a round that is not a whole number")
+        rounds = rounds.astype(int)
+        frame["round"] = rounds
+        twice = sorted(set(rounds[rounds.duplicated()]))
+        if twice:
+            raise LotteryError(
+                f"{str(path)!r} lists round {twice[0]} more than once: the table is damaged; "
+                "no verdict over it"
+            )
+        lacking = sorted(set(range(int(rounds.max()) + 1)) - set(rounds))
+        if lacking or rounds.min() < 0:
+            listed = ", ".join(map(str, sorted(rounds)))
+            gap = ", ".join(map(str, lacking)) if lacking else "a negative round"
+            raise LotteryError(
+                f"{str(path)!r} lacks round {gap} (it lists {listed}): the table is damaged; "
+                "no verdict over a gap"
+            )
+    return frame
+
+
+def read_trial(folder: Path) -> Trial:
+    """A single run folder; an error naming it if it is missing, has no finished round, or its
+    files cannot be trusted (see the module's docstring)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LotteryError(f"{str(folder)!r} does not exist or is not a folder")
+    meta: dict[str, Any] = {}
+    if (folder / rundir.CHECKPOINT).exists():
+        meta = rundir.read_meta(folder)
+        try:
+            body = rundir.verified(folder, meta)
+        except LotteryError as exc:
+            raise LotteryError(f"{exc}{rundir.fallback_hint(folder, meta)}") from None
+        rundir.check_tables(folder, body, names=(rundir.RESULTS, rundir.HISTORY, rundir.LAYERS))
+        results, history, layers = rundir.tables_of(body)
+    else:
+        results = _read_csv(folder / rundir.RESULTS, required=True)
+        history = _read_csv(folder / rundir.HISTORY, required=False)
+        layers = _read_csv(folder / rundir.LAYERS, required=False)
+        if (folder / rundir.CONFIG).is_file():
+            meta = rundir.read_meta(folder)
+    results = check_table(results, folder / rundir.RESULTS)
+    return Trial(
+        folder,
+        meta,
+        results.sort_values("round", ignore_index=True),
+        check_table(history, folder / rundir.HISTORY),
+        check_table(layers, folder / rundir.LAYERS),
+    )
+
+
+def is_group(folder: Path) -> bool:
+    """A trials/controls folder keeps its runs under ``runs/<experiment>/trial_<i>/``."""
+    return rundir.kind(folder) == "group"
+
+
+def _trial_number(folder: Path) -> int:
+    """Sort key: ``trial_10`` after ``trial_9``, stray names last."""
+    suffix = folder.name.rpartition("_")[2]
+    return int(suffix) if suffix.isdigit() else 1 << 30
+
+
+def read_group(folder: Path) -> tuple[list[tuple[str, list[Trial]]], list[str]]:
+    """Each experiment's finished trials (main experiment first), and notes on what was skipped.
+
+    Trials that have not finished a round yet are skipped with a note, so a group can be
+    reported while it is still running.
+    """
+    notes: list[str] = []
+    names = sorted(p.name for p in (folder / rundir.RUNS).iterdir() if p.is_dir())
+    names.sort(key=lambda name: name != MAIN_EXPERIMENT)
+    found = []
+    for name in names:
+        trials = []
+        for trial_dir in sorted((folder / "runs" / name).glob("trial_*"), key=_trial_number):
+            try:
+                trials.append(read_trial(trial_dir))
+            except Unfinished as exc:  # still running: anything else is refused
+                notes.append(f"skipped {trial_dir.relative_to(folder)}: {exc}")
+        if trials:
+            found.append((name, trials))
+    if not found:
+        raise LotteryError(f"{str(folder)!r} is a trials folder with no finished run yet")
+    return found, notes
+
+
+def describe(config: dict[str, Any]) -> str:
+    """A run's method in words, from its config: what distinguishes it from plain IMP."""
+    words = f"{config.get('prune', '?')} pruning, {config.get('reinit', '?')} reinit"
+    if config.get("scope") == "global":
+        words += ", global"
+    if config.get("rewind_iter"):
+        words += f", rewind to iteration {config['rewind_iter']}"
+    return words
+
+
+def load_series(folders: list[Path], by: list[str] | None = None) -> tuple[list[Series], list[str]]:
+    """Every series in ``folders`` (single runs, groups and sweeps, whose series ``by``
+    chooses), with unique readable labels."""
+    if not folders:
+        raise LotteryError("no run folder given to report on")
+    several = len(folders) > 1
+    series: list[Series] = []
+    notes: list[str] = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise LotteryError(f"{str(folder)!r} does not exist or is not a folder")
+        if rundir.kind(folder) == "sweep":
+            series += sweep_series(folder, by, several)
+        elif is_group(folder):
+            experiments, skipped = read_group(folder)
+            notes += [f"{folder.name}: {note}" for note in skipped]
+            for name, trials in experiments:
+                label = f"{folder.name} / {name}" if several else name
+                series.append(Series(label, folder, name, trials))
+        else:
+            trial = read_trial(folder)
+            words = describe(trial.meta.get("config", {}))
+            label = f"{folder.name} ({words})" if several else words
+            series.append(Series(label, folder, None, [trial]))
+    if by and not any(rundir.kind(f) == "sweep" for f in map(Path, folders)):
+        raise LotteryError("--by chooses the series of a sweep folder; none was given")
+    seen: dict[str, int] = {}
+    for item in series:
+        seen[item.label] = seen.get(item.label, 0) + 1
+        if seen[item.label] > 1:
+            item.label += f" #{seen[item.label]}"
+    return series, notes
+
+
+def sweep_series(folder: Path, by: list[str] | None, several: bool) -> list[Series]:
+    """A sweep folder's series: one per grid point and experiment, or per value of the ``by``
+    fields (``lottery_core.sweep.report_series``), of the trials that finished a round."""
+    from .sweep import report_series
+
+    found = []
+    for label, experiment, trial_dirs in report_series(folder, by):
+        trials = []
+        for trial_dir in trial_dirs:
+            try:
+                trials.append(read_trial(trial_dir))
+            except LotteryError:  # not started, or no finished round yet
+                continue
+        if trials:
+            found.append(Series(f"{folder.name} / {label}" if several else label, folder,
+                                experiment, trials))  # fmt: skip
+    if not found:
+        raise LotteryError(f"{str(folder)!r} is a sweep with no finished round yet")
+    return found
