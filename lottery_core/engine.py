@@ -224,6 +224,97 @@ def _spent(started: float) -> dict[str, float]:
     return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak}
 
 
+class _Schedule:
+    """The driver's state while ``Engine.run`` runs units: what waits (``first`` units ahead),
+    what runs (by Ray object ref), how each unit ended, and the progress the callback sees."""
+
+    def __init__(
+        self,
+        units: list[Unit],
+        on_event: Callable[[Event], None] | None,
+        limit: int | None,
+        gpu_share: float,
+    ) -> None:
+        self.units = units
+        self.on_event = on_event
+        self.limit = limit  # units running at once (None: as many as Ray fits)
+        self.gpu_share = gpu_share
+        self.by_key = {u.key: u for u in units}
+        order = sorted(range(len(units)), key=lambda i: (not units[i].first, i))
+        self.waiting = [units[i] for i in order]
+        self.outcomes: dict[str, Outcome] = {}
+        self.inflight: dict[Any, Unit] = {}
+        self.counted: dict[str, int] = {}  # each running unit's run's count when it was sent
+        self.started = time.perf_counter()
+        self.runs = {u.run for u in units}
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """Runs done, running, failed and skipped: a run counts once, failed over skipped."""
+        by_key, outcomes = self.by_key, self.outcomes
+        failed = {by_key[k].run for k, o in outcomes.items() if not o.ok and not o.skipped}
+        skipped = {by_key[k].run for k, o in outcomes.items() if o.skipped} - failed
+        busy = {u.run for u in self.inflight.values()} - failed
+        open_runs = {u.run for u in self.units if u.key not in outcomes}
+        done = len(self.runs - open_runs - failed - skipped)
+        return done, len(busy), len(failed), len(skipped)
+
+    def rounds_done(self) -> int:
+        """Rounds of the units that succeeded, and those running units have finished so far."""
+        total = sum(self.by_key[k].rounds for k, o in self.outcomes.items() if o.ok)
+        for unit in self.inflight.values():
+            if unit.count is not None:
+                now = unit.count() - self.counted.get(unit.key, 0)
+                total += max(0, min(unit.rounds, now))
+        return total
+
+    def rounds_total(self) -> int:  # what failed or was skipped will not be trained
+        outcomes = self.outcomes
+        return sum(u.rounds for u in self.units if u.key not in outcomes or outcomes[u.key].ok)
+
+    def emit(self, outcome: Outcome | None = None, unit: Unit | None = None) -> None:
+        """Tell the callback (if any) where things stand; ``outcome``: ``unit`` just ended."""
+        if self.on_event is None:
+            return
+        done, running, failed, skipped = self.counts()
+        self.on_event(
+            Event(
+                done, running, failed, skipped, len(self.runs), self.rounds_done(),
+                self.rounds_total(), time.perf_counter() - self.started,
+                outcome, unit, list(self.inflight.values()),
+            )
+        )  # fmt: skip
+
+    def submit_ready(self, remote: Any) -> None:
+        """Send each waiting unit whose ``after`` units succeeded, while the limit allows; skip
+        those that depend on a failure (in order, so ``first`` units go first)."""
+        outcomes = self.outcomes
+        for unit in list(self.waiting):
+            bad = [k for k in unit.after if k in outcomes and not outcomes[k].ok]
+            if bad:
+                self.waiting.remove(unit)
+                outcomes[unit.key] = Outcome(
+                    unit.key, False, f"not run: {self.by_key[bad[0]].run} failed", skipped=True
+                )
+                self.emit(outcomes[unit.key], unit)
+                continue
+            if not all(k in outcomes for k in unit.after):
+                continue
+            if self.limit is not None and len(self.inflight) >= self.limit:
+                break
+            self.waiting.remove(unit)
+            options: dict[str, float] = {}
+            if unit.gpu and self.gpu_share > 0:
+                options["num_gpus"] = self.gpu_share
+            task = remote.options(**options) if options else remote
+            self.counted[unit.key] = unit.count() if unit.count is not None else 0
+            self.inflight[task.remote(unit.target, unit.kwargs)] = unit
+
+    def skip_waiting(self) -> None:
+        """Mark every waiting unit skipped: nothing runs that could unlock it."""
+        for unit in self.waiting:
+            self.outcomes[unit.key] = Outcome(unit.key, False, "not run", skipped=True)
+
+
 class Engine:
     """A Ray connection (started, joined or borrowed) that runs units."""
 
@@ -314,90 +405,27 @@ class Engine:
             max_retries=MAX_RETRIES,
             retry_exceptions=False,
         )
-        by_key = {u.key: u for u in units}
-        order = sorted(range(len(units)), key=lambda i: (not units[i].first, i))
-        waiting = [units[i] for i in order]
-        outcomes: dict[str, Outcome] = {}
-        inflight: dict[Any, Unit] = {}
-        counted: dict[str, int] = {}
-        limit = self.plan.workers
-        started = time.perf_counter()
-        runs = {u.run for u in units}
-
-        def counts() -> tuple[int, int, int, int]:
-            failed = {by_key[k].run for k, o in outcomes.items() if not o.ok and not o.skipped}
-            skipped = {by_key[k].run for k, o in outcomes.items() if o.skipped} - failed
-            busy = {u.run for u in inflight.values()} - failed
-            open_runs = {u.run for u in units if u.key not in outcomes}
-            done = len(runs - open_runs - failed - skipped)
-            return done, len(busy), len(failed), len(skipped)
-
-        def rounds_done() -> int:
-            total = sum(by_key[k].rounds for k, o in outcomes.items() if o.ok)
-            for unit in inflight.values():
-                if unit.count is not None:
-                    now = unit.count() - counted.get(unit.key, 0)
-                    total += max(0, min(unit.rounds, now))
-            return total
-
-        def rounds_total() -> int:  # what failed or was skipped will not be trained
-            return sum(u.rounds for u in units if u.key not in outcomes or outcomes[u.key].ok)
-
-        def emit(outcome: Outcome | None = None, unit: Unit | None = None) -> None:
-            if on_event is None:
-                return
-            done, running, failed, skipped = counts()
-            on_event(
-                Event(
-                    done, running, failed, skipped, len(runs), rounds_done(),
-                    rounds_total(), time.perf_counter() - started,
-                    outcome, unit, list(inflight.values()),
-                )
-            )  # fmt: skip
-
-        def submit_ready() -> None:
-            for unit in list(waiting):
-                bad = [k for k in unit.after if k in outcomes and not outcomes[k].ok]
-                if bad:
-                    waiting.remove(unit)
-                    outcomes[unit.key] = Outcome(
-                        unit.key, False, f"not run: {by_key[bad[0]].run} failed", skipped=True
-                    )
-                    emit(outcomes[unit.key], unit)
-                    continue
-                if not all(k in outcomes for k in unit.after):
-                    continue
-                if limit is not None and len(inflight) >= limit:
-                    break
-                waiting.remove(unit)
-                options = {}
-                if unit.gpu and self.gpu_share > 0:
-                    options["num_gpus"] = self.gpu_share
-                task = remote.options(**options) if options else remote
-                counted[unit.key] = unit.count() if unit.count is not None else 0
-                inflight[task.remote(unit.target, unit.kwargs)] = unit
-
+        schedule = _Schedule(units, on_event, self.plan.workers, self.gpu_share)
         try:
-            submit_ready()
-            emit()
-            while waiting or inflight:
-                if not inflight:  # everything left waits on a unit that never ran
-                    for unit in waiting:
-                        outcomes[unit.key] = Outcome(unit.key, False, "not run", skipped=True)
+            schedule.submit_ready(remote)
+            schedule.emit()
+            while schedule.waiting or schedule.inflight:
+                if not schedule.inflight:  # everything left waits on a unit that never ran
+                    schedule.skip_waiting()
                     break
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=poll_s)
+                ready, _ = ray.wait(list(schedule.inflight), num_returns=1, timeout=poll_s)
                 for ref in ready:
-                    unit = inflight.pop(ref)
+                    unit = schedule.inflight.pop(ref)
                     outcome = self._outcome(unit, ref)
-                    outcomes[unit.key] = outcome
-                    submit_ready()
-                    emit(outcome, unit)
+                    schedule.outcomes[unit.key] = outcome
+                    schedule.submit_ready(remote)
+                    schedule.emit(outcome, unit)
                 if not ready:
-                    emit()
+                    schedule.emit()
         except KeyboardInterrupt:
-            self._cancel(list(inflight))
+            self._cancel(list(schedule.inflight))
             raise EngineInterrupted() from None
-        return outcomes
+        return schedule.outcomes
 
     def _outcome(self, unit: Unit, ref: Any) -> Outcome:
         exceptions = self.ray.exceptions

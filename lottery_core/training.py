@@ -123,13 +123,9 @@ def train_round(
     """
     n = data.train_x.shape[0]
     batch = settings.batch_size
-    steps_per_epoch = n // batch
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch size {batch} exceeds the {n} training examples")
-    params = list(model.parameters())
+    steps_per_epoch = _steps_per_epoch(n, batch)
     optimizer = make_optimizer(model, settings.lr)
-    outcome = RoundOutcome()
-    best = [p.detach().clone() for p in params]
+    round_log = _RoundLog(model, data, settings, on_evaluation)
     device = data.train_x.device
     train_loss_sum = torch.zeros((), device=device)
     window = 0
@@ -155,15 +151,7 @@ def train_round(
             if on_iteration is not None:
                 on_iteration(iteration)
             if iteration % settings.eval_every == 0 or iteration == settings.iterations:
-                row = evaluation_row(model, data, settings, iteration, train_loss_sum / window)
-                if on_evaluation is not None:
-                    row.update(on_evaluation(row) or {})
-                outcome.history.append(row)
-                if row["val_loss"] < outcome.es_val_loss:
-                    outcome.es_iteration = iteration
-                    outcome.es_val_loss = row["val_loss"]
-                    outcome.es_val_acc = row["val_acc"]
-                    _copy_into(best, params)
+                round_log.evaluation(iteration, train_loss_sum / window)
                 if progress is not None:
                     progress(window)
                 train_loss_sum.zero_()
@@ -172,9 +160,56 @@ def train_round(
                     threads.pause()
             if iteration >= settings.iterations:
                 break
-    outcome.final_test_acc = evaluate(model, data.test_x, data.test_y, data.images)[1]
-    outcome.es_test_acc = _evaluate_at(model, params, best, data)
-    return outcome
+    return round_log.finish()
+
+
+def _steps_per_epoch(n: int, batch: int) -> int:
+    """Whole batches per epoch; a batch larger than the data would train nothing, so refuse."""
+    steps_per_epoch = n // batch
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch size {batch} exceeds the {n} training examples")
+    return steps_per_epoch
+
+
+class _RoundLog:
+    """A round's history and early-stopping snapshot, kept out of ``train_round``'s step loop:
+    it is called only at evaluations and at the end, so the per-step path is unchanged."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DatasetSplits,
+        settings: TrainSettings,
+        on_evaluation: Callable[[dict], dict | None] | None,
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.settings = settings
+        self.on_evaluation = on_evaluation
+        self.params = list(model.parameters())
+        self.outcome = RoundOutcome()
+        self.best = [p.detach().clone() for p in self.params]
+
+    def evaluation(self, iteration: int, train_loss: torch.Tensor) -> None:
+        """Validate, add the row (with ``on_evaluation``'s columns) and, at a new best
+        validation loss, snapshot the parameters: the early-stopping point."""
+        row = evaluation_row(self.model, self.data, self.settings, iteration, train_loss)
+        if self.on_evaluation is not None:
+            row.update(self.on_evaluation(row) or {})
+        outcome = self.outcome
+        outcome.history.append(row)
+        if row["val_loss"] < outcome.es_val_loss:
+            outcome.es_iteration = iteration
+            outcome.es_val_loss = row["val_loss"]
+            outcome.es_val_acc = row["val_acc"]
+            _copy_into(self.best, self.params)
+
+    def finish(self) -> RoundOutcome:
+        """The test accuracy at the end and at the early-stopping snapshot (two evaluations)."""
+        model, data, outcome = self.model, self.data, self.outcome
+        outcome.final_test_acc = evaluate(model, data.test_x, data.test_y, data.images)[1]
+        outcome.es_test_acc = _evaluate_at(model, self.params, self.best, data)
+        return outcome
 
 
 def evaluation_row(
