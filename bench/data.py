@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torchvision import datasets, transforms
 
+import lottery_core.plugins  # noqa: F401  (in a checkout: lottery_plugins is its plugins/)
 from lottery_core.specs import DatasetSplits
-from plugins.datasets import Normalise
+from lottery_plugins.datasets import Normalise
 
 Shape = tuple[int, int, int]
 MNIST_SHAPE: Shape = (1, 28, 28)

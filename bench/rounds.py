@@ -140,7 +140,10 @@ def peak_rss_mib(rounds: int, iterations: int, dataset: str) -> tuple[float, flo
         return _peak_rss(run), _peak_rss(["-c", _IMPORTS])
 
 
-_IMPORTS = "import cli, lottery_core.experiment, plugins.datasets, plugins.models, pandas"
+_IMPORTS = (
+    "import lottery_core.cli, lottery_core.experiment, lottery_plugins.datasets, "
+    "lottery_plugins.models, pandas"
+)
 
 
 def _peak_rss(arguments: list[str]) -> float:

@@ -1,8 +1,10 @@
 """The plugin manager and the name registries built from it.
 
 Plugins come from the ``lottery`` entry-point group, built-ins included (this project's own
-``pyproject.toml`` declares them). When the project is run from a checkout that was never
-installed, the built-in modules are registered by name instead, through the very same hooks.
+``pyproject.toml`` declares them, as the package ``lottery_plugins``). When the project is run
+from a checkout that was never installed, the built-in modules are registered by name instead,
+through the very same hooks. In a checkout, ``lottery_plugins`` is always the checkout's own
+``plugins/`` folder (see ``builtin_package``), once this module is imported.
 Set ``LOTTERY_NO_ENTRYPOINTS=1`` to load built-ins only, or ``LOTTERY_BLOCK_PLUGINS=a,b`` to skip
 plugins by name.
 """
@@ -12,10 +14,13 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 import pluggy
@@ -28,11 +33,12 @@ from .guards import blame, describe_error
 from .specs import DatasetSpec, ModelSpec, PruningStrategy, ReinitPolicy
 
 GROUP = "lottery"
+BUILTIN_PACKAGE = "lottery_plugins"  # installed from the repository's plugins/ folder
 BUILTIN_MODULES = {
-    "datasets": "plugins.datasets",
-    "models": "plugins.models",
-    "pruning": "plugins.pruning",
-    "reinit": "plugins.reinit",
+    "datasets": "lottery_plugins.datasets",
+    "models": "lottery_plugins.models",
+    "pruning": "lottery_plugins.pruning",
+    "reinit": "lottery_plugins.reinit",
 }
 
 T = TypeVar("T")
@@ -391,6 +397,34 @@ def collect(
                 file=sys.stderr,
             )
     return Plugins(manager, datasets, models, strategies, reinits, broken, origins or {})
+
+
+def builtin_package() -> ModuleType:
+    """The built-in plugins' package, ``lottery_plugins``. Where this ``lottery_core`` lies in a
+    checkout (a ``pyproject.toml`` and a ``plugins/`` folder beside it), it is that folder,
+    imported under the installed name, so the checkout's own built-ins are used even when
+    another checkout is the installed one; otherwise the installed package."""
+    if BUILTIN_PACKAGE in sys.modules:
+        return sys.modules[BUILTIN_PACKAGE]
+    root = Path(__file__).resolve().parent.parent
+    folder = root / "plugins"
+    if not ((root / "pyproject.toml").is_file() and (folder / "__init__.py").is_file()):
+        return importlib.import_module(BUILTIN_PACKAGE)
+    spec = importlib.util.spec_from_file_location(
+        BUILTIN_PACKAGE, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    assert spec is not None and spec.loader is not None
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[BUILTIN_PACKAGE] = package
+    try:
+        spec.loader.exec_module(package)
+    except BaseException:
+        del sys.modules[BUILTIN_PACKAGE]
+        raise
+    return package
+
+
+builtin_package()  # before any entry point loads: ``import lottery_plugins.x`` is this one's
 
 
 @lru_cache(maxsize=1)

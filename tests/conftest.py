@@ -54,8 +54,9 @@ class CliResult:
 
 @pytest.fixture
 def invoke(tmp_path, monkeypatch, capsys):
-    """``cli.main(argv)`` in this process, from a scratch folder: exit code, stdout, stderr."""
-    import cli
+    """``lottery_core.cli.main(argv)`` in this process, from a scratch folder: exit code, stdout,
+    stderr."""
+    from lottery_core import cli
 
     monkeypatch.chdir(tmp_path)
 

@@ -1,5 +1,5 @@
-"""The command line as a user runs it: real files, exit codes; in-process (``cli.main``) but for
-one real subprocess run end to end."""
+"""The command line as a user runs it: real files, exit codes; in-process
+(``lottery_core.cli.main``) but for one real subprocess run end to end."""
 
 from __future__ import annotations
 
@@ -231,8 +231,9 @@ def test_report_refuses_a_nan_tolerance(invoke):
 def test_top_level_help_lists_every_command_without_loading_torch(cli_env):
     """``cli.py --help`` (and the commands that need no plugin) start without the plugins and
     torch; ``run`` is built with its plugin choices when it is used."""
-    code = ("import sys, cli\n"
-            "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom lottery_core import cli\n"
+            "for argv in (['--help'], ['plugins', '--help']):\n"
+            "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
             "print('torch loaded:', 'torch' in sys.modules)")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=cli_env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -240,3 +241,4 @@ def test_top_level_help_lists_every_command_without_loading_torch(cli_env):
     for name in ("export", "plugins", "report", "run", "sweep"):
         assert re.search(rf"^  {name}\s+\S", done.stdout, re.M), done.stdout
     assert "Run an IMP experiment" in done.stdout
+    assert "Usage: cli.py plugins [OPTIONS]" in done.stdout, done.stdout

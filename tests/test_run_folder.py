@@ -1,7 +1,7 @@
 """A run folder nobody can corrupt (issue 11): resume never deletes or guesses, checkpoints prove
 what they are, one owner per folder, validation before anything is created, named I/O failures,
-divergence flags. Real tiny runs, in-process through ``cli.main`` but for the lock holders and
-Ctrl-C, which need a second process."""
+divergence flags. Real tiny runs, in-process through ``lottery_core.cli.main`` but for the lock
+holders and Ctrl-C, which need a second process."""
 
 from __future__ import annotations
 

@@ -108,7 +108,8 @@ def reference(tmp_path_factory):
     args = ["run", *(f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()),
             "--trials", "2", "--controls", "--quiet", "--out", "group"]  # fmt: skip
     code = (
-        f"import sys; sys.path.insert(0, {str(ROOT)!r}); import cli; cli.main({args!r}); "
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from lottery_core import cli; "
+        f"cli.main({args!r}); "
         "print('RAY_IMPORTED' if 'ray' in sys.modules else 'NO_RAY')"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True,

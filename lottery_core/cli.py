@@ -1,0 +1,414 @@
+"""The command line: ``python cli.py run|plugins|report|export|sweep`` (installed: ``lottery``).
+
+``run``'s experiment flags are generated from the config's fields (``lottery_core.options``);
+plugin choices come from the installed plugins. User mistakes end with one ``Error:`` line and
+exit code 2; nothing is written or overwritten. Ctrl-C at any moment is one line and exit code
+130: while the libraries load (nothing is written yet) the process stops at once (the
+repository's ``cli.py`` sets that up before it imports this module); later the first Ctrl-C
+stops the run, which saves what finished and says how to resume, and any further Ctrl-C is
+ignored until then.
+
+Only ``run`` needs the plugins (its flags' choices), and loading them imports torch: it asks for
+them when click first asks for its parameters, so ``--help`` and the other commands start
+without them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import warnings
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from lottery_core.errors import Interrupted, LotteryError, command
+
+if TYPE_CHECKING:
+    from lottery_core.plugins import Plugins
+
+INTERRUPTED = 130
+USAGE_ERROR = 2
+PROG_NAME = "cli.py"
+# Where ``run`` keeps the flags made for this invocation (``click.Context.meta``).
+CONFIG_OPTIONS = "lottery.run.config_options"
+
+
+def fail(message: str) -> None:
+    raise LotteryError(message)
+
+
+def plugins() -> Plugins:
+    """The installed plugins (loaded once per process; importing them imports torch)."""
+    from lottery_core.plugins import get_plugins
+
+    return get_plugins()
+
+
+class CommandList(click.Group):
+    """The top-level group: each command's one-line help as wide as the terminal allows."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(formatter.width - 6)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class RunCommand(click.Command):
+    """A command that also takes one flag per config field, whose choices are the installed
+    plugins' names: made when click first asks for the parameters (to parse, or for
+    ``--help``), once per invocation, so a plugin installed since the last one is offered."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        from lottery_core.options import config_options
+
+        if CONFIG_OPTIONS not in ctx.meta:
+            ctx.meta[CONFIG_OPTIONS] = config_options(plugins())
+        params = super().get_params(ctx)  # the command's own, then the help option
+        own = len(self.params)
+        return [*params[:own], *ctx.meta[CONFIG_OPTIONS], *params[own:]]
+
+
+@click.group(cls=CommandList, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """lottery: lottery-ticket experiments (iterative magnitude pruning) with plugins."""
+
+
+@cli.command("run", cls=RunCommand)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="TOML or JSON file of settings; flags override it.",
+)
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path),
+    help="Continue the stopped run in this folder.",
+)
+@click.option(
+    "--from-previous",
+    is_flag=True,
+    help="With --resume: continue from checkpoint.prev.pt (the round before) when "
+    "checkpoint.pt is damaged; the damaged one is kept as checkpoint.damaged.pt.",
+)
+@click.option(
+    "--trials",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Independent trials (seeds seed, seed+1, ...).",
+)
+@click.option(
+    "--controls",
+    is_flag=True,
+    help="Also run the random-reinit and random-pruning controls.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    help="With --trials/--controls: run them on this many Ray workers at once (one "
+    "process each; threads split the cores).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run(config_file, resume, from_previous, trials, controls, workers, quiet, **values) -> None:
+    """Run an IMP experiment and print its per-round table."""
+    from lottery_core.options import config_flags
+
+    flags = config_flags(values)
+    check_run_flags(flags, config_file, resume, from_previous, trials, controls, workers)
+    if resume is not None:
+        from lottery_core.api import resume_experiment
+
+        result = resume_experiment(
+            resume, progress=not quiet, from_previous=from_previous, workers=workers
+        )
+    else:
+        result = start_run(flags, config_file, trials, controls, workers, quiet)
+    print_run(result)
+
+
+def check_run_flags(
+    flags: dict[str, Any],
+    config_file: Path | None,
+    resume: Path | None,
+    from_previous: bool,
+    trials: int,
+    controls: bool,
+    workers: int | None,
+) -> None:
+    """``run``'s flags that do not go together: one ``Error:`` line each."""
+    if trials < 1:
+        fail(f"--trials must be at least 1 (got {trials})")
+    if from_previous and resume is None:
+        fail("--from-previous goes with --resume DIR")
+    if workers is not None and resume is None and trials == 1 and not controls:
+        fail("--workers runs --trials/--controls in parallel; a single run is one process")
+    if resume is not None:
+        given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+        given += ["--config"] if config_file else []
+        if given:
+            fail(f"--resume continues a run as configured; drop {', '.join(given)}")
+
+
+def start_run(
+    flags: dict[str, Any],
+    config_file: Path | None,
+    trials: int,
+    controls: bool,
+    workers: int | None,
+    quiet: bool,
+) -> Any:
+    """A new run, or trials and controls, of the config the file and the flags make."""
+    from lottery_core.api import run_experiment, run_trials
+    from lottery_core.config import make_config
+
+    config = make_config(config_file, **flags)
+    if trials > 1 or controls:
+        return run_trials(
+            config, trials=trials, controls=controls, progress=not quiet, workers=workers
+        )
+    return run_experiment(config, progress=not quiet)
+
+
+def print_run(result: Any) -> None:
+    """Where the data came from, the per-round table (or the trials' aggregate), the folder."""
+    from lottery_core.tables import aggregate_table, summary_table
+
+    click.echo(f"data: {result.data_source}")
+    if hasattr(result, "aggregate"):
+        click.echo(aggregate_table(result.aggregate))
+    else:
+        click.echo(summary_table(result.results))
+    click.echo(f"results written to {result.run_dir}")
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_plugins(as_json: bool) -> None:
+    """List every plugin, where it comes from and what it registers."""
+    rows = plugins().describe()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        if row["broken"]:
+            click.echo(f"{row['name']}  ({row['origin']}) BROKEN: {row['broken']}")
+            continue
+        click.echo(f"{row['name']}  ({row['origin']}; module {row['module']})")
+        for item in row["registers"]:
+            click.echo(f"    registers {item}")
+        click.echo(f"    hooks: {', '.join(row['hooks'])}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Report folder [<first run>/report].")
+@click.option(
+    "--tolerance",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Points of test accuracy a ticket may lose against the dense round.",
+)
+@click.option(
+    "--by",
+    multiple=True,
+    help="Sweep folders: one series per value of this grid field (or experiment); "
+    "repeat for combinations [every grid field and the experiment].",
+)
+def report(run_dirs, out, tolerance, by) -> None:
+    """Write PNG plots and a Markdown summary of one or more runs."""
+    from lottery_core.report import write_report
+
+    if not math.isfinite(tolerance) or tolerance < 0:
+        fail(f"--tolerance must be a finite number of points, 0 or more (got {tolerance})")
+    path = write_report(list(run_dirs), out, tolerance=tolerance, by=list(by) or None)
+    click.echo(f"report written to {path}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--round", "round_index", type=int, required=True, help="Round to export.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Output file [RUN_DIR/ticket_round<K>.pt]."
+)
+@click.option(
+    "--pruned",
+    is_flag=True,
+    help="A plain model (re-parametrisation removed, pruned weights zero).",
+)
+def export(run_dir, round_index, out, pruned) -> None:
+    """Export the ticket of a round: its masks plus the rewind state (θ0, or θk with
+    --rewind-iter; whatever the reinit policy did), for lottery_core.export.load_ticket."""
+    from lottery_core.export import export_ticket
+
+    if out is None:
+        out = run_dir / f"{'pruned' if pruned else 'ticket'}_round{round_index}.pt"
+    if out.exists():
+        fail(f"{str(out)!r} already exists; choose another --out")
+    info = export_ticket(run_dir, round_index, out, pruned=pruned, plugins=plugins())
+    click.echo(
+        f"{info['kind']} of round {info['round']} written to {info['path']}: "
+        f"{info['bytes']:,} bytes, {info['nonzero']:,} of {info['total']:,} weights nonzero "
+        f"({info['remaining']:.1f}% remaining)"
+    )
+    if info.get("note"):
+        click.echo(f"note: {info['note']}")
+
+
+class SweepGroup(click.Group):
+    """``sweep FILE`` means ``sweep run FILE``: a first word that names no subcommand runs."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=SweepGroup)
+def sweep() -> None:
+    """A grid of experiments x trials, each run a Ray task (see lottery_core/sweep.py).
+
+    \b
+      python cli.py sweep SWEEP.toml [--workers N] [--address HOST:PORT] [--out DIR]
+      python cli.py sweep --resume DIR
+      python cli.py sweep status DIR
+    """
+
+
+@sweep.command("run")
+@click.argument("sweep_file", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--workers",
+    type=int,
+    help="Runs at once [local: the cores; cluster: as many as its CPUs fit]; each gets "
+    "cores/workers threads unless the sweep sets threads.",
+)
+@click.option(
+    "--address", help="Use the existing Ray cluster at host:port (or auto), not a local Ray."
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Sweep folder [results/sweep-<file name>]."
+)
+@click.option(
+    "--resume", type=click.Path(path_type=Path), help="Continue the sweep in this folder."
+)
+@click.option("--quiet", is_flag=True, help="No progress line.")
+def sweep_run(sweep_file, workers, address, out, resume, quiet) -> None:
+    """Run SWEEP_FILE's grid points x trials; run again, it skips finished runs."""
+    from lottery_core.sweep import run_sweep, summary_table
+
+    result = run_sweep(
+        sweep_file, plugins=plugins(), out=out, resume=resume, workers=workers,
+        address=address, progress=not quiet,
+    )  # fmt: skip
+    if not result.results.empty:
+        click.echo(summary_table(result.aggregate))
+    click.echo(
+        f"{result.done} of {result.runs} runs done in {result.seconds:.0f} s; tables in "
+        f"{result.folder}/results.csv and aggregate.csv; report: "
+        f"{command('report', result.folder)}"
+    )
+    if result.failures or result.skipped:
+        print_sweep_failures(result)
+        sys.exit(1)
+
+
+def print_sweep_failures(result: Any) -> None:
+    """The runs of a sweep that failed or were not run, and how to resume it, on stderr."""
+    click.echo(f"{len(result.failures)} run(s) failed:", err=True)
+    for name, error in result.failures.items():
+        click.echo(f"  {name}: {error}", err=True)
+    if result.skipped:
+        click.echo(f"{len(result.skipped)} run(s) not run: they branch from a failed run", err=True)
+    click.echo(f"Resume with: {result.resume_command}", err=True)
+
+
+@sweep.command("status")
+@click.argument("folder", type=click.Path(path_type=Path))
+def sweep_status(folder) -> None:
+    """Every run's rounds, what runs now, and the failures of a sweep folder."""
+    from lottery_core.sweep_status import status_text
+
+    click.echo(status_text(folder, plugins()))
+
+
+def warning_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """A warning as the one line of its message: a terminal user needs no source location."""
+    click.echo(str(message), err=True)
+
+
+def _first_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """The first Ctrl-C stops the run (it saves what finished); later ones must not interrupt
+    that, nor the interpreter's teardown after the one line is printed."""
+    signal.signal(signal.SIGINT, _later_ctrl_c)
+    raise KeyboardInterrupt
+
+
+def _later_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """A Ctrl-C after the first: the run is already stopping."""
+
+
+def main(argv: list[str] | None = None, restore: bool = True) -> None:
+    """Run the CLI; every failure a user can cause is one line on stderr and an exit code.
+    ``restore``: give Ctrl-C its previous handler back on return (in-process callers); the
+    program keeps ignoring a second Ctrl-C until it has exited."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, _first_ctrl_c)
+    try:
+        _main(argv)
+    finally:
+        if previous is not None and restore:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main(argv: list[str] | None) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = warning_line
+            cli.main(args=argv, prog_name=PROG_NAME, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"Error: {exc.format_message()}", err=True)
+        sys.exit(USAGE_ERROR)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("Interrupted.", err=True)
+        sys.exit(INTERRUPTED)
+    except Interrupted as exc:
+        stopped(exc)
+    except LotteryError as exc:
+        halted = exc.exit_code == INTERRUPTED  # a sweep's Ctrl-C: its message says how to resume
+        click.echo(f"{'' if halted else 'Error: '}{exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+def stopped(exc: Interrupted) -> None:
+    """A run stopped by Ctrl-C: what it kept and how to resume it; exit code 130."""
+    if exc.run_dir is not None:
+        click.echo(
+            f"\nInterrupted: {exc.kept}. Resume with: {command('run', '--resume', exc.run_dir)}",
+            err=True,
+        )
+    else:
+        click.echo("\nInterrupted before the first round finished; nothing was kept.", err=True)
+    sys.exit(INTERRUPTED)
