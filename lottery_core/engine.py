@@ -339,6 +339,7 @@ class Engine:
         if ray.is_initialized():
             self._check_same_cluster()
         elif self.plan.address is None:
+            assert self.plan.workers is not None  # ``plan`` sets it for the embedded instance
             ray.init(
                 address="local",
                 num_cpus=self.plan.workers * self.plan.threads,

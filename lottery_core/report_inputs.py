@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import files, rundir
+from . import files, paths, rundir
 from .errors import LotteryError
 from .tables import METRICS, aggregate
 
@@ -189,12 +189,6 @@ def is_group(folder: Path) -> bool:
     return rundir.kind(folder) == "group"
 
 
-def _trial_number(folder: Path) -> int:
-    """Sort key: ``trial_10`` after ``trial_9``, stray names last."""
-    suffix = folder.name.rpartition("_")[2]
-    return int(suffix) if suffix.isdigit() else 1 << 30
-
-
 def read_group(folder: Path) -> tuple[list[tuple[str, list[Trial]]], list[str]]:
     """Each experiment's finished trials (main experiment first), and notes on what was skipped.
 
@@ -207,7 +201,7 @@ def read_group(folder: Path) -> tuple[list[tuple[str, list[Trial]]], list[str]]:
     found = []
     for name in names:
         trials = []
-        for trial_dir in sorted((folder / "runs" / name).glob("trial_*"), key=_trial_number):
+        for trial_dir in paths.trial_dirs(folder, name):
             try:
                 trials.append(read_trial(trial_dir))
             except Unfinished as exc:  # still running: anything else is refused

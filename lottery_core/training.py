@@ -16,7 +16,7 @@ ES exactly without evaluating the test set at every evaluation.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -238,7 +238,10 @@ def evaluation_row(
 
 @torch.no_grad()
 def _evaluate_at(
-    model: nn.Module, params: list[torch.Tensor], snapshot: list[torch.Tensor], data: DatasetSplits
+    model: nn.Module,
+    params: Sequence[torch.Tensor],
+    snapshot: list[torch.Tensor],
+    data: DatasetSplits,
 ) -> float:
     """Test accuracy with the parameters temporarily set to ``snapshot``; restores them."""
     current = [p.detach().clone() for p in params]
@@ -249,6 +252,6 @@ def _evaluate_at(
 
 
 @torch.no_grad()
-def _copy_into(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+def _copy_into(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor]) -> None:
     for target, source in zip(targets, sources, strict=True):
         target.copy_(source)

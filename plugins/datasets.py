@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lottery_core import seeds
 from lottery_core.errors import LotteryError
 from lottery_core.hookspecs import hookimpl
 from lottery_core.specs import DataRequest, DatasetSpec, DatasetSplits
@@ -298,7 +299,7 @@ def _seeded_parts(n: int, seed: int, *sizes: int) -> list[torch.Tensor]:
 
     Each part is sorted so examples keep their file order; only membership is random.
     """
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    perm = torch.randperm(n, generator=seeds.split_generator(seed))
     bounds = [0, *accumulate(sizes), n]
     return [perm[a:b].sort().values for a, b in pairwise(bounds)]
 
