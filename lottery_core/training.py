@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import seeds
+from .adam import Adam
 from .specs import DatasetSplits
 from .threads import ThreadRule
 
@@ -96,12 +97,11 @@ def epoch_permutation(seed: int, epoch: int, n: int, device: torch.device) -> to
     return torch.randperm(n, generator=seeds.epoch_generator(seed, epoch)).to(device)
 
 
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam, rebuilt every round: moments from before pruning must not move pruned weights."""
+def make_optimizer(model: nn.Module, lr: float) -> Adam:
+    """Adam, rebuilt every round: moments from before pruning must not move pruned weights
+    (``lottery_core.adam``: torch.optim.Adam's update, bit for bit, without its imports)."""
     params = list(model.parameters())
-    if all(p.device.type in ("cpu", "cuda") for p in params):
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    return torch.optim.Adam(params, lr=lr, foreach=True)
+    return Adam(params, lr, fused=all(p.device.type in ("cpu", "cuda") for p in params))
 
 
 def train_round(
