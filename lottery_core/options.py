@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,16 +66,6 @@ def config_options(plugins: Plugins) -> list[click.Option]:
         click_type = _click_type(name, field.annotation, plugins, extra)
         options.append(click.Option([flag, name], type=click_type, default=None, help=help_text))
     return options
-
-
-def with_config_options(plugins: Plugins) -> Callable[[click.Command], click.Command]:
-    """Add the generated options to a command."""
-
-    def decorate(command: click.Command) -> click.Command:
-        command.params.extend(config_options(plugins))
-        return command
-
-    return decorate
 
 
 def config_flags(values: dict[str, Any]) -> dict[str, Any]:

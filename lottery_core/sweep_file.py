@@ -34,10 +34,7 @@ and the runs that failed, with their errors).
 
 Everything is validated before anything is written: the grid's entries one by one against the
 base (an error names ``grid entry lr[2]``), then every point (an error names the point), then
-each point's data and model. The runs are units of the engine (``lottery_core.engine``): the
-main run's dense round first (it writes the controls' branches), then the rest of the main run
-and every control at once. Running the same sweep again, or ``--resume DIR``, skips finished
-runs and resumes the others from their last round.
+each point's data and model. Running the points is ``sweep``'s job.
 """
 
 from __future__ import annotations
