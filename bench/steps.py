@@ -117,8 +117,15 @@ def round_fixed_cost(
 ) -> float:
     """Seconds a round costs beyond its steps (a fresh optimizer, the ES snapshot, the
     end-of-round test evaluations), from rounds of ``short`` and ``long`` steps, interleaved,
-    medians. A real round of 20K steps amortises it; the short timed rounds do not."""
-    runs = {n: FrameworkStep(model, dataset, data, n) for n in (short, long)}
+    medians. A real round of 20K steps amortises it; the short timed rounds do not.
+
+    Both run on every core with the fixed rule: the adaptive rule's choice is section 7's
+    subject, and in rounds shorter than its first segment (``threads.MIN_STEPS``) it would
+    never leave one thread, charging the short rounds' slower steps to the fixed cost."""
+    runs = {
+        n: FrameworkStep(model, dataset, data, n, ThreadRule(default_threads(), adaptive=False))
+        for n in (short, long)
+    }
     times: dict[int, list[float]] = {n: [] for n in runs}
     for repeat in range(repeats + 1):
         for n, run in runs.items():

@@ -646,6 +646,7 @@ def test_every_printed_command_is_quoted_for_the_shell(folders, tmp_path, invoke
                                          "--from-previous"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_cli_py_imports_and_a_second_ctrl_c_are_one_line(tmp_path, cli_env):
     """SIGINT at cli.py's first import (its ``_json`` is mapped), and twice on a training run:
     the second arrives while the first is being answered."""
