@@ -14,6 +14,12 @@ Ray (``max_retries``); a unit that fails for its own reason (a ``LotteryError``:
 loss...) is recorded with its one-line error and not retried, the units that depend on it are
 skipped, and everything else finishes. Ctrl-C cancels the running units (they stop like a run
 does on Ctrl-C: finished rounds stay) and raises :class:`EngineInterrupted`.
+
+Ray lowers its workers' priority (niceness +15) unless told otherwise. The units are the
+training the user asked for, so the embedded instance's workers keep the priority the command
+started with (``nice -n 10 lottery sweep ...`` still makes them nice); beside other work at the
+default priority, Ray's +15 left each worker a few percent of a core. ``RAY_worker_niceness`` in
+the environment is respected, and every unit records its worker's niceness.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +46,7 @@ CONNECT_TIMEOUT_S = 3.0  # how long an --address may take to answer before it is
 # Ray uses loopback for a node's address only with its cluster mode off; the embedded instance
 # and a cluster on 127.0.0.1 need that, a real multi-machine cluster must not have it.
 _LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+WORKER_NICENESS = "RAY_worker_niceness"  # Ray's own setting: added to a worker's niceness
 
 
 class EngineInterrupted(Exception):
@@ -114,6 +122,20 @@ def is_loopback(address: str | None) -> bool:
     return host in ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
+@contextmanager
+def workers_at_driver_priority() -> Iterator[None]:
+    """While Ray starts its processes, tell it to add nothing to its workers' niceness, unless
+    the user's environment already says what to add; the driver's environment is restored."""
+    if WORKER_NICENESS in os.environ:
+        yield
+        return
+    os.environ[WORKER_NICENESS] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(WORKER_NICENESS, None)
+
+
 def import_ray(address: str | None):
     """Import Ray, with loopback addressing for the embedded instance and loopback clusters."""
     if "ray" not in sys.modules and is_loopback(address):
@@ -154,6 +176,7 @@ class Outcome:
     host: str | None = None
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    niceness: int | None = None
     traceback: str = ""
 
 
@@ -186,7 +209,12 @@ def call(target: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     import socket
 
     started = time.perf_counter()
-    info: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(), "node": None}
+    info: dict[str, Any] = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "node": None,
+        "niceness": os.nice(0) if hasattr(os, "nice") else None,
+    }
     try:
         import ray
 
@@ -340,13 +368,14 @@ class Engine:
             self._check_same_cluster()
         elif self.plan.address is None:
             assert self.plan.workers is not None  # ``plan`` sets it for the embedded instance
-            ray.init(
-                address="local",
-                num_cpus=self.plan.workers * self.plan.threads,
-                include_dashboard=False,
-                object_store_memory=OBJECT_STORE_BYTES,
-                **quiet,
-            )
+            with workers_at_driver_priority():
+                ray.init(
+                    address="local",
+                    num_cpus=self.plan.workers * self.plan.threads,
+                    include_dashboard=False,
+                    object_store_memory=OBJECT_STORE_BYTES,
+                    **quiet,
+                )
             self.owned = True
         else:
             try:
@@ -454,6 +483,7 @@ class Engine:
             host=result.get("host"),
             seconds=float(result.get("seconds", 0.0)),
             peak_rss_mb=float(result.get("peak_rss_mb", 0.0)),
+            niceness=result.get("niceness"),
             traceback=result.get("traceback", ""),
         )
 

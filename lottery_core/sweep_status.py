@@ -62,6 +62,7 @@ class StatusFile:
                         "seconds": round(outcome.seconds, 3),
                         "rounds": unit.rounds,
                         "peak_rss_mb": round(outcome.peak_rss_mb, 1),
+                        "niceness": outcome.niceness,
                     }
                 elif outcome.skipped:
                     if unit.run not in self.failures:  # a run's own failure stays its record

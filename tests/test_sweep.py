@@ -89,8 +89,11 @@ def cluster():
 
     node = {"num_cpus": 1, "node_ip_address": engine.LOOPBACK,
             "object_store_memory": 80 * 1024**2}  # fmt: skip
-    nodes = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
-    nodes.add_node(**node)
+    # At the driver's priority, as the embedded instance's workers: at Ray's default (+15) they
+    # crawl beside any other work, and a busy CI would take an hour over this module.
+    with engine.workers_at_driver_priority():
+        nodes = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+        nodes.add_node(**node)
     ray.init(address=nodes.address, log_to_driver=False, logging_level="error")
     try:
         assert {n["NodeManagerAddress"] for n in ray.nodes()} == {engine.LOOPBACK}
