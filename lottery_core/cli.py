@@ -4,7 +4,8 @@
 plugin choices come from the installed plugins. User mistakes end with one ``Error:`` line and
 exit code 2; nothing is written or overwritten. Ctrl-C at any moment is one line and exit code
 130: while the libraries load (nothing is written yet) the process stops at once (the
-repository's ``cli.py`` sets that up before it imports this module); later the first Ctrl-C
+repository's ``cli.py`` sets that up before it imports this module); while a command loads torch
+and the plugins it stops as soon as they are in (``loading_libraries``); later the first Ctrl-C
 stops the run, which saves what finished and says how to resume, and any further Ctrl-C is
 ignored until then.
 
@@ -21,20 +22,21 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from lottery_core.errors import Interrupted, LotteryError, command
+from lottery_core.errors import INSTALLED, Interrupted, LotteryError, command, program
 
 if TYPE_CHECKING:
     from lottery_core.plugins import Plugins
 
 INTERRUPTED = 130
 USAGE_ERROR = 2
-PROG_NAME = "cli.py"
 # Where ``run`` keeps the flags made for this invocation (``click.Context.meta``).
 CONFIG_OPTIONS = "lottery.run.config_options"
 
@@ -45,9 +47,10 @@ def fail(message: str) -> None:
 
 def plugins() -> Plugins:
     """The installed plugins (loaded once per process; importing them imports torch)."""
-    from lottery_core.plugins import get_plugins
+    with loading_libraries():
+        from lottery_core.plugins import get_plugins
 
-    return get_plugins()
+        return get_plugins()
 
 
 class CommandList(click.Group):
@@ -70,10 +73,11 @@ class RunCommand(click.Command):
     ``--help``), once per invocation, so a plugin installed since the last one is offered."""
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
-        from lottery_core.options import config_options
+        with loading_libraries():
+            from lottery_core.options import config_options
 
-        if CONFIG_OPTIONS not in ctx.meta:
-            ctx.meta[CONFIG_OPTIONS] = config_options(plugins())
+            if CONFIG_OPTIONS not in ctx.meta:
+                ctx.meta[CONFIG_OPTIONS] = config_options(plugins())
         params = super().get_params(ctx)  # the command's own, then the help option
         own = len(self.params)
         return [*params[:own], *ctx.meta[CONFIG_OPTIONS], *params[own:]]
@@ -229,7 +233,8 @@ def list_plugins(as_json: bool) -> None:
 )
 def report(run_dirs, out, tolerance, by) -> None:
     """Write PNG plots and a Markdown summary of one or more runs."""
-    from lottery_core.report import write_report
+    with loading_libraries():
+        from lottery_core.report import write_report
 
     if not math.isfinite(tolerance) or tolerance < 0:
         fail(f"--tolerance must be a finite number of points, 0 or more (got {tolerance})")
@@ -251,7 +256,8 @@ def report(run_dirs, out, tolerance, by) -> None:
 def export(run_dir, round_index, out, pruned) -> None:
     """Export the ticket of a round: its masks plus the rewind state (θ0, or θk with
     --rewind-iter; whatever the reinit policy did), for lottery_core.export.load_ticket."""
-    from lottery_core.export import export_ticket
+    with loading_libraries():
+        from lottery_core.export import export_ticket
 
     if out is None:
         out = run_dir / f"{'pruned' if pruned else 'ticket'}_round{round_index}.pt"
@@ -307,7 +313,8 @@ def sweep() -> None:
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def sweep_run(sweep_file, workers, address, out, resume, quiet) -> None:
     """Run SWEEP_FILE's grid points x trials; run again, it skips finished runs."""
-    from lottery_core.sweep import run_sweep, summary_table
+    with loading_libraries():
+        from lottery_core.sweep import run_sweep, summary_table
 
     result = run_sweep(
         sweep_file, plugins=plugins(), out=out, resume=resume, workers=workers,
@@ -339,7 +346,8 @@ def print_sweep_failures(result: Any) -> None:
 @click.argument("folder", type=click.Path(path_type=Path))
 def sweep_status(folder) -> None:
     """Every run's rounds, what runs now, and the failures of a sweep folder."""
-    from lottery_core.sweep_status import status_text
+    with loading_libraries():
+        from lottery_core.sweep_status import status_text
 
     click.echo(status_text(folder, plugins()))
 
@@ -367,6 +375,26 @@ def _later_ctrl_c(signum: int, frame: FrameType | None) -> None:
     """A Ctrl-C after the first: the run is already stopping."""
 
 
+@contextmanager
+def loading_libraries() -> Iterator[None]:
+    """Ctrl-C held back while torch and the plugins load: raised inside torch's start-up, where
+    its C++ calls back into Python, it aborts the process with a C++ trace instead of one line.
+    A Ctrl-C pressed meanwhile stops the program as soon as the import is done, as the first
+    Ctrl-C does (nothing is written before it). Outside ``main`` it changes nothing."""
+    held = signal.getsignal(signal.SIGINT) is _first_ctrl_c  # not: main's is not on, or held
+    if not held or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, _first_ctrl_c)
+    if pressed:
+        _first_ctrl_c(signal.SIGINT, None)
+
+
 def main(argv: list[str] | None = None, restore: bool = True) -> None:
     """Run the CLI; every failure a user can cause is one line on stderr and an exit code.
     ``restore``: give Ctrl-C its previous handler back on return (in-process callers); the
@@ -385,7 +413,8 @@ def _main(argv: list[str] | None) -> None:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = warning_line
-            cli.main(args=argv, prog_name=PROG_NAME, standalone_mode=False)
+            prog_name = INSTALLED if program() == INSTALLED else "cli.py"
+            cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

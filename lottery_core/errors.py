@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
+
+INSTALLED = "lottery"
+
+
+def program() -> str:
+    """How the user started the program, to repeat in commands to paste: the installed
+    ``lottery`` command, or else the checkout's ``python cli.py`` (also for in-process callers)."""
+    return INSTALLED if Path(sys.argv[0]).stem == INSTALLED else "python cli.py"
 
 
 def command(*words: object) -> str:
-    """A command to print for the user to paste: ``python cli.py`` and ``words``, each quoted
-    for the shell, so a folder named ``run;touch x`` stays one argument."""
-    return " ".join(["python", "cli.py", *(shlex.quote(str(w)) for w in words)])
+    """A command to print for the user to paste: the program as started and ``words``, each
+    quoted for the shell, so a folder named ``run;touch x`` stays one argument."""
+    return " ".join([program(), *(shlex.quote(str(w)) for w in words)])
 
 
 class LotteryError(Exception):

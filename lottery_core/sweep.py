@@ -98,7 +98,8 @@ def run_sweep(
             rundir.create(folder)
         with rundir.locked(folder):
             if new:
-                header = "The sweep as run. Continue it with: python cli.py sweep --resume DIR"
+                again_with = command("sweep", "--resume", "DIR")
+                header = f"The sweep as run. Continue it with: {again_with}"
                 files.write_text(folder / paths.SWEEP, to_toml(sweep, header))
             drive = _Drive(folder, sweep, points, engine, again)
             drive.run(progress, say)

@@ -7,9 +7,13 @@ import json
 import re
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from lottery_core.errors import command
 
 from .conftest import ROOT
 
@@ -222,6 +226,24 @@ def test_config_file_values_are_strictly_typed(tmp_path, invoke, text, fragments
     result = invoke("run", "--config", "exp.toml", "--out", "new")
     assert_usage_error(result, *fragments)
     assert not (tmp_path / "new").exists()
+
+
+def test_commands_to_paste_repeat_how_the_program_was_started(monkeypatch):
+    """A resume line printed by the installed ``lottery`` must work outside the checkout."""
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/lottery", "run"])
+    assert command("run", "--resume", "a b") == "lottery run --resume 'a b'"
+    monkeypatch.setattr(sys, "argv", ["cli.py", "run"])
+    assert command("run", "--resume", "a b") == "python cli.py run --resume 'a b'"
+
+
+def test_the_installed_command_names_itself_in_its_help(cli_env):
+    script = Path(sysconfig.get_path("scripts")) / "lottery"
+    if not script.exists():
+        pytest.skip("the lottery command is not installed (pip install -e .)")
+    done = subprocess.run([str(script), "plugins", "--help"], cwd=ROOT, env=cli_env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Usage: lottery plugins [OPTIONS]" in done.stdout, done.stdout
 
 
 def test_report_refuses_a_nan_tolerance(invoke):

@@ -536,6 +536,30 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tmp_path, cli_env):
         assert not folder.exists() or (folder / "checkpoint.pt").exists(), stderr
 
 
+def test_ctrl_c_while_a_command_loads_torch_waits_for_the_import_then_stops():
+    """Raised inside torch's start-up, where its C++ calls back into Python, a KeyboardInterrupt
+    aborted the process with a C++ trace (seen beside two busy loops): the Ctrl-C is held until
+    the import is done, then answered as the first Ctrl-C."""
+    from lottery_core import cli
+
+    previous = signal.signal(signal.SIGINT, cli._first_ctrl_c)  # as main() sets it
+    steps = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with cli.loading_libraries():
+                with cli.loading_libraries():  # nested loads hold it too
+                    signal.raise_signal(signal.SIGINT)
+                    steps.append("inner import done")
+                steps.append("outer import done")
+        assert steps == ["inner import done", "outer import done"]
+        assert signal.getsignal(signal.SIGINT) is cli._later_ctrl_c  # answered once
+        with cli.loading_libraries():  # with no Ctrl-C, nothing happens
+            steps.append("quiet")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert steps[-1] == "quiet"
+
+
 # -- 6. divergence is reported -------------------------------------------------------------
 
 
