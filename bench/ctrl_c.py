@@ -1,0 +1,83 @@
+"""Ctrl-C at random moments while ``cli.py run`` loads torch, beside busy-looping processes.
+
+Not a speed benchmark: a reliability count. A KeyboardInterrupt raised inside torch's start-up,
+where its C++ calls back into Python, can abort the process (exit -6, a C++ trace) or be lost in
+the import (the run then finishes, exit 0). Each trial starts a real run, waits until libtorch
+is mapped, waits a random 0-2.5 s, sends SIGINT and records the outcome; the expected one is a
+single ``Interrupted.`` line and exit 130. Linux only (it reads ``/proc/PID/maps``).
+
+``python -m bench.ctrl_c [--trials 100] [--busy 2] [--repo DIR]`` (``--repo``: another checkout
+to test, e.g. an older commit's). Outputs are saved as ``bench/runs/ctrl-c-*.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ["run", "--dataset", "mnist-sample", "--iterations", "3000", "--rounds", "2",
+       "--threads", "1", "--quiet", "--out", "run"]  # fmt: skip
+
+
+def torch_mapped(process: subprocess.Popen[str]) -> bool:
+    try:
+        return "libtorch" in Path(f"/proc/{process.pid}/maps").read_text()
+    except OSError:  # it already ended
+        return True
+
+
+def trial(repo: Path, delay: float) -> str:
+    """One run interrupted ``delay`` seconds after libtorch is mapped: its outcome in words."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, PYTHONPATH=str(repo))
+        process = subprocess.Popen(
+            [sys.executable, str(repo / "cli.py"), *RUN], cwd=tmp, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 600  # a hang guard
+        while not torch_mapped(process) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=600)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if process.returncode == 130 and len(lines) == 1 and lines[0].startswith("Interrupted"):
+        return "130, one line"
+    return f"exit {process.returncode}: {lines[0][:70] if lines else '(no message)'}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--busy", type=int, default=2, help="busy-looping processes beside it")
+    parser.add_argument("--repo", type=Path, default=ROOT, help="the checkout to run")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    loop = [sys.executable, "-c", "while True: pass"]
+    busy = [subprocess.Popen(loop) for _ in range(args.busy)]
+    outcomes: collections.Counter[str] = collections.Counter()
+    try:
+        for i in range(args.trials):
+            outcomes[trial(args.repo.resolve(), rng.uniform(0.0, 2.5))] += 1
+            print(f"{i + 1}/{args.trials}", file=sys.stderr, end="\r")
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    print(f"{args.repo.resolve()}: {args.trials} trials, {args.busy} busy loops beside them")
+    for outcome, count in outcomes.most_common():
+        print(f"  {count:4d}  {outcome}")
+
+
+if __name__ == "__main__":
+    main()
