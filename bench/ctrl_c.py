@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .contention import busy_cores
+
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ["run", "--dataset", "mnist-sample", "--iterations", "3000", "--rounds", "2",
        "--threads", "1", "--quiet", "--out", "run"]  # fmt: skip
@@ -63,17 +65,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    loop = [sys.executable, "-c", "while True: pass"]
-    busy = [subprocess.Popen(loop) for _ in range(args.busy)]
     outcomes: collections.Counter[str] = collections.Counter()
-    try:
+    with busy_cores(args.busy):
         for i in range(args.trials):
             outcomes[trial(args.repo.resolve(), rng.uniform(0.0, 2.5))] += 1
             print(f"{i + 1}/{args.trials}", file=sys.stderr, end="\r")
-    finally:
-        for process in busy:
-            process.kill()
-            process.wait()
     print(f"{args.repo.resolve()}: {args.trials} trials, {args.busy} busy loops beside them")
     for outcome, count in outcomes.most_common():
         print(f"  {count:4d}  {outcome}")
