@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import rundir, runs
-from .config import ExperimentConfig, ResolvedConfig, make_config
+from . import branches, rundir, runs
+from .branches import BranchResult
+from .config import ExperimentConfig, ResolvedConfig, check_trials, make_config
 from .engine import plan
 from .errors import LotteryError, command
 from .experiment import Experiment, ExperimentResult
@@ -64,6 +66,7 @@ def run_trials(
     per-round aggregate (mean, std, min, max). ``workers``: that many at once, on Ray."""
     if trials < 1:
         raise LotteryError(f"invalid config: trials must be at least 1 (got {trials})")
+    check_trials(trials)
     plugins = plugins or get_plugins()
     config = _with_overrides(config, overrides)
     engine_plan = None
@@ -113,3 +116,29 @@ def resume_experiment(
         rundir.check_not_held(run_dir)  # a run, group or sweep starting there: name it
         raise LotteryError(f"{str(run_dir)!r} is not a lottery run folder (nothing to resume)")
     return runs.resume(run_dir, progress=progress, plugins=plugins, from_previous=from_previous)
+
+
+def run_branch(
+    kind: str,
+    run_dir: Path | str,
+    *,
+    rounds: Sequence[int] | str | None = None,
+    trials: int = 1,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+    plugins: Plugins | None = None,
+    **options: Any,
+) -> BranchResult:
+    """Run branch ``kind`` (``reinit``, ``random-prune``, ``shuffle``, ``sign-reinit``,
+    ``invert``, ``retrain`` or a plugin's) on ``rounds`` of the finished run in ``run_dir``
+    (default: every pruned round it finished), ``trials`` networks a round; keyword
+    ``options`` are the kind's. The networks land in ``run_dir/branches/<kind>-<hash>/``; the
+    same call again continues it. ``workers``: that many networks at once, on Ray."""
+    plugins = plugins or get_plugins()
+    plan_ = branches.plan_branch(kind, Path(run_dir), rounds, options, plugins, trials, seed)
+    if workers is None:
+        table = branches.run_serial(plan_, plugins, progress=progress)
+    else:
+        table = branches.run_parallel(plan_, plugins, plan(workers, None, None), progress)
+    return branches.result_of(plan_, table)

@@ -16,6 +16,7 @@ without them.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import signal
@@ -152,8 +153,11 @@ def check_run_flags(
     workers: int | None,
 ) -> None:
     """``run``'s flags that do not go together: one ``Error:`` line each."""
+    from lottery_core.config import check_trials
+
     if trials < 1:
         fail(f"--trials must be at least 1 (got {trials})")
+    check_trials(trials, "--trials")
     if from_previous and resume is None:
         fail("--from-previous goes with --resume DIR")
     if workers is not None and resume is None and trials == 1 and not controls:
@@ -271,6 +275,109 @@ def export(run_dir, round_index, out, pruned) -> None:
     )
     if info.get("note"):
         click.echo(f"note: {info['note']}")
+
+
+class BranchGroup(click.Group):
+    """``branch KIND RUN_DIR``: one subcommand per installed branch kind, its flags generated
+    from the kind's options model, made when click asks for it."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return plugins().branches.names()
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        registry = plugins().branches
+        if name not in registry.names() and name not in registry.conflicts:
+            return None
+        return branch_command(name, registry.items[name].description if name in
+                              registry.items else "")  # fmt: skip
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if args and not name.startswith("-") and self.get_command(ctx, name) is None:
+            known = self.list_commands(ctx)
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            fail(f"no branch kind {name!r}{hint}; installed: {', '.join(known)}")
+        return super().resolve_command(ctx, args)
+
+
+class BranchCommand(click.Command):
+    """One branch kind's command: its options' flags made from the kind's model on first use."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        key = f"lottery.branch.{self.name}"
+        if key not in ctx.meta:
+            with loading_libraries():
+                from lottery_core.options import model_options
+
+                registry = plugins().branches
+                kind = registry.get(str(self.name))
+                ctx.meta[key] = model_options(kind.options, plugins())
+        params = super().get_params(ctx)
+        own = len(self.params)
+        return [*params[:own], *ctx.meta[key], *params[own:]]
+
+
+def branch_command(name: str, description: str) -> click.Command:
+    """``branch NAME RUN_DIR [--rounds ...] [options]``."""
+
+    def callback(run_dir: Path, rounds: str | None, trials: int, branch_seed: int,
+                 workers: int | None, quiet: bool, **options: Any) -> None:  # fmt: skip
+        with loading_libraries():
+            from lottery_core.api import run_branch
+
+        if workers is not None and workers < 1:
+            fail(f"--workers must be at least 1 (got {workers})")
+        from lottery_core.config import check_trials
+
+        check_trials(trials, "--trials")
+        result = run_branch(
+            name, run_dir, rounds=rounds, trials=trials, seed=branch_seed, workers=workers,
+            progress=not quiet, plugins=plugins(), **options,
+        )  # fmt: skip
+        print_branch(result)
+
+    params: list[click.Parameter] = [
+        click.Argument(["run_dir"], type=click.Path(path_type=Path)),
+        click.Option(["--rounds"], help="Trunk rounds to branch from, e.g. 1,3-8 [default: "
+                     "every pruned round the trunk finished]."),  # fmt: skip
+        click.Option(["--trials"], type=int, default=1, show_default=True,
+                     help="Networks per round (the branch's own seeds)."),  # fmt: skip
+        click.Option(["--branch-seed"], type=int, default=0, show_default=True,
+                     help="Seed of the branch's own random stream (recorded)."),  # fmt: skip
+        click.Option(["--workers"], type=int,
+                     help="Train this many networks at once on Ray workers."),  # fmt: skip
+        click.Option(["--quiet"], is_flag=True, help="No progress bar."),
+    ]
+    return BranchCommand(
+        name, callback=callback, params=params,
+        help=f"Branch {name}: {description}." if description else None,
+        short_help=description or None,
+    )  # fmt: skip
+
+
+def print_branch(result: Any) -> None:
+    """The networks' rows beside the trunk's same rounds, and where they are."""
+    from lottery_core.tables import branch_table
+
+    click.echo(f"data: {result.data_source}")
+    click.echo(branch_table(result.results, result.trunk))
+    click.echo(f"branch written to {result.folder}")
+
+
+@cli.group(cls=BranchGroup)
+def branch() -> None:
+    """Train something else from round r of a finished run (controls, sanity checks...).
+
+    \b
+      lottery branch KIND RUN_DIR [--rounds 1,3-8] [--trials N] [--workers N] [options]
+      lottery branch KIND --help      (the kind's options)
+    Built-in kinds: reinit, random-prune, shuffle, sign-reinit, invert, retrain; plugins add
+    more. The networks land in RUN_DIR/branches/<kind>-<hash>/; run the same command again to
+    continue it.
+    """
 
 
 class SweepGroup(click.Group):

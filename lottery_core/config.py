@@ -37,6 +37,19 @@ MODEL_FILLED = {
     "lr": "lr",
 }
 
+# The most seeded trials of one experiment (``run --trials``, a sweep file's ``trials``): more
+# are refused at once, before their seeds and folders are planned (which would take minutes).
+MAX_TRIALS = 10_000
+
+
+def check_trials(trials: Any, where: str = "trials") -> None:
+    """Refuse a trial count that is no integer from 1 to ``MAX_TRIALS``, in one line that
+    names ``where`` it was given (``--trials``, a sweep file's ``trials``)."""
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise LotteryError(f"{where} must be an integer of at least 1 (got {trials!r})")
+    if trials > MAX_TRIALS:
+        raise LotteryError(f"{where} must be at most {MAX_TRIALS:,} (got {trials:,})")
+
 
 def _fraction(description: str) -> Any:
     return Field(default=None, gt=0, lt=1, description=description)
@@ -111,11 +124,10 @@ class ExperimentConfig(BaseModel):
     test_every_eval: bool = Field(
         default=False, description="Also evaluate the test set at every evaluation."
     )
-    control_prune: str = _plugin(
-        "strategies", "random", "Strategy of the random-pruning control (--controls)."
-    )
-    control_reinit: str = _plugin(
-        "reinits", "random", "Policy of the random-reinitialisation control (--controls)."
+    keep_trained: bool = Field(
+        default=False,
+        description="Keep every round's trained weights (trained/round_<r>.pt; LeNet-300-100: "
+        "about 1 MiB a round) for export --trained and branches that start from them.",
     )
 
     @field_validator("rate", "conv_rate", "output_rate", "lr", mode="after")
@@ -170,16 +182,19 @@ class ResolvedConfig(ExperimentConfig):
 def config_of(meta: dict[str, Any], where: str = "config.json") -> ResolvedConfig:
     """The resolved config a ``config.json`` (a run's, a group's) records, or one line."""
     try:
-        return ResolvedConfig(**meta["config"])
+        values = {k: v for k, v in meta["config"].items() if k not in RETIRED}
+        return ResolvedConfig(**values)
     except (ValidationError, KeyError, TypeError) as exc:  # another schema, a hand edit
         raise LotteryError(f"{where} holds an unusable config: {exc}".splitlines()[0]) from None
 
 
-# Where a run is stored or run, and what only --controls reads: not part of its identity.
+# Where a run is stored or run, and what it keeps besides: not part of its identity.
 NOT_IDENTITY = {
-    "out", "device", "data_dir", "download", "threads", "thread_rule", "control_prune",
-    "control_reinit",
+    "out", "device", "data_dir", "download", "threads", "thread_rule", "keep_trained",
 }  # fmt: skip
+# Fields earlier versions recorded and this one ignores when it reads a config.json: the
+# controls were config swaps before they became branches (``group_runs.CONTROLS``).
+RETIRED = ("control_prune", "control_reinit")
 LAYERWISE_ONLY = ("conv_rate", "output_rate")
 ADDED_LATER = ("prune_at", "init_steps")
 

@@ -120,10 +120,84 @@ def _build(ticket: dict[str, Any], source: str, plugins: Plugins) -> nn.Module:
     return spec.build(tuple(ticket["input_shape"]), int(ticket["num_classes"]))
 
 
-@torch.no_grad()
-def apply_ticket(model: nn.Module, ticket: dict[str, Any], source: str = "the ticket") -> nn.Module:
-    """Put the ticket's masks (``prune.custom_from_mask``) and starting weights into ``model``."""
-    layers = masks.prunable_layers(model)
+def _tensors(ticket: dict[str, Any], key: str, source: str) -> dict[str, torch.Tensor]:
+    """``ticket[key]`` as a non-empty table of tensors by name, or one line saying why not."""
+    table = ticket[key]
+    if not isinstance(table, dict) or not table:
+        got = type(table).__name__ if table else f"an empty {type(table).__name__}"
+        raise _unusable(source, f"{key} must be a table of tensors by layer name (got {got})")
+    for name, value in table.items():
+        if not isinstance(name, str):
+            raise _unusable(source, f"{key} has a name {name!r} that is not a string")
+        if not isinstance(value, torch.Tensor):
+            raise _unusable(source, f"{key}[{name!r}] is a {type(value).__name__}, not a tensor")
+    return table
+
+
+def _unusable(source: str, reason: str) -> LotteryError:
+    return LotteryError(f"{source} is not a usable ticket: {reason}")
+
+
+def check_ticket(ticket: Any, source: str = "the ticket") -> None:
+    """A ticket's structure, whatever model it goes into: ``model`` a name; ``input_shape`` and
+    ``num_classes`` positive integers when recorded; ``masks`` tensors of 0 and 1 (or bools);
+    ``weights`` floating-point tensors with no NaN or infinity (a pruned weight is
+    ``weight_orig * mask``, and NaN times 0 is NaN, so none may hide under the mask either).
+    One ``LotteryError`` line naming ``source`` and what is wrong."""
+    if not isinstance(ticket, dict) or not {"masks", "weights", "model"} <= set(ticket):
+        raise LotteryError(f"{source} is not a lottery ticket")
+    if not isinstance(ticket["model"], str):
+        raise _unusable(source, f"model must be a model name (got {ticket['model']!r})")
+    shape, classes = ticket.get("input_shape"), ticket.get("num_classes")
+    if shape is not None and (
+        not isinstance(shape, (list, tuple))
+        or not shape
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+    ):
+        raise _unusable(source, f"input_shape must be a list of positive sizes (got {shape!r})")
+    if classes is not None and (
+        isinstance(classes, bool) or not isinstance(classes, int) or classes < 1
+    ):
+        raise _unusable(source, f"num_classes must be a positive integer (got {classes!r})")
+    for name, mask in _tensors(ticket, "masks", source).items():
+        if mask.dtype == torch.bool:
+            continue
+        if mask.is_complex():
+            raise _unusable(source, f"masks[{name!r}] is {mask.dtype}; a mask holds 0 and 1")
+        other = mask[(mask != 0) & (mask != 1)]
+        if other.numel():
+            raise _unusable(
+                source,
+                f"masks[{name!r}] holds {other.numel():,} value(s) other than 0 and 1 "
+                f"(e.g. {other.flatten()[0].item()!r}); a mask holds 0 and 1",
+            )
+    for name, weight in _tensors(ticket, "weights", source).items():
+        if not weight.is_floating_point():
+            raise _unusable(
+                source, f"weights[{name!r}] is {weight.dtype}, not a floating-point tensor"
+            )
+        bad = int((~torch.isfinite(weight)).sum())
+        if bad:
+            raise _unusable(source, f"weights[{name!r}] holds {bad:,} NaN or infinite value(s)")
+
+
+def _parameter_shapes(model: nn.Module, layers: list[masks.PrunableLayer]) -> dict[str, Any]:
+    """The model's parameter shapes by the names they have once pruning is attached (a
+    prunable ``weight`` becomes ``weight_orig``), without attaching it."""
+    renamed = {
+        f"{layer.name}.weight" if layer.name else "weight": (
+            f"{layer.name}.weight_orig" if layer.name else "weight_orig"
+        )
+        for layer in layers
+        if not prune.is_pruned(layer.module)
+    }
+    return {renamed.get(n, n): tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def _check_fit(
+    model: nn.Module, layers: list[masks.PrunableLayer], ticket: dict[str, Any], source: str
+) -> None:
+    """The ticket's masks and weights have the model's layer and parameter names and shapes."""
     ticket_masks: dict[str, torch.Tensor] = ticket["masks"]
     names = [layer.name for layer in layers]
     if sorted(names) != sorted(ticket_masks):
@@ -132,26 +206,45 @@ def apply_ticket(model: nn.Module, ticket: dict[str, Any], source: str = "the ti
             f"{sorted(ticket_masks)}, the model's prunable layers are {sorted(names)}"
         )
     for layer in layers:
-        mask = ticket_masks[layer.name].to(layer.weight.device)
+        mask = ticket_masks[layer.name]
         if mask.shape != layer.weight.shape:
             raise LotteryError(
                 f"{source} does not fit this model: layer {layer.name} has shape "
                 f"{tuple(layer.weight.shape)}, the mask {tuple(mask.shape)}"
             )
+    weights: dict[str, torch.Tensor] = ticket["weights"]
+    shapes = _parameter_shapes(model, layers)
+    if set(shapes) != set(weights):
+        raise LotteryError(
+            f"{source} does not fit this model: parameters {sorted(set(shapes) ^ set(weights))}"
+            " are in one but not the other"
+        )
+    for name, shape in shapes.items():
+        if tuple(weights[name].shape) != shape:
+            raise LotteryError(
+                f"{source} does not fit this model: {name} has shape {shape}, the ticket's "
+                f"{tuple(weights[name].shape)}"
+            )
+
+
+@torch.no_grad()
+def apply_ticket(model: nn.Module, ticket: dict[str, Any], source: str = "the ticket") -> nn.Module:
+    """Put the ticket's masks (``prune.custom_from_mask``) and starting weights into ``model``.
+
+    The ticket is checked (:func:`check_ticket`, then its names and shapes against the model's)
+    before the model is touched: a ticket that does not fit leaves ``model`` as it was."""
+    check_ticket(ticket, source)
+    layers = masks.prunable_layers(model)
+    _check_fit(model, layers, ticket, source)
+    ticket_masks: dict[str, torch.Tensor] = ticket["masks"]
+    for layer in layers:
+        mask = ticket_masks[layer.name].to(layer.weight.device)
         if prune.is_pruned(layer.module):
             layer.mask.copy_(mask)
         else:
             prune.custom_from_mask(layer.module, "weight", mask)
     weights: dict[str, torch.Tensor] = ticket["weights"]
-    parameters = dict(model.named_parameters())
-    if set(parameters) != set(weights):
-        raise LotteryError(
-            f"{source} does not fit this model: parameters {sorted(set(parameters) ^ set(weights))}"
-            " are in one but not the other"
-        )
-    for name, parameter in parameters.items():
-        if parameter.shape != weights[name].shape:
-            raise LotteryError(f"{source} does not fit this model: {name} differs in shape")
+    for name, parameter in model.named_parameters():
         parameter.copy_(weights[name])
     for layer in layers:
         masks.refresh_weight(layer)
@@ -167,7 +260,9 @@ def load_ticket(
     stays a ``torch.nn.utils.prune`` re-parametrisation (``weight_orig`` * ``weight_mask``), so
     training keeps pruned weights at zero. Also reads a run's own ``ticket.pt`` (its last
     round's ticket; one written before tickets recorded ``input_shape`` and ``num_classes``
-    needs ``model``).
+    needs ``model``). The file is checked first (:func:`check_ticket`: its structure, masks of
+    0 and 1, finite floating-point weights; then its layers and shapes against the model's):
+    what is wrong is one ``LotteryError`` line naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -178,11 +273,11 @@ def load_ticket(
         raise LotteryError(
             f"{str(path)!r} is not a readable ticket ({type(exc).__name__})"
         ) from None
-    if not isinstance(ticket, dict) or not {"masks", "weights", "model"} <= set(ticket):
-        raise LotteryError(f"{str(path)!r} is not a lottery ticket")
+    source = repr(str(path))
+    check_ticket(ticket, source)
     if model is None:
-        model = _build(ticket, repr(str(path)), _plugins(plugins))
-    return apply_ticket(model, ticket, repr(str(path)))
+        model = _build(ticket, source, _plugins(plugins))
+    return apply_ticket(model, ticket, source)
 
 
 def pruned_model(ticket: dict[str, Any], source: str, plugins: Plugins | None = None) -> nn.Module:

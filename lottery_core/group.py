@@ -95,7 +95,7 @@ def _continue(
     if data is None:
         data = load_data(config, plugins)
     for trial in range(meta["group"]["trials"]):
-        for name in group_runs.experiments(config, meta["group"]["controls"]):
+        for name in group_runs.series(meta["group"]["controls"]):
             group_runs.advance(out, trial, name, plugins, data=data, meta=meta, progress=progress)
         write_tables(out)
     return _result(out, data.source)
@@ -155,7 +155,8 @@ def _data_source(root: Path) -> str:
 
 
 def write_tables(root: Path) -> None:
-    """The group's ``results.csv`` (every run's rows) and ``aggregate.csv``."""
+    """The group's ``results.csv`` (every run's rows, then each control's: the trunk's dense
+    round as its round 0, then its networks) and ``aggregate.csv``."""
     frames = []
     for folder in paths.group_runs(root):
         path = folder / paths.RESULTS
@@ -164,6 +165,13 @@ def write_tables(root: Path) -> None:
             frame["experiment"] = folder.parent.name
             frame["trial"] = paths.trial_number(folder)
             frames.append(frame)
+    for kind in group_runs.CONTROLS:
+        for trunk in paths.trial_dirs(root, group_runs.MAIN):
+            trial = paths.trial_number(trunk)
+            assert trial is not None
+            control = control_rows(trunk, group_runs.control_set(root, trial, kind).folder)
+            if control is not None:
+                frames.append(control.assign(experiment=kind, trial=trial))
     if not frames:
         return
     combined = pd.concat(frames, ignore_index=True)
@@ -175,3 +183,14 @@ def write_all_tables(groups: list[Path]) -> None:
     """Every group's tables from its runs' own results."""
     for group in groups:
         write_tables(group)
+
+
+def control_rows(trunk: Path, branch_set: Path) -> pd.DataFrame | None:
+    """A control's rows in its trunk's trial: the trunk's dense round (every control's round
+    0: the dense mask, the trunk's θ0), then each finished network's row, by round."""
+    dense, networks = trunk / paths.RESULTS, branch_set / paths.RESULTS
+    if not (dense.exists() and networks.exists()):
+        return None
+    first = pd.read_csv(dense)
+    rows = pd.read_csv(networks).drop(columns=["trial"], errors="ignore")
+    return pd.concat([first[first["round"] == 0], rows], ignore_index=True)

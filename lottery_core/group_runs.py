@@ -1,50 +1,51 @@
 """The runs of a trials/controls group: which they are, and bringing one of them further.
 
-A group runs ``trials`` seeded trials of one experiment (trial ``i`` with ``seeds.trial_seed``)
-and, with controls, the random-reinit and random-pruning controls of each trial, every run an
-ordinary run folder under ``runs/<experiment>/trial_<i>/`` (``paths``). The controls branch off
-the main run's trained dense round: when it finishes, each control's folder is written with
-that round as its own round 0 (before the main run's own files, so a main run past round 0
-always has its branches on disk), and every control then continues as an ordinary resume.
+A group runs ``trials`` seeded trials of one IMP experiment (trial ``i`` with
+``seeds.trial_seed``), each an ordinary run folder under ``runs/imp/trial_<i>/`` (``paths``).
+With controls, each trial's run is the trunk of Frankle & Carbin's two controls, run as branches
+(``branches``) at every pruned round r once the trunk has finished: ``reinit`` (m_r, a fresh
+initialisation) and ``random-prune`` (a random mask with m_r's per-layer counts, θ0). They land
+in the trunk's folder, ``runs/imp/trial_<i>/branches/<kind>-<hash>/round_<r>/trial_0/``. At
+round 0 the mask is the dense one, so a control's round 0 is the trunk's own dense round
+(``group.write_tables`` lists that row under each control).
 
-Bringing one run further (``advance``) is the unit of both executors: the serial one
-(``group``) calls it run after run, the parallel one sends ``advance_unit`` to Ray workers
-(``engine``), ordered by ``units``.
+Bringing one run further (``advance``) is the unit of the serial executor (``group``); the
+parallel one sends the trunk's ``advance_unit`` and each control network's
+``branches.branch_unit`` to Ray workers (``engine``), ordered by ``units``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from . import files, paths, rundir, runs, seeds
-from .config import ExperimentConfig, ResolvedConfig, config_of
+from . import branches, files, paths, rundir, runs, seeds
+from .config import ResolvedConfig, config_of
 from .engine import Unit
 from .errors import LotteryError
 from .experiment import Experiment
 from .plugins import Plugins
-from .specs import DatasetSplits
-from .state import RunState
+from .specs import DatasetSplits, NoOptions
 
-MAIN = "imp"
+MAIN = paths.MAIN
+CONTROLS = ("reinit", "random-prune")  # the branch kinds --controls runs at every round
 ADVANCE = "lottery_core.group_runs:advance_unit"  # what a parallel unit runs in its worker
-C = TypeVar("C", bound=ExperimentConfig)
 
 
-def experiments(config: C, controls: bool) -> dict[str, C]:
-    """The main experiment and, if asked, its controls (skipping one the main run already is)."""
-    found = {MAIN: config}
-    if controls:
-        changes = {
-            "reinit-random": {"reinit": config.control_reinit},
-            "prune-random": {"prune": config.control_prune},
-        }
-        for name, change in changes.items():
-            if all(getattr(config, k) == v for k, v in change.items()):
-                continue
-            found[name] = config.model_copy(update=change)
-    return found
+def series(controls: bool) -> list[str]:
+    """A group's experiments: the IMP runs and, with controls, each control kind."""
+    return [MAIN, *CONTROLS] if controls else [MAIN]
+
+
+def control_set(out: Path, trial: int, kind: str) -> branches.BranchSet:
+    """Trial ``trial``'s control ``kind``: a branch set of its IMP run (no options, seed 0)."""
+    return branches.BranchSet(paths.trial_dir(out, MAIN, trial), kind, NoOptions(), 0)
+
+
+def control_plan(out: Path, trial: int, kind: str, rounds: int) -> branches.BranchPlan:
+    """Every pruned round of trial ``trial``'s IMP run, branched as control ``kind``."""
+    return branches.BranchPlan(control_set(out, trial, kind), list(range(1, rounds)), 1)
 
 
 # -- the group's config.json ---------------------------------------------------------------
@@ -88,54 +89,38 @@ def advance(
     plugins: Plugins,
     data: DatasetSplits | None = None,
     meta: dict[str, Any] | None = None,
-    dense_only: bool = False,
     progress: bool = False,
 ) -> None:
-    """Bring one run of the group further: the main run (writing its controls' branches after
-    its dense round; with ``dense_only`` it stops there, or trains on if that round was lost),
-    or a control, which continues from its branch."""
+    """Bring one experiment of one trial further: the IMP run, or (once it has finished) every
+    network of one control."""
     out = Path(out)
     meta = meta or read_group_config(out)
     config = config_of(meta, f"{out}/{paths.CONFIG}")
     trial_config = config.model_copy(update={"seed": seeds.trial_seed(config.seed, trial)})
-    variants = experiments(trial_config, meta["group"]["controls"])
-    path = paths.trial_dir(out, experiment, trial)
-    if experiment != MAIN:
-        if rundir.kind(path) in ("missing", "empty"):
-            raise LotteryError(
-                f"{str(path)!r} is missing although the main run is past its dense round; "
-                "the group folder was changed by hand"
-            )
-        runs.resume(path, progress=progress, plugins=plugins, data=data, complete_ok=True)
+    if experiment == MAIN:
+        main = Experiment(trial_config, plugins=plugins, data=data)
+        _run_or_resume(main, paths.trial_dir(out, MAIN, trial), progress)
         return
-    branches = {
-        paths.trial_dir(out, name, trial): variant
-        for name, variant in variants.items()
-        if name != MAIN
-    }
-    main = Experiment(variants[MAIN], plugins=plugins, data=data)
+    if experiment not in CONTROLS:
+        raise LotteryError(f"{experiment!r} is not an experiment of a trials/controls group")
+    cache: dict[tuple, DatasetSplits] = {}
+    if data is not None:
+        from .loading import data_key
 
-    def branch(state: RunState) -> None:
-        if state.next_round == 1:
-            for branch_path, variant in branches.items():
-                _write_branch(main, state, branch_path, variant)
-
-    if dense_only and (path / paths.RESULTS).exists():
-        return  # the dense round (and so every branch) is on disk
-    _run_or_resume(main, path, progress, branch, stop_after=1 if dense_only else None)
+        cache[data_key(trial_config)] = data
+    plan = control_plan(out, trial, experiment, config.rounds)
+    if plan.rounds:
+        branches.run_serial(plan, plugins, progress=progress, cache=cache)
 
 
 def _run_or_resume(
     experiment: Experiment,
     path: Path,
     progress: bool,
-    after_round: Callable[[RunState], None],
-    stop_after: int | None = None,
+    after_round: Callable[[Any], None] | None = None,
 ) -> None:
     if rundir.kind(path) in ("missing", "empty"):
-        runs.start(
-            experiment, path, progress=progress, after_round=after_round, stop_after=stop_after
-        )
+        runs.start(experiment, path, progress=progress, after_round=after_round)
     else:
         runs.resume(
             path,
@@ -145,19 +130,6 @@ def _run_or_resume(
             after_round=after_round,
             complete_ok=True,
         )
-
-
-def _write_branch(main: Experiment, state: RunState, path: Path, config: ResolvedConfig) -> None:
-    """A control's folder holding the main run's trained dense round as its own round 0."""
-    assert main.model is not None
-    if rundir.kind(path) == "run":  # a branch a killed process left: only its own config
-        if rundir.resume_point(path, rundir.read_meta(path)) is not None:
-            return
-        (path / paths.CONFIG).unlink()
-    control = Experiment(config, plugins=main.plugins, data=main.data)
-    model_state = {k: v.detach().clone() for k, v in main.model.state_dict().items()}
-    branched = control.restore(model_state, state.copy())
-    runs.start(control, path, progress=False, state=branched, stop_after=1)
 
 
 # -- the units of the parallel executor ----------------------------------------------------
@@ -175,11 +147,10 @@ def rows(run_dir: Path) -> int:
 _DATA: dict[tuple, DatasetSplits] = {}  # a worker's data set, kept across its units
 
 
-def advance_unit(out: str, trial: int, experiment: str, dense_only: bool, cwd: str) -> int:
+def advance_unit(out: str, trial: int, experiment: str, cwd: str) -> int:
     """One unit in a Ray worker (a process of its own: it finds the installed plugins itself):
     ``advance`` with the data loaded once per process. A relative ``data_dir`` is taken from
     the driver's folder ``cwd``. Returns the rounds the run has finished."""
-    from .loading import data_key, load_data
     from .plugins import get_plugins
 
     plugins = get_plugins()
@@ -188,63 +159,37 @@ def advance_unit(out: str, trial: int, experiment: str, dense_only: bool, cwd: s
     if not data_dir.is_absolute():
         meta["config"]["data_dir"] = str(Path(cwd) / data_dir)
     config = config_of(meta, f"{out}/{paths.CONFIG}")
-    key = data_key(config)
-    if key not in _DATA:
-        _DATA.clear()  # one data set per worker at a time: memory stays one copy
-        _DATA[key] = load_data(config, plugins)
-    advance(Path(out), trial, experiment, plugins, data=_DATA[key], meta=meta,
-            dense_only=dense_only)  # fmt: skip
+    data = branches.data_for(config, plugins, _DATA)
+    advance(Path(out), trial, experiment, plugins, data=data, meta=meta)
     return rows(paths.trial_dir(Path(out), experiment, trial))
 
 
 def relative(path: Path, root: Path) -> str:
     """``path`` relative to ``root`` (a unit's and a status line's name for a run)."""
-    try:
-        return str(Path(path).absolute().relative_to(Path(root).absolute()))
-    except ValueError:
-        return str(path)
+    return paths.relative(path, root)
 
 
 def units(out: Path, root: Path) -> list[Unit]:
     """The units a group folder still needs, named by run folder relative to ``root``: each
-    trial's dense round first (it writes the controls' branches), then the rest of its main
-    run and every control at once."""
+    trial's IMP run, then (after it) every control network still to train."""
     out = Path(out).absolute()
     meta = read_group_config(out)
     config = config_of(meta, f"{out}/{paths.CONFIG}")
-    names = list(experiments(config, meta["group"]["controls"]))
-    found = []
-    for trial in range(meta["group"]["trials"]):
-        found += _trial_units(out, root, config, names, trial)
-    return found
-
-
-def _trial_units(
-    out: Path, root: Path, config: ResolvedConfig, names: list[str], trial: int
-) -> list[Unit]:
-    main_path = paths.trial_dir(out, MAIN, trial)
-    main_run = relative(main_path, root)
-    kwargs = {"out": str(out), "trial": trial, "experiment": MAIN, "cwd": str(Path.cwd())}
-    gpu = config.device != "cpu"
     found: list[Unit] = []
-    after: tuple[str, ...] = ()
-    main_done = rows(main_path)
-    if main_done == 0:
-        key = f"{main_run}#dense"
-        found.append(Unit(key, main_run, ADVANCE, {**kwargs, "dense_only": True}, (), 1,
-                          _counter(main_path), gpu, first=True))  # fmt: skip
-        after = (key,)
-    left = config.rounds - max(main_done, 1)
-    if left > 0:
-        found.append(Unit(main_run, main_run, ADVANCE, {**kwargs, "dense_only": False}, after,
-                          left, _counter(main_path), gpu))  # fmt: skip
-    for name in names[1:]:
-        path = paths.trial_dir(out, name, trial)
-        left = config.rounds - max(rows(path), 1)
+    for trial in range(meta["group"]["trials"]):
+        main_path = paths.trial_dir(out, MAIN, trial)
+        main_run = relative(main_path, root)
+        after: tuple[str, ...] = ()
+        left = config.rounds - rows(main_path)
         if left > 0:
-            run = relative(path, root)
-            found.append(Unit(run, run, ADVANCE, {**kwargs, "experiment": name,
-                              "dense_only": False}, after, left, _counter(path), gpu))  # fmt: skip
+            kwargs = {"out": str(out), "trial": trial, "experiment": MAIN, "cwd": str(Path.cwd())}
+            found.append(Unit(main_run, main_run, ADVANCE, kwargs, (), left,
+                              _counter(main_path), config.device != "cpu", first=True))  # fmt: skip
+            after = (main_run,)
+        if meta["group"]["controls"]:
+            for kind in CONTROLS:
+                plan = control_plan(out, trial, kind, config.rounds)
+                found += branches.units(plan, root, after, config.device != "cpu")
     return found
 
 
@@ -253,17 +198,55 @@ def _counter(path: Path) -> Callable[[], int]:
 
 
 def all_runs(out: Path, root: Path) -> list[str]:
-    """Every run folder a group folder will hold, relative to ``root``."""
+    """Every run folder a group folder will hold (each control network one), relative to
+    ``root``."""
     meta = read_group_config(out)
-    names = list(experiments(config_of(meta), meta["group"]["controls"]))
-    return [
-        relative(paths.trial_dir(out, name, trial), root)
-        for trial in range(meta["group"]["trials"])
-        for name in names
-    ]
+    rounds = config_of(meta).rounds
+    found = []
+    for trial in range(meta["group"]["trials"]):
+        found.append(relative(paths.trial_dir(out, MAIN, trial), root))
+        if meta["group"]["controls"]:
+            for kind in CONTROLS:
+                plan = control_plan(out, trial, kind, rounds)
+                found += [relative(plan.branch.network(r, t), root) for r, t in plan.networks()]
+    return found
+
+
+def needed_rows(run: Path) -> int | None:
+    """Rows a finished run of a group has: 1 for a control network, else ``None`` (its
+    config's rounds)."""
+    return 1 if paths.branch_of(run) is not None else None
 
 
 def finished_runs(out: Path, root: Path) -> list[str]:
     """The run folders of a group that have trained all their rounds, relative to ``root``."""
     rounds = config_of(read_group_config(out)).rounds
-    return [run for run in all_runs(out, root) if rows(Path(root) / run) >= rounds]
+    return [
+        run
+        for run in all_runs(out, root)
+        if rows(Path(root) / run) >= (needed_rows(Path(root) / run) or rounds)
+    ]
+
+
+def series_folders(out: Path) -> list[tuple[str, list[Path]]]:
+    """Each experiment of a group folder with the folders of its trials, the IMP runs first:
+    a run folder per trial, or for a control its branch set in each trial's IMP run (a report
+    reads it with the trunk's dense round as its round 0). Only what exists is listed."""
+    found = []
+    names = sorted(p.name for p in (Path(out) / paths.RUNS).glob("*") if p.is_dir())
+    names.sort(key=lambda name: name != MAIN)
+    for name in names:
+        trials = paths.trial_dirs(out, name)
+        if trials:
+            found.append((name, trials))
+    for kind in CONTROLS:
+        sets = []
+        for trunk in paths.trial_dirs(out, MAIN):
+            trial = paths.trial_number(trunk)
+            assert trial is not None
+            folder = control_set(out, trial, kind).folder
+            if (folder / paths.RESULTS).exists():
+                sets.append(folder)
+        if sets:
+            found.append((kind, sets))
+    return found

@@ -34,7 +34,14 @@ if TYPE_CHECKING:
     from torch import nn
 
     from .config import ExperimentConfig
-    from .specs import DatasetSpec, ModelSpec, PruningStrategy, ReinitPolicy, RunInfo
+    from .specs import (
+        BranchKind,
+        DatasetSpec,
+        ModelSpec,
+        PruningStrategy,
+        ReinitPolicy,
+        RunInfo,
+    )
 
 hookspec = pluggy.HookspecMarker("lottery")
 hookimpl = pluggy.HookimplMarker("lottery")
@@ -58,6 +65,12 @@ def register_pruning_strategies(register: Callable[[PruningStrategy], None]) -> 
 @hookspec
 def register_reinit_policies(register: Callable[[ReinitPolicy], None]) -> None:
     """Called once at start-up: call ``register(ReinitPolicy(...))`` for each policy."""
+
+
+@hookspec
+def register_branches(register: Callable[[BranchKind], None]) -> None:
+    """Called once at start-up: call ``register(BranchKind(...))`` for each branch kind (an
+    experiment on round r of a finished run: ``lottery branch KIND RUN_DIR``)."""
 
 
 @hookspec

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import BaseModel
 
 from .config import MODEL_FILLED, ExperimentConfig
 from .plugins import Plugins
@@ -50,12 +51,25 @@ def _default_text(name: str, value: Any, plugins: Plugins) -> str:
 def config_options(plugins: Plugins) -> list[click.Option]:
     """One ``click.Option`` per config field; every default is ``None`` so that only flags the
     user gave override a ``--config`` file."""
+    return model_options(ExperimentConfig, plugins, config_defaults=True)
+
+
+def model_options(
+    model: type[BaseModel], plugins: Plugins, config_defaults: bool = False
+) -> list[click.Option]:
+    """One ``click.Option`` per field of a pydantic ``model`` (the config's, or a branch kind's
+    options): name, type, description and default from the field; plugin names as choices.
+    Every default is ``None``: a field the user did not give keeps the model's own default."""
     options = []
-    for name, field in ExperimentConfig.model_fields.items():
+    for name, field in model.model_fields.items():
         flag = "--" + name.replace("_", "-")
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         description = (field.description or "").rstrip(".")
-        help_text = description + _default_text(name, field.default, plugins)
+        if config_defaults:
+            help_text = description + _default_text(name, field.default, plugins)
+        else:
+            shown = field.default if field.default is not None else "the trunk's"
+            help_text = f"{description} [default: {shown}]"
         if field.annotation is bool:
             options.append(
                 click.Option(

@@ -8,8 +8,11 @@ compound name has one builder and one parser here, so no other module spells or 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 RESULTS_ROOT = Path("results")  # where a run without --out goes
 
@@ -23,14 +26,23 @@ HISTORY = "history.csv"
 LAYERS = "layers.csv"
 TICKET = "ticket.pt"
 LOCK = ".lock"
+TRAINED = "trained"  # with keep_trained: trained/round_<r>.pt, each round's trained weights
 TABLES = (HISTORY, LAYERS, TICKET, RESULTS)  # written after the checkpoint, in this order
 OWN_FILES = (CONFIG, CHECKPOINT, PREVIOUS, *TABLES)
 
 # -- a trials/controls group (its results.csv and config.json as above)
+MAIN = "imp"  # the experiment of a group's IMP runs: runs/imp/trial_<i>/
 AGGREGATE = "aggregate.csv"
 RUNS = "runs"
 TRIAL_PREFIX = "trial_"
 _TRIAL = re.compile(rf"{TRIAL_PREFIX}(\d+)")
+
+# -- branches of a run: <run>/branches/<kind>-<hash>/round_<r>/trial_<t>/, each a run folder
+BRANCHES = "branches"
+BRANCH = "branch.json"  # a branch set's kind, options, seed stream and trunk
+ROUND_PREFIX = "round_"
+_ROUND = re.compile(rf"{ROUND_PREFIX}(\d+)")
+_BRANCH_SET = re.compile(r"(.+)-([0-9a-f]{8})")
 
 # -- a sweep
 SWEEP = "sweep.toml"  # the sweep as run
@@ -74,3 +86,61 @@ def group_runs(group: Path) -> list[Path]:
 def point_dir(sweep: Path, point: str) -> Path:
     """``<sweep>/points/<point>``: one grid point's group folder."""
     return Path(sweep) / POINTS / point
+
+
+def trained_file(run_dir: Path, round_index: int) -> Path:
+    """``<run>/trained/round_<r>.pt``: round r's trained weights (``keep_trained``)."""
+    return Path(run_dir) / TRAINED / f"{ROUND_PREFIX}{round_index}.pt"
+
+
+def branch_set(trunk: Path, kind: str, options: dict[str, Any], seed: int) -> Path:
+    """``<trunk>/branches/<kind>-<hash>``: one branch kind with one set of options (``options``
+    as JSON values) and branch seed; the hash is of all three, so the same branch command
+    lands in the same folder."""
+    blob = json.dumps({"kind": kind, "options": options, "seed": seed}, sort_keys=True)
+    return Path(trunk) / BRANCHES / f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+
+def branch_sets(trunk: Path) -> list[Path]:
+    """Every branch set of a run, sorted by name."""
+    found = (Path(trunk) / BRANCHES).glob("*")
+    return sorted(p for p in found if _BRANCH_SET.fullmatch(p.name) and p.is_dir())
+
+
+def branch_kind_of(branch_set_dir: Path) -> str:
+    """The kind named by a branch set's folder (``<kind>-<hash>``)."""
+    match = _BRANCH_SET.fullmatch(Path(branch_set_dir).name)
+    return match.group(1) if match else Path(branch_set_dir).name
+
+
+def branch_dir(branch_set_dir: Path, round_index: int, trial: int) -> Path:
+    """``<set>/round_<r>/trial_<t>``: one branch network, an ordinary run folder."""
+    return Path(branch_set_dir) / f"{ROUND_PREFIX}{round_index}" / f"{TRIAL_PREFIX}{trial}"
+
+
+def branch_of(folder: Path) -> tuple[Path, int, int] | None:
+    """``(branch set, round, trial)`` of a branch's run folder, else ``None``."""
+    path = Path(folder)
+    trial = trial_number(path)
+    match = _ROUND.fullmatch(path.parent.name)
+    if trial is None or match is None or path.parent.parent.parent.name != BRANCHES:
+        return None
+    return path.parent.parent, int(match.group(1)), trial
+
+
+def branch_dirs(branch_set_dir: Path) -> list[Path]:
+    """A branch set's run folders, by round then trial."""
+    found = []
+    for folder in Path(branch_set_dir).glob(f"{ROUND_PREFIX}*/{TRIAL_PREFIX}*"):
+        where = branch_of(folder)
+        if where is not None:
+            found.append((where[1], where[2], folder))
+    return [folder for _, _, folder in sorted(found)]
+
+
+def relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` (how units and status lines name a run), else as given."""
+    try:
+        return str(Path(path).absolute().relative_to(Path(root).absolute()))
+    except ValueError:
+        return str(path)

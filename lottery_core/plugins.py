@@ -30,7 +30,7 @@ from torch import nn
 from . import hookspecs
 from .errors import LotteryError, PluginError
 from .guards import blame, describe_error
-from .specs import DatasetSpec, ModelSpec, PruningStrategy, ReinitPolicy
+from .specs import BranchKind, DatasetSpec, ModelSpec, PruningStrategy, ReinitPolicy
 
 GROUP = "lottery"
 BUILTIN_PACKAGE = "lottery_plugins"  # installed from the repository's plugins/ folder
@@ -39,6 +39,7 @@ BUILTIN_MODULES = {
     "models": "lottery_plugins.models",
     "pruning": "lottery_plugins.pruning",
     "reinit": "lottery_plugins.reinit",
+    "branches": "lottery_plugins.branches",
 }
 
 T = TypeVar("T")
@@ -128,6 +129,7 @@ class Plugins:
     models: Registry[ModelSpec]
     strategies: Registry[PruningStrategy]
     reinits: Registry[ReinitPolicy]
+    branches: Registry[BranchKind] = field(default_factory=lambda: Registry("branch", BranchKind))
     broken: dict[str, str] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)
 
@@ -167,7 +169,7 @@ class Plugins:
         return results
 
     def registries(self) -> list[Registry[Any]]:
-        return [self.datasets, self.models, self.strategies, self.reinits]
+        return [self.datasets, self.models, self.strategies, self.reinits, self.branches]
 
     def describe(self) -> list[dict[str, Any]]:
         """One entry per plugin: its name, where it comes from, its hooks and what it registers."""
@@ -382,7 +384,8 @@ def collect(
     reinits = _collect(
         manager, "register_reinit_policies", Registry("reinit policy", ReinitPolicy), broken
     )
-    registries: list[Registry[Any]] = [datasets, models, strategies, reinits]
+    branches = _collect(manager, "register_branches", Registry("branch", BranchKind), broken)
+    registries: list[Registry[Any]] = [datasets, models, strategies, reinits, branches]
     for name in broken:  # a plugin broken in one registration hook is dropped from all
         for registry in registries:
             registry.drop(name)
@@ -396,7 +399,9 @@ def collect(
                 "skipped (LOTTERY_BLOCK_PLUGINS)",
                 file=sys.stderr,
             )
-    return Plugins(manager, datasets, models, strategies, reinits, broken, origins or {})
+    return Plugins(
+        manager, datasets, models, strategies, reinits, branches, broken, origins or {}
+    )
 
 
 def builtin_package() -> ModuleType:

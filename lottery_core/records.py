@@ -23,9 +23,14 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
 
 def identify(run_dir: Path | None) -> RunInfo:
     """Which run ``run_dir`` is: a trials/controls folder keeps its runs under
-    ``runs/<experiment>/trial_<i>`` (``paths.trial_of``), any other folder is a single run."""
+    ``runs/<experiment>/trial_<i>`` (``paths.trial_of``), a branch its networks under
+    ``branches/<kind>-<hash>/round_<r>/trial_<t>`` (``paths.branch_of``: the experiment is the
+    kind); any other folder is a single run."""
     if run_dir is None:
         return RunInfo()
+    branch = paths.branch_of(Path(run_dir))
+    if branch is not None:
+        return RunInfo(Path(run_dir), paths.branch_kind_of(branch[0]), branch[2])
     found = paths.trial_of(Path(run_dir))
     if found is None:
         return RunInfo(Path(run_dir))

@@ -1,8 +1,9 @@
 """A report's inputs: the run, group and sweep folders it reads, and the checks they must pass.
 
-A *series* is one curve of a figure: a single run folder, or one experiment (``imp``,
-``reinit-random``, ``prune-random``...) of a trials/controls group folder, whose trials are
-averaged with a min/max band as in the paper. Everything is read from the files a run writes,
+A *series* is one curve of a figure: a single run folder, one experiment (``imp``, or the
+controls ``reinit`` and ``random-prune``) of a trials/controls group folder, whose trials are
+averaged with a min/max band as in the paper, or a branch set of a run (``lottery branch``),
+read with its trunk's dense round as its round 0. Everything is read from the files a run writes,
 so a report can be made while a long run is still going.
 
 A report never gives a verdict over tables it cannot trust: where a run folder has a checkpoint,
@@ -13,6 +14,7 @@ from 0 once, and have a number in every key column. Anything else is one line na
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from . import files, paths, rundir
 from .errors import LotteryError
 from .tables import METRICS, aggregate
 
-MAIN_EXPERIMENT = "imp"
+MAIN_EXPERIMENT = paths.MAIN
 
 
 @dataclass
@@ -107,9 +109,10 @@ KEY_COLUMNS = {
 }
 
 
-def check_table(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+def check_table(frame: pd.DataFrame, path: Path, first: int = 0) -> pd.DataFrame:
     """``frame`` (the table in ``path``) if it is whole: its columns, a finite number in each
-    key column, and for ``results.csv`` each round from 0 exactly once; else one line."""
+    key column, and for ``results.csv`` each round from ``first`` (0; a branch network's own
+    round) exactly once; else one line."""
     if frame.empty and path.name != rundir.RESULTS:
         return frame
     columns, numeric = KEY_COLUMNS[path.name]
@@ -142,8 +145,8 @@ def check_table(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
                 f"{str(path)!r} lists round {twice[0]} more than once: the table is damaged; "
                 "no verdict over it"
             )
-        lacking = sorted(set(range(int(rounds.max()) + 1)) - set(rounds))
-        if lacking or rounds.min() < 0:
+        lacking = sorted(set(range(first, int(rounds.max()) + 1)) - set(rounds))
+        if lacking or rounds.min() < first:
             listed = ", ".join(map(str, sorted(rounds)))
             gap = ", ".join(map(str, lacking)) if lacking else "a negative round"
             raise LotteryError(
@@ -154,11 +157,13 @@ def check_table(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 
 def read_trial(folder: Path) -> Trial:
-    """A single run folder; an error naming it if it is missing, has no finished round, or its
-    files cannot be trusted (see the module's docstring)."""
+    """A single run folder (or a branch set: ``read_branch_set``); an error naming it if it is
+    missing, has no finished round, or its files cannot be trusted (module docstring)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise LotteryError(f"{str(folder)!r} does not exist or is not a folder")
+    if (folder / paths.BRANCH).is_file():
+        return read_branch_set(folder)
     meta: dict[str, Any] = {}
     if (folder / rundir.CHECKPOINT).exists():
         meta = rundir.read_meta(folder)
@@ -174,13 +179,65 @@ def read_trial(folder: Path) -> Trial:
         layers = _read_csv(folder / rundir.LAYERS, required=False)
         if (folder / rundir.CONFIG).is_file():
             meta = rundir.read_meta(folder)
-    results = check_table(results, folder / rundir.RESULTS)
+    branch = meta.get("branch")
+    first = int(branch["round"]) if isinstance(branch, dict) and "round" in branch else 0
+    results = check_table(results, folder / rundir.RESULTS, first)
     return Trial(
         folder,
         meta,
         results.sort_values("round", ignore_index=True),
         check_table(history, folder / rundir.HISTORY),
         check_table(layers, folder / rundir.LAYERS),
+    )
+
+
+def branch_trials(folder: Path) -> list[int]:
+    """The branch trials a branch set holds (``--trials``), ascending."""
+    return sorted({paths.trial_number(n) or 0 for n in paths.branch_dirs(folder)})
+
+
+def read_branch_set(folder: Path, trial: int = 0) -> Trial:
+    """Trial ``trial`` of a branch set as one trial of a curve: its trunk's dense round as
+    round 0, then that trial's network at each round, every network's files verified like a
+    run's. Its ``meta`` is the trunk's, with the set's ``branch.json``."""
+    folder = Path(folder)
+    trunk = read_trial(folder.parent.parent)
+    networks = [n for n in paths.branch_dirs(folder) if paths.trial_number(n) == trial]
+    trials = []
+    for network in networks:
+        try:
+            trials.append(read_trial(network))
+        except Unfinished:  # still training: the curve has the rounds that finished
+            continue
+    if not trials:
+        raise Unfinished(f"{str(folder)!r} has no finished network yet")
+
+    def dense(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[frame["round"] == 0] if "round" in frame else frame
+
+    def joined(part: str) -> pd.DataFrame:
+        frames = [dense(getattr(trunk, part)), *(getattr(t, part) for t in trials)]
+        return pd.concat(frames, ignore_index=True).sort_values("round", ignore_index=True)
+
+    try:
+        record = json.loads((folder / paths.BRANCH).read_text())
+    except (OSError, ValueError) as exc:
+        raise LotteryError(f"{str(folder / paths.BRANCH)!r} is not readable JSON ({exc})") from None
+    meta = {**trunk.meta, "branch": record}
+    return Trial(folder, meta, joined("results"), joined("history"), joined("layers"))
+
+
+def branch_label(folder: Path) -> str:
+    """A branch set's name in a legend: its kind, and its options where it has any."""
+    try:
+        record = json.loads((Path(folder) / paths.BRANCH).read_text())
+    except (OSError, ValueError):
+        return paths.branch_kind_of(folder)
+    options = ", ".join(f"{k}={v}" for k, v in record.get("options", {}).items() if v is not None
+                        and k != "start" or (k == "start" and v != "rewind"))  # fmt: skip
+    seed = f", seed {record['seed']}" if record.get("seed") else ""
+    return f"{record.get('kind', paths.branch_kind_of(folder))}" + (
+        f" ({options}{seed})" if options or seed else ""
     )
 
 
@@ -195,13 +252,13 @@ def read_group(folder: Path) -> tuple[list[tuple[str, list[Trial]]], list[str]]:
     Trials that have not finished a round yet are skipped with a note, so a group can be
     reported while it is still running.
     """
+    from .group_runs import series_folders
+
     notes: list[str] = []
-    names = sorted(p.name for p in (folder / rundir.RUNS).iterdir() if p.is_dir())
-    names.sort(key=lambda name: name != MAIN_EXPERIMENT)
     found = []
-    for name in names:
+    for name, trial_dirs in series_folders(folder):
         trials = []
-        for trial_dir in paths.trial_dirs(folder, name):
+        for trial_dir in trial_dirs:
             try:
                 trials.append(read_trial(trial_dir))
             except Unfinished as exc:  # still running: anything else is refused
@@ -247,6 +304,15 @@ def load_series(folders: list[Path], by: list[str] | None = None) -> tuple[list[
             words = describe(trial.meta.get("config", {}))
             label = f"{folder.name} ({words})" if several else words
             series.append(Series(label, folder, None, [trial]))
+            for branch_set in paths.branch_sets(folder):  # its branches, beside it
+                try:
+                    found = [read_branch_set(branch_set, t) for t in branch_trials(branch_set)]
+                except Unfinished as exc:
+                    notes.append(f"skipped {branch_set.relative_to(folder)}: {exc}")
+                    continue
+                name = branch_label(branch_set)
+                series.append(Series(f"{folder.name} / {name}" if several else name,
+                                     branch_set, name, found))  # fmt: skip
     if by and not any(rundir.kind(f) == "sweep" for f in map(Path, folders)):
         raise LotteryError("--by chooses the series of a sweep folder; none was given")
     seen: dict[str, int] = {}

@@ -8,6 +8,7 @@ import os
 from .config import LAYERWISE_ONLY, MODEL_FILLED, ExperimentConfig, ResolvedConfig
 from .errors import LotteryError
 from .plugins import Plugins
+from .threads import check_threads
 
 
 def default_threads() -> int:
@@ -32,10 +33,8 @@ def resolve(config: ExperimentConfig, plugins: Plugins) -> ResolvedConfig:
                 "global, --rate prunes all layers together"
             )
     model = plugins.models.get(config.model)
-    for name in ("prune", "control_prune"):
-        plugins.strategies.get(getattr(config, name))
-    for name in ("reinit", "control_reinit"):
-        plugins.reinits.get(getattr(config, name))
+    plugins.strategies.get(config.prune)
+    plugins.reinits.get(config.reinit)
     defaults = model.defaults
     values = config.model_dump()
     for key, attribute in MODEL_FILLED.items():
@@ -45,6 +44,7 @@ def resolve(config: ExperimentConfig, plugins: Plugins) -> ResolvedConfig:
         values["output_rate"] = values["rate"] * defaults.output_rate_factor
     if values["threads"] is None:
         values["threads"] = default_threads()
+    check_threads(values["threads"])  # tens of thousands of threads: a segfault mid-run
     if values["dataset"] is None:
         raise LotteryError(f"model {config.model!r} names no default dataset; give --dataset")
     plugins.datasets.get(values["dataset"])

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from . import checkpoint, files
-from .errors import LotteryError, command
+from .errors import LotteryError, WriteFailed, command
 from .paths import (
     CHECKPOINT,
     CONFIG,
@@ -44,6 +44,7 @@ from .paths import (
     SWEEP,
     TABLES,
     TICKET,
+    trained_file,
 )
 from .records import results_frame
 from .state import RunState
@@ -464,7 +465,20 @@ class RunFolder:
         and the per-round tables, and ``results.csv`` last."""
         checkpoint.save(self.path / CHECKPOINT, self.meta, model_state, state)
         self.saved_rounds = state.next_round
+        if self.meta["config"].get("keep_trained"):
+            self.write_trained(state.next_round - 1, model_state)
         self.write_tables(state)
+
+    def write_trained(self, round_index: int, model_state: dict[str, torch.Tensor]) -> None:
+        """``trained/round_<r>.pt``: round r's trained ``state_dict`` (``keep_trained``),
+        before the tables, so a round ``results.csv`` lists has it."""
+        file = trained_file(self.path, round_index)
+        try:
+            file.parent.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise WriteFailed(file.parent, files.reason(exc)) from None
+        state = {k: v.detach().cpu() for k, v in model_state.items()}
+        files.write_torch(file, {"round": round_index, "state_dict": state})
 
     def write_tables(self, state: RunState) -> None:
         files.write_csv(self.path / HISTORY, pd.DataFrame(state.history))

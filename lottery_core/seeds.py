@@ -20,12 +20,16 @@ pruning step       pruning seed, round, step, stream 0 / 1     a strategy's gene
 reinit             ``derive_seeds(seed)["reinit"]``, round     a reinit policy's generator
 fresh init         the reinit generator's next draw            ``fresh_parameters`` (random
                                                                reinit)
+branch             trunk seed, branch seed, kind, round, trial  a branch's generator (its fresh
+                                                               init, random mask, shuffle)
 validation split   ``split_seed``                              the hold-out (the dataset plugin
                                                                draws it with ``split_generator``)
 =================  ==========================================  ==================================
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import torch
@@ -74,3 +78,16 @@ def fresh_seed(source: torch.Generator) -> int:
 def split_generator(split_seed: int) -> torch.Generator:
     """The generator a dataset plugin deals its validation hold-out with."""
     return generator(split_seed)
+
+
+def branch_generator(
+    trunk_seed: int, branch_seed: int, kind: str, round_index: int, trial: int
+) -> torch.Generator:
+    """The generator of one branch network: a function of the trunk's seed, the branch's own
+    seed, its kind, the trunk round and the branch trial, so no two of them share a draw and
+    none shares one with the trunk's streams."""
+    tag = int(hashlib.sha256(kind.encode()).hexdigest()[:8], 16)
+    value = np.random.SeedSequence(
+        [trunk_seed, branch_seed, tag, round_index, trial, 0xB4A7C4]
+    ).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(value))

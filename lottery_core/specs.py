@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from .errors import LotteryError
@@ -136,8 +137,10 @@ class RunInfo:
 
     - ``run_dir``: the run's folder (``None`` for an ``Experiment.run`` without one);
     - ``experiment``: under ``--trials``/``--controls``, the run's experiment (``"imp"``, the
-      main run; ``"reinit-random"`` and ``"prune-random"``, the controls), else ``None``;
-    - ``trial``: under ``--trials``/``--controls``, the trial index, else ``None``.
+      main run); in a branch's folder, the branch kind (``"reinit"``, ``"random-prune"``...);
+      else ``None``;
+    - ``trial``: under ``--trials``/``--controls``, the trial index; in a branch's folder, the
+      branch's trial; else ``None``.
     """
 
     run_dir: Path | None = None
@@ -272,3 +275,74 @@ class ReinitPolicy:
     rewinds: bool = False
     """True if the policy sets every survivor and bias to its rewind value exactly: the core then
     checks that invariant after every reinitialisation, and exported tickets need no caveat."""
+
+
+@dataclass
+class BranchContext:
+    """Round r of a finished run (the trunk), as a branch kind reads it to choose where one
+    network starts. Everything is rebuilt from the trunk's verified checkpoint.
+
+    - ``round_index``: r; ``trial``: the branch's trial (``--trials``), 0 for the first;
+    - ``masks``: m_r, the masks round r trained with, by layer name (float 0/1, read-only);
+    - ``initial``: θ0 and ``rewind``: θk (θ0 unless ``rewind_iter`` > 0), keyed like the
+      model's ``named_parameters()`` (pruned weights as ``<layer>.weight_orig``);
+    - ``trained``: round r's final trained weights, keyed the same way, when the trunk kept
+      them (``keep_trained``), else ``None``;
+    - ``config``: the trunk's resolved config; ``options``: the branch's validated options
+      (an instance of its ``options`` model); ``kinds``: layer -> ``"conv"``, ``"fc"`` or
+      ``"output"``;
+    - ``generator``: seeded from the branch's own stream (trunk seed, branch seed, kind,
+      round, trial), so the same command draws the same branch; ``fresh_parameters(
+      generator)``: a new draw of the model's own initialiser, keyed like ``initial``;
+    - ``repruned(transform)``: for a trunk that prunes at initialisation, round r's masks
+      computed again by the trunk's strategy with every step's scores passed through
+      ``transform`` (``{layer: scores} -> {layer: scores}``); one line for any other trunk.
+    """
+
+    round_index: int
+    trial: int
+    masks: Tensors
+    initial: Tensors
+    rewind: Tensors
+    trained: Tensors | None
+    config: ExperimentConfig
+    options: Any
+    kinds: dict[str, LayerKind]
+    generator: torch.Generator
+    fresh_parameters: Callable[[torch.Generator], Tensors]
+    repruned: Callable[[Callable[[Tensors], Tensors]], Tensors]
+
+
+@dataclass
+class BranchStart:
+    """Where a branch's one network starts: ``masks`` (by layer name, binary, each layer's
+    weight shape), ``parameters`` (keyed like ``BranchContext.initial``: every parameter, of
+    its shape and dtype, finite where it survives) and ``changes``, config fields the network
+    trains with instead of the trunk's (training fields only: ``branches.TRAINING_FIELDS``)."""
+
+    masks: Tensors
+    parameters: Tensors
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+class NoOptions(BaseModel):
+    """A branch kind without options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class BranchKind:
+    """A named experiment on round r of a finished run (OpenLTH's branches).
+
+    ``start(ctx: BranchContext) -> BranchStart`` picks the masks, the starting weights and any
+    changed training settings; the core trains that network for one round with the trunk's
+    protocol and records it as a run folder inside the trunk's. ``options`` is a pydantic model
+    of the kind's settings: its fields become the flags of ``lottery branch KIND`` and are
+    recorded (and hashed into the branch's folder name).
+    """
+
+    name: str
+    start: Callable[[BranchContext], BranchStart]
+    options: type[BaseModel] = NoOptions
+    description: str = ""

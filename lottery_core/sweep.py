@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import files, group, group_runs, paths, rundir
-from .config import config_of, make_config
+from .config import config_of
 from .engine import Engine, Event, plan
 from .errors import LotteryError, Stopped, command
 from .parallel import execute
@@ -315,14 +315,9 @@ def report_series(folder: Path, by: list[str] | None) -> list[tuple[str, str | N
     experiment_of: dict[tuple, str | None] = {}
     for name, values in points:
         point_dir = paths.point_dir(folder, name)
-        order = list(group_runs.experiments(make_config(**{**sweep.base, **values}), True))
-        experiments = sorted(
-            (p.name for p in (point_dir / paths.RUNS).glob("*") if p.is_dir()),
-            key=lambda e: (order.index(e) if e in order else len(order), e),
-        )
-        for experiment in experiments:
+        for experiment, trials in group_runs.series_folders(point_dir):
             key = tuple(experiment if f == "experiment" else values[f] for f in fields)
-            found.setdefault(key, []).extend(paths.trial_dirs(point_dir, experiment))
+            found.setdefault(key, []).extend(trials)
             experiment_of[key] = experiment if "experiment" in fields else None
     series = []
     for key, runs in found.items():

@@ -32,9 +32,12 @@ in it is an ordinary run folder. The sweep folder holds the sweep as run (``swee
 ``trial``), ``aggregate.csv`` (per point, experiment and round) and ``status.json`` (the driver,
 and the runs that failed, with their errors).
 
-Everything is validated before anything is written: the grid's entries one by one against the
-base (an error names ``grid entry lr[2]``), then every point (an error names the point), then
-each point's data and model. Running the points is ``sweep``'s job.
+Everything is validated before anything is written: the sweep's size counted (at most
+``MAX_POINTS`` points, grid product times variants, and ``MAX_RUNS`` runs, points times
+``trials``; ``trials`` is at most ``config.MAX_TRIALS``), the grid's entries one by one against the
+base (an error names ``grid entry lr[2]``), each variant's values likewise (``variant 2``, as
+strictly typed as a config file), then every point (an error names the point), then each
+point's data and model. Running the points is ``sweep``'s job.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from .config import (
     ExperimentConfig,
     ResolvedConfig,
     check_file_types,
+    check_trials,
     make_config,
     read_table,
 )
@@ -69,6 +73,7 @@ NOT_IN_SWEEP = ("out",)  # the sweep names its run folders
 BASE_POINT = "base"  # the one point of a sweep without a grid
 NAME_MAX = 120
 MAX_POINTS = 10_000  # a larger grid is refused at once (split it into several sweeps)
+MAX_RUNS = 100_000  # points x trials: more are refused at once too (trials: MAX_TRIALS at most)
 SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 Scalar = str | int | float | bool
 
@@ -143,8 +148,10 @@ def read_sweep(path: Path) -> Sweep:
         lambda reason: _fail(source, reasons.get(reason, reason.removeprefix("is "))),
     )
     trials = raw.pop("trials", 1)
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise _fail(source, f"trials must be an integer of at least 1 (got {trials!r})")
+    try:
+        check_trials(trials)  # at once: a billion trials would be planned for minutes
+    except LotteryError as exc:
+        raise _fail(source, str(exc)) from None
     controls = raw.pop("controls", False)
     if not isinstance(controls, bool):
         raise _fail(source, f"controls must be true or false (got {controls!r})")
@@ -196,6 +203,7 @@ def _read_variants(
         raise _fail(source, "variant must be a list of tables ([[variant]] in TOML)")
     known = ", ".join(ExperimentConfig.model_fields)
     variants: list[dict[str, Scalar]] = []
+    seen: dict[frozenset[tuple[str, Scalar]], int] = {}  # one pass: many variants read at once
     for i, table in enumerate(tables):
         variant = {str(k).replace("-", "_"): v for k, v in table.items()}
         for name, value in variant.items():
@@ -214,8 +222,9 @@ def _read_variants(
                                 f"{first}: every variant names the same fields")  # fmt: skip
         if not variant:
             raise _fail(source, f"variant {i + 1} is empty")
-        if variant in variants:
-            raise _fail(source, f"variant {i + 1} repeats variant {variants.index(variant) + 1}")
+        earlier = seen.setdefault(frozenset(variant.items()), i)
+        if earlier != i:
+            raise _fail(source, f"variant {i + 1} repeats variant {earlier + 1}")
         variants.append(variant)
     return variants
 
@@ -299,6 +308,7 @@ def validate(
     except LotteryError as exc:
         raise _fail(sweep.source, f"base config: {_reason(exc)}") from None
     _check_entries(sweep, base, plugins)
+    _check_variants(sweep, base)
     points = _resolve_points(sweep, base, plugins)
     _check_distinct(sweep, points)
     if check_data:
@@ -307,11 +317,20 @@ def validate(
 
 
 def _check_size(sweep: Sweep) -> None:
-    count = math.prod(len(values) for values in sweep.grid.values())
+    """The points (the grid's product times the variants) and runs (points x trials) counted,
+    not built: too many are refused at once, before minutes of building and validating."""
+    sizes = [(len(v), k) for k, v in sweep.grid.items()]
+    if sweep.variants:
+        sizes.append((len(sweep.variants), "variants"))
+    count = math.prod(n for n, _ in sizes)
+    product = " x ".join(f"{n} {k}" for n, k in sizes)
     if count > MAX_POINTS:
-        sizes = " x ".join(f"{len(v)} {k}" for k, v in sweep.grid.items())
-        raise _fail(sweep.source, f"the grid has {count:,} points ({sizes}); a sweep takes at "
+        raise _fail(sweep.source, f"the grid has {count:,} points ({product}); a sweep takes at "
                                   f"most {MAX_POINTS:,}: split it into several sweeps")  # fmt: skip
+    if count * sweep.trials > MAX_RUNS:
+        raise _fail(sweep.source, f"the sweep has {count * sweep.trials:,} runs ({count:,} "
+                                  f"points x {sweep.trials:,} trials); a sweep takes at most "
+                                  f"{MAX_RUNS:,}: split it into several sweeps")  # fmt: skip
 
 
 def _check_entries(sweep: Sweep, base: dict[str, Any], plugins: Plugins) -> None:
@@ -327,6 +346,19 @@ def _check_entries(sweep: Sweep, base: dict[str, Any], plugins: Plugins) -> None
                     registry.get(value)
             except LotteryError as exc:
                 raise _fail(sweep.source, f"grid entry {key}[{i}] = {value!r}: "
+                                          f"{_reason(exc)}") from None  # fmt: skip
+
+
+def _check_variants(sweep: Sweep, base: dict[str, Any]) -> None:
+    """Each variant's values as strictly as the grid's and a config file's (``rounds = true``,
+    ``download = "no"`` refused), one by one against the base: an error names ``variant 2``."""
+    for i, variant in enumerate(sweep.variants):
+        for key, value in variant.items():
+            try:
+                check_file_types({key: value}, "the sweep")
+                make_config(**{**base, key: value})
+            except LotteryError as exc:
+                raise _fail(sweep.source, f"variant {i + 1}: {key} = {value!r}: "
                                           f"{_reason(exc)}") from None  # fmt: skip
 
 

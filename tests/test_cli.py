@@ -67,14 +67,15 @@ def test_run_end_to_end_on_the_sample(tmp_path, cli_env, invoke):
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [run.name, run.name + "-2"]
 
 
-def test_the_mnist_fallback_warning_is_one_line_on_stderr(tmp_path, invoke):
+def test_a_missing_mnist_with_no_download_is_one_line_and_no_folder(tmp_path, invoke):
     result = invoke("run", "--dataset", "mnist", "--no-download", "--data-dir", "empty",
                     "--iterations", "50", "--eval-every", "50", "--rounds", "1",
                     "--threads", "1", "--quiet")  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2, result.stderr
     said = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(said) == 1 and said[0].startswith("WARNING: MNIST not found under empty"), said
-    assert "falling back to mnist-sample" in said[0] and "NOT full MNIST" in result.stdout
+    assert len(said) == 1 and said[0].startswith("Error: ") and "downloading is off" in said[0]
+    assert "mnist-sample" in said[0]
+    assert not (tmp_path / "results").exists()
 
 
 def test_config_file_then_flags_override(tmp_path, invoke):

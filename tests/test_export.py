@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -237,3 +238,107 @@ def test_a_fresh_runs_ticket_and_its_exports_rebuild_each_rounds_network(sample_
         export_ticket(run, k, tmp_path / f"r{k}.pt")
         with torch.no_grad():
             assert torch.equal(load_ticket(tmp_path / f"r{k}.pt").eval()(x), logits[k])
+
+
+def _first(ticket: dict) -> tuple[str, str]:
+    """The first layer of a ticket and its weight's name."""
+    layer = sorted(ticket["masks"])[0]
+    return layer, f"{layer}.weight_orig"
+
+
+def _half_mask(t):
+    layer, _ = _first(t)
+    t["masks"][layer] = t["masks"][layer].float()
+    t["masks"][layer].view(-1)[0] = 0.5
+    return f"masks['{layer}'] holds 1 value(s) other than 0 and 1 (e.g. 0.5); a mask holds 0 and 1"
+
+
+def _nan_weight(t, kept: bool):
+    layer, weight = _first(t)
+    index = int(torch.nonzero(t["masks"][layer].flatten() == kept)[0])
+    t["weights"][weight].view(-1)[index] = float("nan")
+    return f"weights['{weight}'] holds 1 NaN or infinite value(s)"
+
+
+def _inf_bias(t):
+    layer, _ = _first(t)
+    t["weights"][f"{layer}.bias"][:3] = float("inf")
+    return f"weights['{layer}.bias'] holds 3 NaN or infinite value(s)"
+
+
+def _list_masks(t):
+    t["masks"] = list(t["masks"].values())
+    return "masks must be a table of tensors by layer name (got list)"
+
+
+def _list_weight(t):
+    _, weight = _first(t)
+    t["weights"][weight] = t["weights"][weight].tolist()
+    return f"weights['{weight}'] is a list, not a tensor"
+
+
+def _int_bias(t):
+    layer, _ = _first(t)
+    t["weights"][f"{layer}.bias"] = t["weights"][f"{layer}.bias"].long()
+    return f"weights['{layer}.bias'] is torch.int64, not a floating-point tensor"
+
+
+def _narrow_mask(t):
+    layer, _ = _first(t)
+    shape = tuple(t["masks"][layer].shape)
+    t["masks"][layer] = t["masks"][layer][:, :-1]
+    return (f"does not fit this model: layer {layer} has shape {shape}, the mask "
+            f"{(shape[0], shape[1] - 1)}")  # fmt: skip
+
+
+def _narrow_weight(t):
+    _, weight = _first(t)
+    shape = tuple(t["weights"][weight].shape)
+    t["weights"][weight] = t["weights"][weight][:, :-1].clone()
+    return (f"does not fit this model: {weight} has shape {shape}, the ticket's "
+            f"{(shape[0], shape[1] - 1)}")  # fmt: skip
+
+
+def _no_weights(t):
+    del t["weights"]
+    return "is not a lottery ticket"
+
+
+def _model_number(t):
+    t["model"] = 3
+    return "model must be a model name (got 3)"
+
+
+def _text_shape(t):
+    t["input_shape"] = [1, "28", 28]
+    return "input_shape must be a list of positive sizes (got [1, '28', 28])"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_half_mask, lambda t: _nan_weight(t, True), lambda t: _nan_weight(t, False), _inf_bias,
+     _list_masks, _list_weight, _int_bias, _narrow_mask, _narrow_weight, _no_weights,
+     _model_number, _text_shape],
+    ids=["mask-0.5", "nan-kept", "nan-pruned", "inf-bias", "masks-list", "weight-list",
+         "int-bias", "mask-shape", "weight-shape", "no-weights", "model-number", "input-shape"],
+)  # fmt: skip
+def test_a_damaged_ticket_is_one_line_naming_the_file_and_the_fault(run, tmp_path, damage):
+    """A mask of 0.5 or a NaN weight loaded without a word, a list of masks raised a bare
+    RuntimeError: now one line naming the file, and a given model is left as it was."""
+    export_ticket(run, 1, tmp_path / "t.pt")
+    ticket = torch.load(tmp_path / "t.pt", weights_only=True)
+    fault = damage(ticket)
+    bad = tmp_path / "bad.pt"
+    torch.save(ticket, bad)
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(LotteryError) as error:
+        load_ticket(bad)
+    line = str(error.value)
+    assert "\n" not in line and line.startswith(f"{str(bad)!r} ") and fault in line, line
+    model = get_plugins().models.get("lenet_fc").build((1, 28, 28), 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(LotteryError, match="^" + re.escape(f"{str(bad)!r}")):
+        load_ticket(bad, model=model)
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing  # nothing written

@@ -9,14 +9,18 @@ Installed, this package registers five strategies through the ``lottery`` entry-
 - ``movement``: ``θ_T · (θ_T - θ_k)``, needs trained weights (IMP only);
 - ``neuron``: structured, removes whole hidden fc neurons by the L2 norm of their weights.
 
-Each works layerwise or globally, under IMP or at initialisation (``--prune-at init``): the core
-supplies the context and prunes by the run's scope and rates.
+It also registers one branch kind, ``signed-constant`` (Zhou et al. 2019: the ticket's mask
+with every survivor at ``sign(θ0) * σ``; ``lottery branch signed-constant RUN_DIR --scale 0.5``).
+
+Each strategy works layerwise or globally, under IMP or at initialisation (``--prune-at
+init``): the core supplies the context and prunes by the run's scope and rates.
 """
 
 from __future__ import annotations
 
-from lottery_core import PruningStrategy, hookimpl
+from lottery_core import BranchKind, PruningStrategy, hookimpl
 
+from .branches import SignedConstantOptions, signed_constant
 from .scores import grasp_scores, movement_scores, snip_scores, synflow_scores
 from .structured import neuron_masks
 
@@ -56,5 +60,17 @@ def register_pruning_strategies(register) -> None:
             "neuron",
             masks=neuron_masks,
             description="structured: drop whole hidden fc neurons with the smallest L2 norm",
+        )
+    )
+
+
+@hookimpl
+def register_branches(register) -> None:
+    register(
+        BranchKind(
+            "signed-constant",
+            signed_constant,
+            SignedConstantOptions,
+            "m_r, every survivor sign(θ0) * σ of its layer (Zhou et al. 2019)",
         )
     )
