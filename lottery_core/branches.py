@@ -74,26 +74,8 @@ class Trunk:
         return {name: checkpoint.unpack_mask(value) for name, value in packed.items()}
 
     def trained(self, round_index: int) -> Tensors | None:
-        """Round r's trained parameters if the trunk kept them (``keep_trained``)."""
-        file = paths.trained_file(self.path, round_index)
-        if round_index == self.done - 1 and not file.exists():
-            return _parameters_of(self.body["model"])  # the checkpoint holds the last round's
-        if not file.exists():
-            return None
-        try:
-            saved = torch.load(file, map_location="cpu", weights_only=True)
-            state = saved["state_dict"]
-            ok = saved["round"] == round_index and isinstance(state, dict)
-        except Exception:  # unreadable or not shaped like ours
-            ok = False
-        if not ok:
-            raise LotteryError(f"{str(file)!r} is not round {round_index}'s trained weights")
-        return _parameters_of(state)
-
-
-def _parameters_of(state_dict: dict[str, torch.Tensor]) -> Tensors:
-    """A model's ``state_dict`` without its masks: its parameters (``weight_orig``, biases)."""
-    return {k: v for k, v in state_dict.items() if not k.endswith("weight_mask")}
+        """Round r's trained parameters if the trunk has them (``rundir.trained_weights``)."""
+        return rundir.trained_weights(self.path, self.body, round_index)
 
 
 def open_trunk(path: Path) -> Trunk:
@@ -644,6 +626,7 @@ def branch_unit(
         train_network(branch, round_index, trial, plugins, _DATA)
     finally:
         os.chdir(previous)
+        write_table(branch.folder)  # the driver writes it again after every unit
     return rows(branch.network(round_index, trial))
 
 

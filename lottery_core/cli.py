@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -84,7 +85,40 @@ class RunCommand(click.Command):
         return [*params[:own], *ctx.meta[CONFIG_OPTIONS], *params[own:]]
 
 
+LOCAL_PLUGINS = "LOTTERY_PLUGINS"  # lottery_core.plugins.LOCAL_PLUGINS, without importing torch
+
+
+def use_local_plugins(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> None:
+    """``--plugins``: its entries added to ``LOTTERY_PLUGINS`` in this process's environment,
+    files made absolute (as ``lottery_core.plugins.is_file_entry`` tells them), so the plugins
+    load for every command and in the Ray workers of sweeps and ``--workers``, which inherit
+    the environment (whatever their working folder)."""
+    entries = [*os.environ.get(LOCAL_PLUGINS, "").split(","), *",".join(values).split(",")]
+    wanted: list[str] = []
+    for entry in filter(None, (e.strip() for e in entries)):
+        if entry.endswith(".py") or "/" in entry or os.sep in entry:
+            entry = str(Path(entry).expanduser().resolve())
+        if entry not in wanted:
+            wanted.append(entry)
+    value = ",".join(wanted)
+    if value == os.environ.get(LOCAL_PLUGINS, ""):
+        return
+    os.environ[LOCAL_PLUGINS] = value
+    loaded = sys.modules.get("lottery_core.plugins")  # an in-process caller's, loaded before
+    if loaded is not None:
+        loaded.get_plugins.cache_clear()
+
+
 @click.group(cls=CommandList, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--plugins",
+    multiple=True,
+    metavar="MODULE|FILE.py",
+    expose_value=False,
+    callback=use_local_plugins,
+    help="Also load this local plugin: a module's import name or a .py file's path; repeat, "
+    "or separate with commas (added to LOTTERY_PLUGINS).",
+)
 def cli() -> None:
     """lottery: lottery-ticket experiments (iterative magnitude pruning) with plugins."""
 
@@ -117,7 +151,8 @@ def cli() -> None:
 @click.option(
     "--controls",
     is_flag=True,
-    help="Also run the random-reinit and random-pruning controls.",
+    help="Also run Frankle & Carbin's controls: the reinit and random-prune branches at every "
+    "pruned round.",
 )
 @click.option(
     "--workers",
@@ -160,7 +195,9 @@ def check_run_flags(
     check_trials(trials, "--trials")
     if from_previous and resume is None:
         fail("--from-previous goes with --resume DIR")
-    if workers is not None and resume is None and trials == 1 and not controls:
+    if workers is not None and resume is None and trials == 1 and not controls and not flags.get(
+        "branches"
+    ):
         fail("--workers runs --trials/--controls in parallel; a single run is one process")
     if resume is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
@@ -182,7 +219,7 @@ def start_run(
     from lottery_core.config import make_config
 
     config = make_config(config_file, **flags)
-    if trials > 1 or controls:
+    if trials > 1 or controls or config.branches:
         return run_trials(
             config, trials=trials, controls=controls, progress=not quiet, workers=workers
         )
@@ -204,7 +241,7 @@ def print_run(result: Any) -> None:
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_plugins(as_json: bool) -> None:
-    """List every plugin, where it comes from and what it registers."""
+    """List every plugin, where it comes from, its file and what it registers."""
     rows = plugins().describe()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -214,6 +251,8 @@ def list_plugins(as_json: bool) -> None:
             click.echo(f"{row['name']}  ({row['origin']}) BROKEN: {row['broken']}")
             continue
         click.echo(f"{row['name']}  ({row['origin']}; module {row['module']})")
+        if row["path"]:
+            click.echo(f"    file: {row['path']}")
         for item in row["registers"]:
             click.echo(f"    registers {item}")
         click.echo(f"    hooks: {', '.join(row['hooks'])}")
@@ -257,17 +296,25 @@ def report(run_dirs, out, tolerance, by) -> None:
     is_flag=True,
     help="A plain model (re-parametrisation removed, pruned weights zero).",
 )
-def export(run_dir, round_index, out, pruned) -> None:
+@click.option(
+    "--trained",
+    is_flag=True,
+    help="Round K's trained weights instead of its starting ones (the last round's are in the "
+    "checkpoint; any round's with --keep-trained).",
+)
+def export(run_dir, round_index, out, pruned, trained) -> None:
     """Export the ticket of a round: its masks plus the rewind state (θ0, or θk with
     --rewind-iter; whatever the reinit policy did), for lottery_core.export.load_ticket."""
     with loading_libraries():
         from lottery_core.export import export_ticket
 
     if out is None:
-        out = run_dir / f"{'pruned' if pruned else 'ticket'}_round{round_index}.pt"
+        kind = ("trained_" if trained else "") + ("pruned" if pruned else "ticket")
+        out = run_dir / f"{kind}_round{round_index}.pt"
     if out.exists():
         fail(f"{str(out)!r} already exists; choose another --out")
-    info = export_ticket(run_dir, round_index, out, pruned=pruned, plugins=plugins())
+    info = export_ticket(run_dir, round_index, out, pruned=pruned, plugins=plugins(),
+                         trained=trained)  # fmt: skip
     click.echo(
         f"{info['kind']} of round {info['round']} written to {info['path']}: "
         f"{info['bytes']:,} bytes, {info['nonzero']:,} of {info['total']:,} weights nonzero "

@@ -124,11 +124,27 @@ class ExperimentConfig(BaseModel):
     test_every_eval: bool = Field(
         default=False, description="Also evaluate the test set at every evaluation."
     )
+    branches: list[str] = Field(
+        default_factory=list,
+        description="Branch kinds to run at every pruned round once each run has finished, "
+        "comma-separated (e.g. shuffle,reinit; --controls adds reinit,random-prune).",
+        json_schema_extra={"plugin": "branches", "many": True},
+    )
     keep_trained: bool = Field(
         default=False,
         description="Keep every round's trained weights (trained/round_<r>.pt; LeNet-300-100: "
         "about 1 MiB a round) for export --trained and branches that start from them.",
     )
+
+    @field_validator("branches", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        """``"shuffle,reinit"`` (a flag) as a list; a list as it is; each name once, in order."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            return list(dict.fromkeys(value))
+        return value
 
     @field_validator("rate", "conv_rate", "output_rate", "lr", mode="after")
     @classmethod
@@ -191,6 +207,7 @@ def config_of(meta: dict[str, Any], where: str = "config.json") -> ResolvedConfi
 # Where a run is stored or run, and what it keeps besides: not part of its identity.
 NOT_IDENTITY = {
     "out", "device", "data_dir", "download", "threads", "thread_rule", "keep_trained",
+    "branches",
 }  # fmt: skip
 # Fields earlier versions recorded and this one ignores when it reads a config.json: the
 # controls were config swaps before they became branches (``group_runs.CONTROLS``).

@@ -49,7 +49,7 @@ def _data_info(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def ticket_from_run(
-    run_dir: Path, round_index: int, plugins: Plugins | None = None
+    run_dir: Path, round_index: int, plugins: Plugins | None = None, trained: bool = False
 ) -> dict[str, Any]:
     """The ticket of round ``round_index`` as the dict that ``export_ticket`` saves.
 
@@ -58,6 +58,10 @@ def ticket_from_run(
     Runs whose policy does not rewind (``ReinitPolicy.rewinds``) trained round K from other
     weights, which the checkpoint does not keep; their ticket still starts from the rewind
     state, i.e. it tests their mask as a winning ticket, and says so in ``note``.
+
+    ``trained``: the *trained* ticket instead, round K's weights at the end of its training
+    (kept by ``keep_trained``; the checkpoint holds the last round's), ``start_iteration`` the
+    round's last iteration.
     """
     run_dir = Path(run_dir)
     if rundir.kind(run_dir) == "group":
@@ -71,7 +75,16 @@ def ticket_from_run(
     config = raw["config"]
     start = raw["initial_state"] if round_index == 0 else raw["rewind_state"]
     note = ""
-    if not _rewinds(config.get("reinit"), _plugins(plugins)) and round_index > 0:
+    if trained:
+        kept_weights = rundir.trained_weights(run_dir, raw, round_index)
+        if kept_weights is None:
+            raise LotteryError(
+                f"{str(run_dir)!r} did not keep round {round_index}'s trained weights (its "
+                f"checkpoint holds round {int(raw['next_round']) - 1}'s); run it with "
+                "--keep-trained to keep every round's"
+            )
+        start = kept_weights
+    elif not _rewinds(config.get("reinit"), _plugins(plugins)) and round_index > 0:
         note = (
             f"this run reinitialised survivors with {config.get('reinit')!r}; the ticket starts "
             "from the rewind state (the original initialisation), not from the weights round "
@@ -87,7 +100,11 @@ def ticket_from_run(
         **_data_info(meta),
         "masks": round_masks,
         "weights": {k: v.clone() for k, v in start.items()},
-        "start_iteration": config.get("rewind_iter", 0) if round_index > 0 else 0,
+        "start_iteration": (
+            config["iterations"] if trained
+            else config.get("rewind_iter", 0) if round_index > 0 else 0
+        ),  # fmt: skip
+        "trained": trained,
         "remaining": 100.0 * kept / total,
         "config": config,
         "note": note,
@@ -294,6 +311,7 @@ def export_ticket(
     out: Path,
     pruned: bool = False,
     plugins: Plugins | None = None,
+    trained: bool = False,
 ) -> dict[str, Any]:
     """Write round ``round_index`` of ``run_dir`` to ``out`` as a ticket or a pruned model.
 
@@ -319,7 +337,7 @@ def export_ticket(
     if out.is_dir():
         raise LotteryError(f"{str(out)!r} is a folder; give a file name such as ticket_r3.pt")
     plugins = _plugins(plugins)
-    ticket = ticket_from_run(Path(run_dir), round_index, plugins)
+    ticket = ticket_from_run(Path(run_dir), round_index, plugins, trained=trained)
     source = f"run {str(run_dir)!r}"
     if pruned:
         model = pruned_model(ticket, source, plugins)
@@ -333,7 +351,7 @@ def export_ticket(
         files.write_torch(out, ticket)
     return {
         "path": str(out),
-        "kind": "pruned model" if pruned else "ticket",
+        "kind": ("trained " if trained else "") + ("pruned model" if pruned else "ticket"),
         "round": round_index,
         "bytes": out.stat().st_size,
         "nonzero": sum(int(torch.count_nonzero(w)) for w in weights),

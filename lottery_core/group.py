@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import files, group_runs, paths, rundir, runs
+from . import branches, files, group_runs, paths, rundir, runs
 from .config import ResolvedConfig, config_of
 from .engine import Engine, Event, Plan
 from .errors import LotteryError, RunFailed, Stopped, command
@@ -95,7 +95,7 @@ def _continue(
     if data is None:
         data = load_data(config, plugins)
     for trial in range(meta["group"]["trials"]):
-        for name in group_runs.series(meta["group"]["controls"]):
+        for name in group_runs.series(meta):
             group_runs.advance(out, trial, name, plugins, data=data, meta=meta, progress=progress)
         write_tables(out)
     return _result(out, data.source)
@@ -165,7 +165,8 @@ def write_tables(root: Path) -> None:
             frame["experiment"] = folder.parent.name
             frame["trial"] = paths.trial_number(folder)
             frames.append(frame)
-    for kind in group_runs.CONTROLS:
+    meta = group_runs.read_group_config(root)
+    for kind in group_runs.branch_kinds(meta):
         for trunk in paths.trial_dirs(root, group_runs.MAIN):
             trial = paths.trial_number(trunk)
             assert trial is not None
@@ -188,9 +189,10 @@ def write_all_tables(groups: list[Path]) -> None:
 def control_rows(trunk: Path, branch_set: Path) -> pd.DataFrame | None:
     """A control's rows in its trunk's trial: the trunk's dense round (every control's round
     0: the dense mask, the trunk's θ0), then each finished network's row, by round."""
-    dense, networks = trunk / paths.RESULTS, branch_set / paths.RESULTS
-    if not (dense.exists() and networks.exists()):
+    dense = trunk / paths.RESULTS
+    networks = branches.write_table(branch_set) if branch_set.is_dir() else pd.DataFrame()
+    if not dense.exists() or networks.empty:
         return None
     first = pd.read_csv(dense)
-    rows = pd.read_csv(networks).drop(columns=["trial"], errors="ignore")
+    rows = networks[networks["trial"] == 0].drop(columns=["trial"])
     return pd.concat([first[first["round"] == 0], rows], ignore_index=True)

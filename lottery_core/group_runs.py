@@ -7,7 +7,8 @@ With controls, each trial's run is the trunk of Frankle & Carbin's two controls,
 initialisation) and ``random-prune`` (a random mask with m_r's per-layer counts, θ0). They land
 in the trunk's folder, ``runs/imp/trial_<i>/branches/<kind>-<hash>/round_<r>/trial_0/``. At
 round 0 the mask is the dense one, so a control's round 0 is the trunk's own dense round
-(``group.write_tables`` lists that row under each control).
+(``group.write_tables`` lists that row under each control). The config's ``branches`` (say
+``shuffle``, ``invert``) run the same way, beside or instead of the controls.
 
 Bringing one run further (``advance``) is the unit of the serial executor (``group``); the
 parallel one sends the trunk's ``advance_unit`` and each control network's
@@ -25,27 +26,41 @@ from .config import ResolvedConfig, config_of
 from .engine import Unit
 from .errors import LotteryError
 from .experiment import Experiment
-from .plugins import Plugins
-from .specs import DatasetSplits, NoOptions
+from .plugins import Plugins, get_plugins
+from .specs import DatasetSplits
 
 MAIN = paths.MAIN
 CONTROLS = ("reinit", "random-prune")  # the branch kinds --controls runs at every round
 ADVANCE = "lottery_core.group_runs:advance_unit"  # what a parallel unit runs in its worker
 
 
-def series(controls: bool) -> list[str]:
-    """A group's experiments: the IMP runs and, with controls, each control kind."""
-    return [MAIN, *CONTROLS] if controls else [MAIN]
+def branch_kinds(meta: dict[str, Any]) -> list[str]:
+    """The branch kinds a group runs at every pruned round of each trial: the controls (with
+    ``controls``), then the config's ``branches``, each once."""
+    kinds = list(CONTROLS) if meta["group"]["controls"] else []
+    kinds += list(meta["config"].get("branches") or [])
+    return list(dict.fromkeys(kinds))
 
 
-def control_set(out: Path, trial: int, kind: str) -> branches.BranchSet:
-    """Trial ``trial``'s control ``kind``: a branch set of its IMP run (no options, seed 0)."""
-    return branches.BranchSet(paths.trial_dir(out, MAIN, trial), kind, NoOptions(), 0)
+def series(meta: dict[str, Any]) -> list[str]:
+    """A group's experiments: the IMP runs, then each branch kind."""
+    return [MAIN, *branch_kinds(meta)]
 
 
-def control_plan(out: Path, trial: int, kind: str, rounds: int) -> branches.BranchPlan:
-    """Every pruned round of trial ``trial``'s IMP run, branched as control ``kind``."""
-    return branches.BranchPlan(control_set(out, trial, kind), list(range(1, rounds)), 1)
+def control_set(out: Path, trial: int, kind: str, plugins: Plugins | None = None
+                ) -> branches.BranchSet:  # fmt: skip
+    """Trial ``trial``'s branch ``kind`` (default options, seed 0): a branch set of its IMP
+    run."""
+    plugins = plugins or get_plugins()
+    options = branches.validate_options(plugins.branches.get(kind), plugins.branches.who(kind),
+                                        {})  # fmt: skip
+    return branches.BranchSet(paths.trial_dir(out, MAIN, trial), kind, options, 0)
+
+
+def control_plan(out: Path, trial: int, kind: str, rounds: int, plugins: Plugins | None = None
+                 ) -> branches.BranchPlan:  # fmt: skip
+    """Every pruned round of trial ``trial``'s IMP run, branched as ``kind``."""
+    return branches.BranchPlan(control_set(out, trial, kind, plugins), list(range(1, rounds)), 1)
 
 
 # -- the group's config.json ---------------------------------------------------------------
@@ -101,14 +116,14 @@ def advance(
         main = Experiment(trial_config, plugins=plugins, data=data)
         _run_or_resume(main, paths.trial_dir(out, MAIN, trial), progress)
         return
-    if experiment not in CONTROLS:
-        raise LotteryError(f"{experiment!r} is not an experiment of a trials/controls group")
+    if experiment not in branch_kinds(meta):
+        raise LotteryError(f"{experiment!r} is not an experiment of the group in {str(out)!r}")
     cache: dict[tuple, DatasetSplits] = {}
     if data is not None:
         from .loading import data_key
 
         cache[data_key(trial_config)] = data
-    plan = control_plan(out, trial, experiment, config.rounds)
+    plan = control_plan(out, trial, experiment, config.rounds, plugins)
     if plan.rounds:
         branches.run_serial(plan, plugins, progress=progress, cache=cache)
 
@@ -186,10 +201,9 @@ def units(out: Path, root: Path) -> list[Unit]:
             found.append(Unit(main_run, main_run, ADVANCE, kwargs, (), left,
                               _counter(main_path), config.device != "cpu", first=True))  # fmt: skip
             after = (main_run,)
-        if meta["group"]["controls"]:
-            for kind in CONTROLS:
-                plan = control_plan(out, trial, kind, config.rounds)
-                found += branches.units(plan, root, after, config.device != "cpu")
+        for kind in branch_kinds(meta):
+            plan = control_plan(out, trial, kind, config.rounds)
+            found += branches.units(plan, root, after, config.device != "cpu")
     return found
 
 
@@ -205,10 +219,9 @@ def all_runs(out: Path, root: Path) -> list[str]:
     found = []
     for trial in range(meta["group"]["trials"]):
         found.append(relative(paths.trial_dir(out, MAIN, trial), root))
-        if meta["group"]["controls"]:
-            for kind in CONTROLS:
-                plan = control_plan(out, trial, kind, rounds)
-                found += [relative(plan.branch.network(r, t), root) for r, t in plan.networks()]
+        for kind in branch_kinds(meta):
+            plan = control_plan(out, trial, kind, rounds)
+            found += [relative(plan.branch.network(r, t), root) for r, t in plan.networks()]
     return found
 
 
@@ -239,7 +252,8 @@ def series_folders(out: Path) -> list[tuple[str, list[Path]]]:
         trials = paths.trial_dirs(out, name)
         if trials:
             found.append((name, trials))
-    for kind in CONTROLS:
+    meta = read_group_config(out)
+    for kind in branch_kinds(meta):
         sets = []
         for trunk in paths.trial_dirs(out, MAIN):
             trial = paths.trial_number(trunk)

@@ -65,8 +65,11 @@ def model_options(
         flag = "--" + name.replace("_", "-")
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         description = (field.description or "").rstrip(".")
+        default = field.get_default(call_default_factory=True)
         if config_defaults:
-            help_text = description + _default_text(name, field.default, plugins)
+            help_text = description + (
+                " [default: none]" if default == [] else _default_text(name, default, plugins)
+            )
         else:
             shown = field.default if field.default is not None else "the trunk's"
             help_text = f"{description} [default: {shown}]"
@@ -76,6 +79,11 @@ def model_options(
                     [f"{flag}/--no-{flag[2:]}", name], default=None, help=help_text
                 )
             )
+            continue
+        if extra.get("many"):  # names, comma-separated; checked against the registry later
+            registry = getattr(plugins, str(extra["plugin"]))
+            help_text += f" (one or more of: {', '.join(registry.names())})"
+            options.append(click.Option([flag, name], type=str, default=None, help=help_text))
             continue
         click_type = _click_type(name, field.annotation, plugins, extra)
         options.append(click.Option([flag, name], type=click_type, default=None, help=help_text))

@@ -6,7 +6,10 @@ from a checkout that was never installed, the built-in modules are registered by
 through the very same hooks. In a checkout, ``lottery_plugins`` is always the checkout's own
 ``plugins/`` folder (see ``builtin_package``), once this module is imported.
 Set ``LOTTERY_NO_ENTRYPOINTS=1`` to load built-ins only, or ``LOTTERY_BLOCK_PLUGINS=a,b`` to skip
-plugins by name.
+plugins by name. ``LOTTERY_PLUGINS=my.module,path/to/file.py`` loads local plugins too, nothing
+installed: a module by its import name, a file (a ``.py`` name, or one with a slash) by its path;
+the CLI's ``--plugins`` adds to it. A built-in's registered names stay the built-in's: another
+plugin registering one of them has that registration refused, with a warning.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import difflib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +38,9 @@ from .guards import blame, describe_error
 from .specs import BranchKind, DatasetSpec, ModelSpec, PruningStrategy, ReinitPolicy
 
 GROUP = "lottery"
+LOCAL_PLUGINS = "LOTTERY_PLUGINS"  # local plugins: module names and file paths, comma-separated
+LOCAL_FILE = "local file "  # a local plugin's origin: this and its absolute path
+LOCAL_MODULE = "local module "  # or this and its import name
 BUILTIN_PACKAGE = "lottery_plugins"  # installed from the repository's plugins/ folder
 BUILTIN_MODULES = {
     "datasets": "lottery_plugins.datasets",
@@ -45,19 +53,33 @@ BUILTIN_MODULES = {
 T = TypeVar("T")
 
 
+class UnknownName(LotteryError, KeyError):
+    """A name no plugin registers: one line (a ``LotteryError``), and a ``KeyError`` too, as a
+    registry is subscriptable."""
+
+    __str__ = Exception.__str__  # KeyError's would quote the message
+
+
 @dataclass
 class Registry(Generic[T]):
     """Named plugin objects of one kind, remembering which plugin registered each.
 
-    A name that two different plugins register is kept in ``conflicts`` (name -> {plugin:
-    object}) and neither object is used: asking for it is one line naming both plugins, while
-    every other name of both plugins keeps working."""
+    ``registry[name]`` is ``registry.get(name)``; ``in``, ``len`` and iteration (sorted) are over
+    the usable names, those ``registry[name]`` returns.
+
+    A built-in's name stays the built-in's: another plugin's registration of it is refused and
+    kept in ``refused`` (name -> {plugin: object}); ``builtins`` are the built-in plugins' names.
+    A name that two other plugins register is kept in ``conflicts`` (name -> {plugin: object})
+    and neither object is used: asking for it is one line naming both plugins, while every
+    other name of both plugins keeps working."""
 
     kind: str
     expected: type
     items: dict[str, T] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     conflicts: dict[str, dict[str, T]] = field(default_factory=dict)
+    builtins: frozenset[str] = frozenset()
+    refused: dict[str, dict[str, T]] = field(default_factory=dict)
 
     def add(self, item: T, source: str) -> None:
         """Register ``item`` for plugin ``source``; a wrong type, or a name the same plugin
@@ -68,15 +90,33 @@ class Registry(Generic[T]):
                 f"{self.expected.__name__}"
             )
         name = item.name  # type: ignore[attr-defined]
+        if (
+            self.sources.get(name) == source
+            or source in self.conflicts.get(name, {})
+            or source in self.refused.get(name, {})
+        ):
+            raise LotteryError(f"registered {self.kind} {name!r} twice")
+        holder = self.sources.get(name)
+        if source not in self.builtins:
+            if holder in self.builtins:
+                self.refused.setdefault(name, {})[source] = item
+                return
+        elif (holder is not None and holder not in self.builtins) or (
+            name in self.conflicts and not self.builtins.intersection(self.conflicts[name])
+        ):  # other plugins took a built-in's name first: it is the built-in's all the same
+            losers = self.conflicts.pop(name, {})
+            if holder is not None:
+                losers[holder] = self.items.pop(name)
+                del self.sources[name]
+            self.refused.setdefault(name, {}).update(losers)
+            self.items[name] = item
+            self.sources[name] = source
+            return
         claims = self.conflicts.get(name)
         if claims is not None:
-            if source in claims:
-                raise LotteryError(f"registered {self.kind} {name!r} twice")
             claims[source] = item
             return
         if name in self.items:
-            if self.sources[name] == source:
-                raise LotteryError(f"registered {self.kind} {name!r} twice")
             first = self.sources.pop(name)
             self.conflicts[name] = {first: self.items.pop(name), source: item}
             return
@@ -85,10 +125,18 @@ class Registry(Generic[T]):
 
     def drop(self, source: str) -> None:
         """Forget everything plugin ``source`` registered; a conflict it was part of is
-        resolved in favour of the one plugin left."""
+        resolved in favour of the one plugin left, and a built-in's name goes back to the
+        plugins it refused (as if the built-in never registered it)."""
         for name in [n for n, s in self.sources.items() if s == source]:
             self.items.pop(name)
             self.sources.pop(name)
+            for other, item in self.refused.pop(name, {}).items():
+                if other != source:
+                    self.add(item, other)
+        for name, refused in list(self.refused.items()):
+            refused.pop(source, None)
+            if not refused:
+                del self.refused[name]
         for name, claims in list(self.conflicts.items()):
             claims.pop(source, None)
             if len(claims) == 1:
@@ -108,8 +156,20 @@ class Registry(Generic[T]):
             )
         if name not in self.items:
             known = ", ".join(sorted(self.items)) or "(none)"
-            raise LotteryError(f"unknown {self.kind} {name!r}; known: {known}")
+            raise UnknownName(f"unknown {self.kind} {name!r}; known: {known}")
         return self.items[name]
+
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.items))
+
+    def __len__(self) -> int:
+        return len(self.items)
 
     def names(self) -> list[str]:
         """Every registered name, conflicting ones included (asking for one says why not)."""
@@ -172,7 +232,9 @@ class Plugins:
         return [self.datasets, self.models, self.strategies, self.reinits, self.branches]
 
     def describe(self) -> list[dict[str, Any]]:
-        """One entry per plugin: its name, where it comes from, its hooks and what it registers."""
+        """One entry per plugin: its name, where it comes from (``origin``: a package and its
+        version, ``local file PATH``, ``local module NAME``), the file its code was loaded from
+        (``path``), its hooks and what it registers."""
         rows = []
         for name, plugin in self.manager.list_name_plugin():
             if plugin is None:
@@ -189,29 +251,47 @@ class Plugins:
                             f"{registry.kind} {item} (UNUSABLE: registered by "
                             f"{registry.claimants(item)})"
                         )
+                for item, refused in sorted(registry.refused.items()):
+                    if name in refused:
+                        registers.append(
+                            f"{registry.kind} {item} (REFUSED: the name of built-in plugin "
+                            f"{registry.sources.get(item, '?')!r})"
+                        )
             hooks = sorted(h.name for h in self.manager.get_hookcallers(plugin) or [])
             rows.append(
                 {
                     "name": name,
                     "origin": origin,
                     "module": getattr(plugin, "__name__", type(plugin).__name__),
+                    "path": _file_of(plugin),
                     "hooks": hooks,
                     "registers": registers,
                     "broken": "",
                 }
             )
         for name, reason in sorted(self.broken.items()):
+            origin = self.origins.get(name, "?")
             rows.append(
                 {
                     "name": name,
-                    "origin": self.origins.get(name, "?"),
+                    "origin": origin,
                     "module": "",
+                    "path": origin[len(LOCAL_FILE) :] if origin.startswith(LOCAL_FILE) else "",
                     "hooks": [],
                     "registers": [],
                     "broken": reason,
                 }
             )
         return rows
+
+
+def _file_of(plugin: Any) -> str:
+    """The file a plugin's code lives in: a module's own file, else its class's module's."""
+    try:
+        found = inspect.getfile(plugin if isinstance(plugin, ModuleType) else type(plugin))
+    except (TypeError, OSError):  # built into the interpreter, or made without a file
+        return ""
+    return str(Path(found).resolve())
 
 
 def _tensors_of(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -326,7 +406,14 @@ def _load_entrypoints(
         if manager.is_blocked(entry.name) or manager.has_plugin(entry.name):
             continue
         dist = entry.dist
-        origins[entry.name] = f"{dist.name} {dist.version}" if dist is not None else "?"
+        origin = f"{dist.name} {dist.version}" if dist is not None else "?"
+        if BUILTIN_MODULES.get(entry.name, entry.value) != entry.value:
+            key = f"{entry.name} ({origin})"  # not the built-in's name: that one stays usable
+            origins[key] = origin
+            reason = f"its plugin name {entry.name!r} is a built-in's; rename the entry point"
+            _mark_broken(broken, key, reason)
+            continue
+        origins[entry.name] = origin
         try:
             plugin = entry.load()
         except Exception as exc:  # an import error or a bug in the package
@@ -335,15 +422,101 @@ def _load_entrypoints(
         _register(manager, plugin, entry.name, broken)
 
 
+def local_entries(value: str | None = None) -> list[str]:
+    """The local plugins ``value`` (else ``LOTTERY_PLUGINS``) names, comma-separated."""
+    value = os.environ.get(LOCAL_PLUGINS, "") if value is None else value
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
+
+
+def is_file_entry(entry: str) -> bool:
+    """A local plugin given by its file (``x.py``, ``dir/x``), not by its import name."""
+    return entry.endswith(".py") or "/" in entry or os.sep in entry
+
+
+def _import_file(path: Path, name: str) -> ModuleType:
+    """The module of file ``path``, imported under ``name`` (its file's stem) like a top-level
+    module, so that it is in ``sys.modules`` (dataclasses and pickle look there)."""
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        where = getattr(loaded, "__file__", None)
+        if where is not None and Path(where).resolve() == path.resolve():
+            return loaded
+        raise ImportError(
+            f"another module named {name!r} is already imported"
+            + (f" (from {where})" if where else "")
+            + "; rename the file"
+        )
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path} cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _load_local(
+    manager: pluggy.PluginManager,
+    entries: list[str],
+    broken: dict[str, str],
+    origins: dict[str, str],
+) -> None:
+    """Each local plugin (``LOTTERY_PLUGINS``: module names and file paths) imported and
+    registered on its own, as an entry point is: one whose import fails, or whose plugin name
+    (a module's import name, a file's stem) another plugin has, is skipped with one warning."""
+    seen: set[str] = set()
+    for entry in entries:
+        path: Path | None = None
+        if is_file_entry(entry):
+            path = Path(entry).expanduser().resolve()
+            name, origin = path.stem, f"{LOCAL_FILE}{path}"
+        else:
+            name, origin = entry, f"{LOCAL_MODULE}{entry}"
+        if origin in seen or manager.is_blocked(name):
+            continue
+        seen.add(origin)
+        if manager.has_plugin(name) or name in broken:
+            if path is None and sys.modules.get(entry) is manager.get_plugin(name):
+                continue  # that very module, installed as well
+            origins[origin] = origin
+            taken = origins.get(name, "built-in")
+            _mark_broken(
+                broken, origin, f"its plugin name {name!r} is another plugin's ({taken}); rename it"
+            )
+            continue
+        origins[name] = origin
+        if path is not None and not path.is_file():
+            _mark_broken(broken, name, f"no such file: {path}")
+            continue
+        try:
+            plugin = importlib.import_module(entry) if path is None else _import_file(path, name)
+        except Exception as exc:  # an import error or a bug in the module
+            reason = f"import failed: {describe_error(exc)}"
+            if isinstance(exc, ModuleNotFoundError) and exc.name == entry:
+                reason += f" (a file is given by its path: {entry}.py)"
+            _mark_broken(broken, name, reason)
+            continue
+        if manager.is_registered(plugin):  # already registered under another name
+            del origins[name]
+            continue
+        _register(manager, plugin, name, broken)
+
+
 def build_manager(
     load_entrypoints: bool | None = None,
     extra: list[Any] | None = None,
     broken: dict[str, str] | None = None,
     origins: dict[str, str] | None = None,
+    local: list[str] | None = None,
 ) -> pluggy.PluginManager:
-    """A plugin manager with entry points loaded, built-ins ensured and spelling checked;
-    plugins that fail to import, whose hooks do not fit, or that implement a hook that does not
-    exist land in ``broken`` (name -> reason) and are not registered."""
+    """A plugin manager with entry points loaded, built-ins ensured, local plugins (``local``,
+    else ``LOTTERY_PLUGINS``'s) loaded and spelling checked; plugins that fail to import, whose
+    hooks do not fit, or that implement a hook that does not exist land in ``broken`` (name ->
+    reason) and are not registered."""
     broken = {} if broken is None else broken
     origins = {} if origins is None else origins
     manager = pluggy.PluginManager(GROUP)
@@ -360,6 +533,7 @@ def build_manager(
         module = importlib.import_module(module_path)
         if not manager.is_registered(module):
             _register(manager, module, name, broken)
+    _load_local(manager, local_entries() if local is None else local, broken, origins)
     for plugin in extra or []:
         _register(manager, plugin, getattr(plugin, "__name__", type(plugin).__name__), broken)
     _unknown_hooks(manager, broken)
@@ -373,18 +547,33 @@ def collect(
 ) -> Plugins:
     """Resolve every registration hook of ``manager`` into name registries."""
     broken = {} if broken is None else broken
-    datasets = _collect(manager, "register_datasets", Registry("dataset", DatasetSpec), broken)
-    models = _collect(manager, "register_models", Registry("model", ModelSpec), broken)
+    origins = {} if origins is None else origins
+    own = frozenset(
+        name
+        for name, module in BUILTIN_MODULES.items()
+        if getattr(manager.get_plugin(name), "__name__", None) == module
+    )
+    datasets = _collect(
+        manager, "register_datasets", Registry("dataset", DatasetSpec, builtins=own), broken
+    )
+    models = _collect(
+        manager, "register_models", Registry("model", ModelSpec, builtins=own), broken
+    )
     strategies = _collect(
         manager,
         "register_pruning_strategies",
-        Registry("pruning strategy", PruningStrategy),
+        Registry("pruning strategy", PruningStrategy, builtins=own),
         broken,
     )
     reinits = _collect(
-        manager, "register_reinit_policies", Registry("reinit policy", ReinitPolicy), broken
+        manager,
+        "register_reinit_policies",
+        Registry("reinit policy", ReinitPolicy, builtins=own),
+        broken,
     )
-    branches = _collect(manager, "register_branches", Registry("branch", BranchKind), broken)
+    branches = _collect(
+        manager, "register_branches", Registry("branch", BranchKind, builtins=own), broken
+    )
     registries: list[Registry[Any]] = [datasets, models, strategies, reinits, branches]
     for name in broken:  # a plugin broken in one registration hook is dropped from all
         for registry in registries:
@@ -399,9 +588,16 @@ def collect(
                 "skipped (LOTTERY_BLOCK_PLUGINS)",
                 file=sys.stderr,
             )
-    return Plugins(
-        manager, datasets, models, strategies, reinits, branches, broken, origins or {}
-    )
+        for item, refused in sorted(registry.refused.items()):
+            for source in refused:
+                package = f" ({origins[source]})" if source in origins else ""
+                print(
+                    f"Warning: plugin {source!r}{package} registers {registry.kind} {item!r}, "
+                    f"the name of a built-in: the built-in one is used, the plugin's is refused "
+                    "(rename it in the plugin)",
+                    file=sys.stderr,
+                )
+    return Plugins(manager, datasets, models, strategies, reinits, branches, broken, origins)
 
 
 def builtin_package() -> ModuleType:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from . import divergence, files
+from . import divergence, files, paths
 from .errors import LotteryError
 from .report_inputs import Series, describe, load_series
 
@@ -29,11 +30,12 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-FIGURES = {
-    "accuracy.png": "Test accuracy at early stopping",
-    "early_stop.png": "Early-stopping iteration",
-    "validation.png": "Validation accuracy during training, one curve per round",
+FIGURES = {  # each figure's file name, less the format's suffix, and its title
+    "accuracy": "Test accuracy at early stopping",
+    "early_stop": "Early-stopping iteration",
+    "validation": "Validation accuracy during training, one curve per round",
 }
+FORMATS = ("png", "pdf", "svg")  # what --format writes the figures as
 MARKDOWN = "report.md"
 # What the report wrote in its folder (file name -> SHA-256, null while being written): a later
 # report may replace exactly those files, unchanged since, and nothing else.

@@ -48,6 +48,12 @@ class Series:
     folder: Path
     experiment: str | None
     trials: list[Trial] = field(default_factory=list)
+    # Where it came from, for the report's legend: the position of the folder given among the
+    # folders given, what that folder is ("run", a "branch" set beside a run, a "group", a
+    # "sweep"), and the series' name within it (the label without a folder's prefix).
+    source: int = 0
+    origin: str = ""
+    name: str = ""
 
     @property
     def config(self) -> dict[str, Any]:
@@ -63,16 +69,25 @@ class Series:
         """Per-round statistics over the trials (``tables.aggregate``), as the figures plot them."""
         return aggregate(self.frame())
 
+    def trial_names(self) -> list[str]:
+        """Each trial's name in the report: its folder's (``trial_0``), or for a group's branch
+        set, its trunk's; by position (``trial 0``) where those would not tell them apart."""
+        names = [t.folder.parent.parent.name if (t.folder / paths.BRANCH).is_file()
+                 else t.folder.name for t in self.trials]  # fmt: skip
+        if len(set(names)) < len(names):
+            names = [f"trial {i}" for i in range(len(names))]
+        return names
+
     def flags(self) -> dict[int, list[str]]:
         """Each flagged round's flags (``divergence``), naming the trial when there are several."""
         found: dict[int, list[str]] = {}
-        for trial in self.trials:
+        for trial, name in zip(self.trials, self.trial_names(), strict=True):
             if "flag" not in trial.results:
                 continue
             results = trial.results
             for round_index, flag in zip(results["round"], results["flag"], strict=True):
                 if isinstance(flag, str) and flag:
-                    where = f" in {trial.folder.name}" if len(self.trials) > 1 else ""
+                    where = f" in {name}" if len(self.trials) > 1 else ""
                     found.setdefault(int(round_index), []).append(flag + where)
         return found
 
@@ -288,22 +303,24 @@ def load_series(folders: list[Path], by: list[str] | None = None) -> tuple[list[
     several = len(folders) > 1
     series: list[Series] = []
     notes: list[str] = []
-    for folder in map(Path, folders):
+    for source, folder in enumerate(map(Path, folders)):
         if not folder.is_dir():
             raise LotteryError(f"{str(folder)!r} does not exist or is not a folder")
         if rundir.kind(folder) == "sweep":
-            series += sweep_series(folder, by, several)
+            for item in sweep_series(folder, by, several):
+                item.source = source
+                series.append(item)
         elif is_group(folder):
             experiments, skipped = read_group(folder)
             notes += [f"{folder.name}: {note}" for note in skipped]
             for name, trials in experiments:
                 label = f"{folder.name} / {name}" if several else name
-                series.append(Series(label, folder, name, trials))
+                series.append(Series(label, folder, name, trials, source, "group", name))
         else:
             trial = read_trial(folder)
             words = describe(trial.meta.get("config", {}))
             label = f"{folder.name} ({words})" if several else words
-            series.append(Series(label, folder, None, [trial]))
+            series.append(Series(label, folder, None, [trial], source, "run", words))
             for branch_set in paths.branch_sets(folder):  # its branches, beside it
                 try:
                     found = [read_branch_set(branch_set, t) for t in branch_trials(branch_set)]
@@ -312,7 +329,7 @@ def load_series(folders: list[Path], by: list[str] | None = None) -> tuple[list[
                     continue
                 name = branch_label(branch_set)
                 series.append(Series(f"{folder.name} / {name}" if several else name,
-                                     branch_set, name, found))  # fmt: skip
+                                     branch_set, name, found, source, "branch", name))  # fmt: skip
     if by and not any(rundir.kind(f) == "sweep" for f in map(Path, folders)):
         raise LotteryError("--by chooses the series of a sweep folder; none was given")
     seen: dict[str, int] = {}
@@ -338,7 +355,7 @@ def sweep_series(folder: Path, by: list[str] | None, several: bool) -> list[Seri
                 continue
         if trials:
             found.append(Series(f"{folder.name} / {label}" if several else label, folder,
-                                experiment, trials))  # fmt: skip
+                                experiment, trials, origin="sweep", name=label))  # fmt: skip
     if not found:
         raise LotteryError(f"{str(folder)!r} is a sweep with no finished round yet")
     return found

@@ -35,6 +35,8 @@ def resolve(config: ExperimentConfig, plugins: Plugins) -> ResolvedConfig:
     model = plugins.models.get(config.model)
     plugins.strategies.get(config.prune)
     plugins.reinits.get(config.reinit)
+    for name in config.branches:
+        plugins.branches.get(name)
     defaults = model.defaults
     values = config.model_dump()
     for key, attribute in MODEL_FILLED.items():

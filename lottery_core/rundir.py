@@ -497,3 +497,27 @@ class RunFolder:
             },
         )
         files.write_csv(self.path / RESULTS, results_frame(state.records))
+
+
+def trained_weights(
+    path: Path, body: dict[str, Any], round_index: int
+) -> dict[str, torch.Tensor] | None:
+    """Round r's trained parameters (``weight_orig``, biases; no masks): from
+    ``trained/round_<r>.pt`` where the run kept them (``keep_trained``), else from the verified
+    checkpoint ``body`` when r is its last round; ``None`` if neither has them."""
+    file = trained_file(path, round_index)
+    if not file.exists():
+        if round_index == int(body["next_round"]) - 1:
+            state = body["model"]
+        else:
+            return None
+    else:
+        try:
+            saved = torch.load(file, map_location="cpu", weights_only=True)
+            state = saved["state_dict"]
+            ok = saved["round"] == round_index and isinstance(state, dict)
+        except Exception:  # unreadable or not shaped like ours
+            ok = False
+        if not ok:
+            raise LotteryError(f"{str(file)!r} is not round {round_index}'s trained weights")
+    return {k: v for k, v in state.items() if not k.endswith("weight_mask")}

@@ -100,14 +100,16 @@ def status_text(folder: Path, plugins: Plugins) -> str:
     for name, values in points:
         point_dir = paths.point_dir(folder, name)
         rounds = _rounds_of(point_dir, sweep, values, plugins)
+        config = make_config(**{**sweep.base, **values})
         for trial in range(sweep.trials):
             cells = {group_runs.MAIN: board.cell(paths.trial_dir(point_dir, group_runs.MAIN,
                                                                  trial), rounds)}  # fmt: skip
-            if sweep.controls:
-                for kind in group_runs.CONTROLS:
-                    plan = group_runs.control_plan(point_dir, trial, kind, rounds)
-                    networks = [plan.branch.network(r, t) for r, t in plan.networks()]
-                    cells[kind] = board.networks_cell(networks)
+            kinds = group_runs.branch_kinds({"group": {"controls": sweep.controls},
+                                             "config": config.model_dump()})  # fmt: skip
+            for kind in kinds:
+                plan = group_runs.control_plan(point_dir, trial, kind, rounds, plugins)
+                networks = [plan.branch.network(r, t) for r, t in plan.networks()]
+                cells[kind] = board.networks_cell(networks)
             table.append({"point": name, "trial": trial, **cells})
     total = sum(board.counts.values())
     summary = ", ".join(f"{n} {what}" for what, n in board.counts.items() if n or what == "done")

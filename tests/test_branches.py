@@ -307,3 +307,26 @@ def test_controls_are_branches_with_the_tickets_masks(tmp_path, plugins, capsys)
     remaining = result.results.groupby(["experiment", "round"])["remaining"].mean().unstack()
     assert (remaining.loc["reinit"] == remaining.loc["imp"]).all()
     assert (remaining.loc["random-prune"] == remaining.loc["imp"]).all()
+
+
+def test_export_trained_writes_the_trained_ticket_of_a_kept_round(tmp_path, plugins, invoke):
+    out = tmp_path / "kept"
+    run_experiment(make_config(**BUDGET, keep_trained=True), out=out, progress=False,
+                   plugins=plugins)  # fmt: skip
+    result = invoke("export", out, "--round", "1", "--trained")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("trained ticket of round 1")
+    ticket = torch.load(out / "trained_ticket_round1.pt", weights_only=True)
+    trained = torch.load(paths.trained_file(out, 1), weights_only=True)["state_dict"]
+    assert all(torch.equal(ticket["weights"][k], trained[k]) for k in ticket["weights"])
+    assert ticket["trained"] and ticket["start_iteration"] == BUDGET["iterations"]
+    assert all(torch.equal(ticket["masks"][k], trunk_masks(out, 1)[k]) for k in ticket["masks"])
+
+
+def test_export_trained_of_a_round_not_kept_is_one_line(own_trunk, invoke):
+    result = invoke("export", own_trunk, "--round", "1", "--trained")
+    assert result.returncode == 2 and "--keep-trained" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert not list(own_trunk.glob("trained_*"))
+    last = invoke("export", own_trunk, "--round", str(ROUNDS - 1), "--trained")
+    assert last.returncode == 0, last.stderr  # the checkpoint holds the last round's
