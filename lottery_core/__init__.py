@@ -21,6 +21,8 @@ _EXPORTS = {
     "PluginError": "errors",
     "Experiment": "experiment",
     "ExperimentResult": "experiment",
+    "export_ticket": "export",
+    "load_ticket": "export",
     "hookimpl": "hookspecs",
     "get_plugins": "plugins",
     "ExperimentRunner": "runner",
@@ -38,6 +40,14 @@ _EXPORTS = {
     "ReinitContext": "specs",
     "ReinitPolicy": "specs",
     "RunInfo": "specs",
+    "ThreadRule": "threads",
+    "TicketData": "tickets",
+    "TrainResult": "tickets",
+    "evaluate": "tickets",
+    "thread_rule": "tickets",
+    "ticket_data": "tickets",
+    "train_ticket": "tickets",
+    "use_tool_threads": "tickets",
 }
 
 __all__ = sorted(_EXPORTS)

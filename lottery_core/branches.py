@@ -86,7 +86,7 @@ def open_trunk(path: Path) -> Trunk:
     if found == "group":
         raise LotteryError(
             f"{str(path)!r} is a trials/controls folder; branch off one of its runs, e.g. "
-            f"{paths.trial_dir(path, 'imp', 0)}"
+            f"{paths.trial_dir(path, paths.MAIN, 0)}"
         )
     if found != "run":
         raise LotteryError(f"{str(path)!r} is not a lottery run folder")
@@ -241,7 +241,12 @@ class BranchExperiment(Experiment):
         """Nothing: the branch's weights were set by its kind (``start``)."""
 
     def describe(self) -> dict:
-        return {**super().describe(), "branch": self.branch_record}
+        """The run's record, with the branch's (kind, options, seed, round, trial, trunk) and
+        the plugin that supplied the kind."""
+        meta = super().describe()
+        kind = self.branch_record["kind"]
+        meta["plugins"] = {**meta["plugins"], "branch": self.plugins.branches.sources[kind]}
+        return {**meta, "branch": self.branch_record}
 
 
 def _reprune(

@@ -72,14 +72,15 @@ class CommandList(click.Group):
 class RunCommand(click.Command):
     """A command that also takes one flag per config field, whose choices are the installed
     plugins' names: made when click first asks for the parameters (to parse, or for
-    ``--help``), once per invocation, so a plugin installed since the last one is offered."""
+    ``--help``), once per invocation, so a plugin installed since the last one is offered.
+    The flags are made without the plugins (nor torch): those load only when a plugin-named
+    value is checked or ``--help`` is shown, so a mistyped flag is refused at once."""
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
-        with loading_libraries():
+        if CONFIG_OPTIONS not in ctx.meta:
             from lottery_core.options import config_options
 
-            if CONFIG_OPTIONS not in ctx.meta:
-                ctx.meta[CONFIG_OPTIONS] = config_options(plugins())
+            ctx.meta[CONFIG_OPTIONS] = config_options(plugins)
         params = super().get_params(ctx)  # the command's own, then the help option
         own = len(self.params)
         return [*params[:own], *ctx.meta[CONFIG_OPTIONS], *params[own:]]
@@ -160,22 +161,23 @@ def cli() -> None:
     help="With --trials/--controls: run them on this many Ray workers at once (one "
     "process each; threads split the cores).",
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--quiet", is_flag=True, help="No progress bar (each round's row is printed all the same)."
+)
 def run(config_file, resume, from_previous, trials, controls, workers, quiet, **values) -> None:
-    """Run an IMP experiment and print its per-round table."""
+    """Run an IMP experiment: a row per round as it finishes, then its per-round table."""
     from lottery_core.options import config_flags
+    from lottery_core.progress import reporting
 
     flags = config_flags(values)
     check_run_flags(flags, config_file, resume, from_previous, trials, controls, workers)
-    if resume is not None:
-        from lottery_core.api import resume_experiment
-
-        result = resume_experiment(
-            resume, progress=not quiet, from_previous=from_previous, workers=workers
-        )
-    else:
-        result = start_run(flags, config_file, trials, controls, workers, quiet)
-    print_run(result)
+    with reporting(lines=True) as report:  # data: first, then each round's row, flushed
+        if resume is not None:
+            result = resume_run(resume, flags.get("rounds"), from_previous, workers, quiet)
+        else:
+            result = start_run(flags, config_file, trials, controls, workers, quiet)
+        if result is not None:  # None: a finished run, already reported with its table
+            print_run(result, report.data_shown)
 
 
 def check_run_flags(
@@ -200,10 +202,21 @@ def check_run_flags(
     ):
         fail("--workers runs --trials/--controls in parallel; a single run is one process")
     if resume is not None:
-        given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+        given = [f"--{k.replace('_', '-')}" for k, v in flags.items()
+                 if v is not None and k != "rounds"]  # fmt: skip
         given += ["--config"] if config_file else []
+        given += [f"--trials {trials}"] if trials != 1 else []
+        given += ["--controls"] if controls else []
         if given:
-            fail(f"--resume continues a run as configured; drop {', '.join(given)}")
+            fail(
+                f"--resume continues a run as configured (only --rounds N may change: it "
+                f"extends it to N rounds); drop {', '.join(given)}"
+            )
+        if flags.get("rounds") is not None and from_previous:
+            fail(
+                "--rounds extends a run from its intact checkpoint.pt: resume it with "
+                "--from-previous first, then extend it"
+            )
 
 
 def start_run(
@@ -214,23 +227,76 @@ def start_run(
     workers: int | None,
     quiet: bool,
 ) -> Any:
-    """A new run, or trials and controls, of the config the file and the flags make."""
-    from lottery_core.api import run_experiment, run_trials
+    """A new run, or trials and controls, of the config the file and the flags make. Without
+    ``--out``, a ``results/<name>`` that already holds this very experiment is reported with its
+    table when it is done (``None`` is returned), else continued; either is said in one line."""
+    from lottery_core.api import find_run, run_experiment, run_trials
     from lottery_core.config import make_config
 
     config = make_config(config_file, **flags)
-    if trials > 1 or controls or config.branches:
-        return run_trials(
+    group = bool(trials > 1 or controls or config.branches)
+    found = None
+    if config.out is None:
+        found = find_run(config, trials=trials, controls=controls, group=group)
+        if found.same and not found.complete:
+            what = "IMP runs" if group else "run"
+            click.echo(
+                f"{found.path} already holds this experiment, {found.done} of {found.rounds} "
+                f"rounds of its {what} finished: continuing it"
+            )
+    result: Any
+    if group:
+        result = run_trials(
             config, trials=trials, controls=controls, progress=not quiet, workers=workers
         )
-    return run_experiment(config, progress=not quiet)
+    else:
+        result = run_experiment(config, progress=not quiet)
+    if found is not None and found.complete:
+        already_done(result, found.done)
+        return None
+    return result
 
 
-def print_run(result: Any) -> None:
-    """Where the data came from, the per-round table (or the trials' aggregate), the folder."""
+def resume_run(
+    resume: Path, rounds: int | None, from_previous: bool, workers: int | None, quiet: bool
+) -> Any:
+    """``run --resume DIR [--rounds N]``: with N, its rounds set to N first, said in one line
+    (a run already done with N rounds is reported with its table: ``None`` is returned)."""
+    from lottery_core.api import extend_experiment, resume_experiment
+
+    if rounds is not None:
+        extension = extend_experiment(resume, rounds, workers=workers)
+        if extension.changed:
+            click.echo(
+                f"extended {resume} from {extension.before} to {extension.after} rounds "
+                f"({extension.done} finished; recorded in its config.json)"
+            )
+        elif not extension.group and extension.done >= extension.after:
+            already_done(resume_experiment(resume, progress=not quiet, rounds=rounds), rounds)
+            return None
+    return resume_experiment(
+        resume, progress=not quiet, from_previous=from_previous, workers=workers, rounds=rounds
+    )
+
+
+def already_done(result: Any, rounds: int) -> None:
+    """A run (or trials/controls folder) that had nothing left to train: where, and its table."""
     from lottery_core.tables import aggregate_table, summary_table
 
-    click.echo(f"data: {result.data_source}")
+    click.echo(f"already done: {result.run_dir} ({rounds} rounds); its table:")
+    if hasattr(result, "aggregate"):
+        click.echo(aggregate_table(result.aggregate))
+    else:
+        click.echo(summary_table(result.results))
+
+
+def print_run(result: Any, data_shown: str | None = None) -> None:
+    """Where the data came from (unless the rows printed while training began with it), the
+    per-round table (or the trials' aggregate), the folder."""
+    from lottery_core.tables import aggregate_table, summary_table
+
+    if result.data_source != data_shown:
+        click.echo(f"data: {result.data_source}")
     if hasattr(result, "aggregate"):
         click.echo(aggregate_table(result.aggregate))
     else:
@@ -274,14 +340,34 @@ def list_plugins(as_json: bool) -> None:
     help="Sweep folders: one series per value of this grid field (or experiment); "
     "repeat for combinations [every grid field and the experiment].",
 )
-def report(run_dirs, out, tolerance, by) -> None:
-    """Write PNG plots and a Markdown summary of one or more runs."""
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="NAME",
+    help="Legend name of each run folder, in their order: one per folder given "
+    "[the method or experiment in words].",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "pdf", "svg"]),
+    default="png",
+    show_default=True,
+    help="File format of the figures.",
+)
+def report(run_dirs, out, tolerance, by, labels, fmt) -> None:
+    """Write figures (PNG, PDF or SVG) and a Markdown summary of one or more runs."""
+    if labels and len(labels) != len(run_dirs):  # before loading anything: one line
+        fail(f"--label given {len(labels)} time(s) for {len(run_dirs)} run folder(s): give one "
+             "per folder, in the order of the folders")  # fmt: skip
     with loading_libraries():
         from lottery_core.report import write_report
 
     if not math.isfinite(tolerance) or tolerance < 0:
         fail(f"--tolerance must be a finite number of points, 0 or more (got {tolerance})")
-    path = write_report(list(run_dirs), out, tolerance=tolerance, by=list(by) or None)
+    path = write_report(list(run_dirs), out, tolerance=tolerance, by=list(by) or None,
+                        labels=list(labels) or None, fmt=fmt)  # fmt: skip
     click.echo(f"report written to {path}")
 
 
@@ -361,7 +447,7 @@ class BranchCommand(click.Command):
 
                 registry = plugins().branches
                 kind = registry.get(str(self.name))
-                ctx.meta[key] = model_options(kind.options, plugins())
+                ctx.meta[key] = model_options(kind.options, plugins)
         params = super().get_params(ctx)
         own = len(self.params)
         return [*params[:own], *ctx.meta[key], *params[own:]]
@@ -380,11 +466,14 @@ def branch_command(name: str, description: str) -> click.Command:
         from lottery_core.config import check_trials
 
         check_trials(trials, "--trials")
-        result = run_branch(
-            name, run_dir, rounds=rounds, trials=trials, seed=branch_seed, workers=workers,
-            progress=not quiet, plugins=plugins(), **options,
-        )  # fmt: skip
-        print_branch(result)
+        from lottery_core.progress import reporting
+
+        with reporting(lines=True) as report:  # each network's row as it finishes
+            result = run_branch(
+                name, run_dir, rounds=rounds, trials=trials, seed=branch_seed, workers=workers,
+                progress=not quiet, plugins=plugins(), **options,
+            )  # fmt: skip
+            print_branch(result, report.data_shown)
 
     params: list[click.Parameter] = [
         click.Argument(["run_dir"], type=click.Path(path_type=Path)),
@@ -396,7 +485,8 @@ def branch_command(name: str, description: str) -> click.Command:
                      help="Seed of the branch's own random stream (recorded)."),  # fmt: skip
         click.Option(["--workers"], type=int,
                      help="Train this many networks at once on Ray workers."),  # fmt: skip
-        click.Option(["--quiet"], is_flag=True, help="No progress bar."),
+        click.Option(["--quiet"], is_flag=True,
+                     help="No progress bar (each network's row is printed all the same)."),
     ]
     return BranchCommand(
         name, callback=callback, params=params,
@@ -405,11 +495,12 @@ def branch_command(name: str, description: str) -> click.Command:
     )  # fmt: skip
 
 
-def print_branch(result: Any) -> None:
+def print_branch(result: Any, data_shown: str | None = None) -> None:
     """The networks' rows beside the trunk's same rounds, and where they are."""
     from lottery_core.tables import branch_table
 
-    click.echo(f"data: {result.data_source}")
+    if result.data_source != data_shown:
+        click.echo(f"data: {result.data_source}")
     click.echo(branch_table(result.results, result.trunk))
     click.echo(f"branch written to {result.folder}")
 
@@ -464,16 +555,20 @@ def sweep() -> None:
 @click.option(
     "--resume", type=click.Path(path_type=Path), help="Continue the sweep in this folder."
 )
-@click.option("--quiet", is_flag=True, help="No progress line.")
+@click.option(
+    "--quiet", is_flag=True, help="No progress line (each round's row is printed all the same)."
+)
 def sweep_run(sweep_file, workers, address, out, resume, quiet) -> None:
     """Run SWEEP_FILE's grid points x trials; run again, it skips finished runs."""
     with loading_libraries():
+        from lottery_core.progress import reporting
         from lottery_core.sweep import run_sweep, summary_table
 
-    result = run_sweep(
-        sweep_file, plugins=plugins(), out=out, resume=resume, workers=workers,
-        address=address, progress=not quiet,
-    )  # fmt: skip
+    with reporting(lines=True):  # a row per round a worker finishes, named by its run
+        result = run_sweep(
+            sweep_file, plugins=plugins(), out=out, resume=resume, workers=workers,
+            address=address, progress=not quiet,
+        )  # fmt: skip
     if not result.results.empty:
         click.echo(summary_table(result.aggregate))
     click.echo(

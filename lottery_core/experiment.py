@@ -27,7 +27,7 @@ from .divergence import round_flag
 from .errors import Interrupted, LotteryError, PluginError, RunFailed
 from .loading import load_data
 from .plugins import Plugins, get_plugins
-from .progress import Progress
+from .progress import Progress, reporting, run_name
 from .pruning import Pruner, prune_round
 from .records import identify, results_frame, versions
 from .reinit import Reinitialiser, reinit_round
@@ -366,14 +366,23 @@ class Experiment:
             )
         try:
             self.threads.begin()
-            with Progress(total, enabled=progress) as bar:
+            name = run_name(run_dir)  # what its rows and bar call it (trials, controls)
+            with (
+                reporting() as report,
+                report.expect(len(todo)) as own,
+                Progress(
+                    total, enabled=progress, name=name, overall=None if own else report
+                ) as bar,
+            ):
+                report.data(self.data.source)  # before the first round trains
                 for round_index in todo:
                     if round_index > 0:
                         self.prune(state, round_index)
                         self.reinitialise(state, round_index)
-                    self.train(state, round_index, bar)
+                    record = self.train(state, round_index, bar)
                     if after_round is not None:
                         after_round(state)
+                    report.round(record, name)  # once saved: its row, printed at once
         except KeyboardInterrupt:
             raise Interrupted(run_dir, state.next_round) from None
         except NonFiniteLoss as exc:
@@ -420,10 +429,14 @@ class Experiment:
             "num_classes": self.data.num_classes,
             "device": str(self.device),
             "versions": versions(),
-            "plugins": {
-                "dataset": self.plugins.datasets.sources[self.config.dataset],
-                "model": self.plugins.models.sources[self.config.model],
-                "prune": self.plugins.strategies.sources[self.config.prune],
-                "reinit": self.plugins.reinits.sources[self.config.reinit],
-            },
+            "plugins": self.plugin_sources(),
+        }
+
+    def plugin_sources(self) -> dict[str, str]:
+        """Which plugin supplied each choice of the config (``config.json``'s ``plugins``)."""
+        return {
+            "dataset": self.plugins.datasets.sources[self.config.dataset],
+            "model": self.plugins.models.sources[self.config.model],
+            "prune": self.plugins.strategies.sources[self.config.prune],
+            "reinit": self.plugins.reinits.sources[self.config.reinit],
         }

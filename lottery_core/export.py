@@ -67,7 +67,7 @@ def ticket_from_run(
     if rundir.kind(run_dir) == "group":
         raise LotteryError(
             f"{str(run_dir)!r} is a trials/controls folder; export one of its runs, "
-            f"e.g. {str(paths.trial_dir(run_dir, 'imp', 0))!r}"
+            f"e.g. {str(paths.trial_dir(run_dir, paths.MAIN, 0))!r}"
         )
     meta = rundir.read_meta(run_dir)
     raw = rundir.verified(run_dir, meta)  # another run's checkpoint or an edited config: refused

@@ -23,6 +23,7 @@ from .experiment import Experiment
 from .loading import load_data
 from .parallel import execute
 from .plugins import Plugins
+from .progress import current, reporting
 from .specs import DatasetSplits
 from .tables import aggregate
 
@@ -94,11 +95,23 @@ def _continue(
     config = config_of(meta, f"{out}/{paths.CONFIG}")
     if data is None:
         data = load_data(config, plugins)
-    for trial in range(meta["group"]["trials"]):
-        for name in group_runs.series(meta):
-            group_runs.advance(out, trial, name, plugins, data=data, meta=meta, progress=progress)
-        write_tables(out)
+    with reporting() as report, report.expect(rounds_left(out)):  # the estimate: all runs'
+        for trial in range(meta["group"]["trials"]):
+            for name in group_runs.series(meta):
+                group_runs.advance(out, trial, name, plugins, data=data, meta=meta,
+                                   progress=progress)  # fmt: skip
+            write_tables(out)
     return _result(out, data.source)
+
+
+def rounds_left(out: Path) -> int:
+    """Rounds the group's runs still have to train (a control network is one)."""
+    rounds = config_of(group_runs.read_group_config(out)).rounds
+    left = 0
+    for run in group_runs.all_runs(out, out):
+        path = Path(out) / run
+        left += max(0, (group_runs.needed_rows(path) or rounds) - group_runs.rows(path))
+    return left
 
 
 def _result(out: Path, data_source: str) -> GroupResult:
@@ -119,6 +132,9 @@ def run_parallel(
     again = command("run", "--resume", root, *(["--workers", workers] if workers else []))
     failures: dict[str, str] = {}
     if units:  # a finished group needs no Ray
+        report = current()
+        if report is not None:  # the data line first, as a run in this process prints it
+            report.data(data_source if data_source is not None else _data_source(root))
         with Engine(engine_plan) as engine:
             outcomes = execute(engine, units, _recorder(groups, failures), progress)
         if outcomes is None:

@@ -1,29 +1,30 @@
 """The parallel executor's driver side: units on the engine, one progress line, Ctrl-C.
 
 Both a trials/controls group (``run --workers``) and a sweep hand their units here; each keeps
-its own tables and records current through ``on_event``.
+its own tables and records current through ``on_event``. The runs train in Ray workers, which
+print nothing; the driver prints each round they finish as a row (``progress.Report``), named
+by its run, when the command's report prints rows.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
+from . import paths
 from .engine import Engine, EngineInterrupted, Event, Outcome, Unit
+from .progress import Report, current, duration, estimate, run_name
 
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+_duration = duration  # the name this module used
 
 
 class ProgressLine:
     """One line across runs: done / running / failed and an ETA, rewritten in place on a
-    terminal; elsewhere (a log) printed only when the counts change."""
+    terminal; elsewhere (a log) printed only when the counts change. ``enabled`` (not
+    ``--quiet``) draws it; where the command's report prints rows, every round a unit finishes
+    is printed as its row on stdout, named by its run, with the estimate for all units."""
 
     def __init__(self, enabled: bool = True, stream: TextIO | None = None):
         self.stream = stream or sys.stderr
@@ -32,8 +33,16 @@ class ProgressLine:
         self.last: tuple[int, ...] | None = None
         self.start_rounds: int | None = None
         self.shown = False
+        self.text = ""
+        self.report: Report | None = current()
+        self.seen: dict[str, int] = {}  # unit key -> rows of its run printed (or there before)
+        self.printed = 0  # rows printed: rounds finished since the start
+        if self.tty and self.report is not None:
+            self.report.overlays.append(self)
 
     def __call__(self, event: Event) -> None:
+        if self.report is not None and self.report.lines:
+            self.rows(event, self.report)
         if not self.enabled:
             return
         if self.start_rounds is None:
@@ -42,23 +51,100 @@ class ProgressLine:
             f"runs: {event.done}/{event.total} done, {event.running} running, "
             f"{event.failed} failed"
             + (f", {event.skipped} skipped" if event.skipped else "")
-            + f"; {_duration(event.elapsed)} elapsed, "
-            f"ETA {_duration(event.eta(self.start_rounds))}"
+            + f"; {duration(event.elapsed)} elapsed, "
+            f"ETA {duration(event.eta(self.start_rounds))}"
         )
         counts = (event.done, event.running, event.failed, event.skipped)
         if self.tty:
             self.stream.write("\r\x1b[K" + line)
             self.stream.flush()
             self.shown = True
+            self.text = line
         elif counts != self.last:
             self.stream.write(line + "\n")
             self.stream.flush()
         self.last = counts
 
+    def rows(self, event: Event, report: Report) -> None:
+        """Print the rounds the units' runs finished since the last event (read from each
+        run's ``results.csv``), and a line for a unit that failed."""
+        units = list(event.running_units)
+        if event.unit is not None and event.outcome is not None:
+            units.append(event.unit)
+        for unit in units:
+            if unit.count is None:
+                continue
+            now = unit.count()
+            if unit.key not in self.seen:  # first seen as it starts (or, done, by its rounds)
+                ended = unit is event.unit and event.outcome is not None and event.outcome.ok
+                self.seen[unit.key] = max(0, now - unit.rounds) if ended else now
+            before = self.seen[unit.key]
+            if now > before:
+                self.seen[unit.key] = now
+                self.print_rows(unit, before, now, event, report)
+        outcome = event.outcome
+        if (event.unit is not None and outcome is not None and not outcome.ok
+                and not outcome.skipped and outcome.error != "cancelled"):  # fmt: skip
+            folder = run_folder(event.unit)
+            name = (run_name(folder) if folder is not None else None) or event.unit.run
+            report.write(f"{name} failed: {outcome.error}")
+
+    def print_rows(self, unit: Unit, start: int, stop: int, event: Event, report: Report) -> None:
+        folder = run_folder(unit)
+        name = (run_name(folder) if folder is not None else None) or unit.run
+        records = _records(folder, start, stop)
+        for index in range(start, stop):
+            self.printed += 1
+            total = max(event.rounds_total, self.printed)
+            eta = estimate(self.printed, total, event.elapsed)
+            record = records[index - start] if index - start < len(records) else {}
+            report.show(self.printed, total, event.elapsed, eta, name, record)
+
+    def clear(self) -> None:
+        """Off the terminal's line, for a row to be printed there."""
+        if self.tty and self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def refresh(self) -> None:
+        if self.tty and self.shown and self.text:
+            self.stream.write("\r\x1b[K" + self.text)
+            self.stream.flush()
+
     def close(self) -> None:
+        if self.report is not None and self in self.report.overlays:
+            self.report.overlays.remove(self)
         if self.tty and self.shown:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def run_folder(unit: Unit) -> Path | None:
+    """The run folder a unit brings further, from its arguments: a group's run
+    (``group_runs.advance_unit``) or a branch network (``branches.branch_unit``)."""
+    k = unit.kwargs
+    try:
+        if {"out", "trial", "experiment"} <= k.keys():
+            return paths.trial_dir(Path(k["out"]), k["experiment"], int(k["trial"]))
+        if {"trunk", "kind", "options", "seed", "round_index", "trial"} <= k.keys():
+            branch_set = paths.branch_set(Path(k["trunk"]), k["kind"], k["options"], k["seed"])
+            return paths.branch_dir(branch_set, int(k["round_index"]), int(k["trial"]))
+    except (TypeError, ValueError):
+        return None
+    return None
+
+
+def _records(folder: Path | None, start: int, stop: int) -> list[dict[str, Any]]:
+    """Rows ``start`` to ``stop`` of a run's ``results.csv`` (none if it cannot be read)."""
+    if folder is None:
+        return []
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(folder / paths.RESULTS)
+    except (OSError, ValueError):
+        return []
+    return [{str(k): v for k, v in r.items()} for r in frame.iloc[start:stop].to_dict("records")]
 
 
 def execute(

@@ -173,6 +173,7 @@ class Report:
         self.data_shown: str | None = None  # the last ``data:`` line's source
         self.header_shown: bool | None = None  # whether the last header had a run column
         self.overlays: list[Overlay] = []
+        self.broken = False  # stdout failed: no more rows
 
     @contextmanager
     def expect(self, rounds: int) -> Iterator[bool]:
@@ -215,12 +216,18 @@ class Report:
 
     def write(self, text: str) -> None:
         """One line on stdout, flushed; a bar or status line on the terminal is cleared first
-        and drawn again after."""
+        and drawn again after. A stdout that cannot be written any more (a pipe whose reader
+        left, ``| head``; a full disk) stops the rows, never the training."""
+        if self.broken:
+            return
         for overlay in self.overlays:
             overlay.clear()
         stream = sys.stdout  # looked up now: pytest's capture, a notebook's, a redirect
-        stream.write(text + "\n")
-        stream.flush()
+        try:
+            stream.write(text + "\n")
+            stream.flush()
+        except (OSError, ValueError):  # ValueError: a closed file
+            self.broken = True
         for overlay in self.overlays:
             overlay.refresh()
 
@@ -292,10 +299,13 @@ class Progress:
         kind = bar_kind(sys.stderr) if enabled else None
         options: dict[str, Any] = {"total": total, "unit": "it", "leave": False}
         if kind == "notebook":
-            from tqdm.notebook import tqdm as notebook_bar
+            try:
+                from tqdm.notebook import tqdm as notebook_bar
 
-            self.bar = notebook_bar(**options)
-        else:
+                self.bar = notebook_bar(**options)
+            except Exception:  # a widget that cannot be drawn after all: no bar
+                kind = None
+        if kind != "notebook":
             self.bar = tqdm(
                 **options,
                 disable=kind is None,

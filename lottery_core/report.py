@@ -132,12 +132,11 @@ def verdict_lines(series: Series, tolerance: float) -> list[str]:
         )
     if len(series.trials) > 1:
         per_trial = []
-        for trial in series.trials:
-            own_flags = {r: f for r, f in flags.items() if any(trial.folder.name in x for x in f)}
+        for trial, name in zip(series.trials, series.trial_names(), strict=True):
+            own_flags = {r: f for r, f in flags.items() if any(x.endswith(f" in {name}")
+                                                                for x in f)}  # fmt: skip
             own = sparsest_within(_without(trial.results, own_flags, "test"), tolerance, "test")
-            per_trial.append(
-                f"{trial.folder.name} {'–' if own is None else pct(own['remaining'])}%"
-            )
+            per_trial.append(f"{name} {'–' if own is None else pct(own['remaining'])}%")
         line += f"; each trial against its own dense round: {', '.join(per_trial)}"
     if flags:
         named = ", ".join(f"round {r} {', '.join(f)}" for r, f in sorted(flags.items()))
@@ -222,21 +221,35 @@ def data_lines(series: list[Series]) -> list[str]:
     return lines
 
 
-def setup_lines(item: Series) -> str:
-    """What was run, from the config: model, data, method, rates, budget, seeds."""
+def setup_lines(item: Series, style: Style | None = None) -> str:
+    """What was run, from the config: model, data, method, rates, budget, seeds, and the
+    series' name in the figures where that is not its label."""
     c = {k: v for k, v in item.config.items() if v is not None}
     seeds = ", ".join(str(t.meta.get("config", {}).get("seed", "?")) for t in item.trials)
+    method = describe(c)
+    kind = _branch_kind(item)
+    if kind is not None:
+        method = f"branch {kind} of a {method} run"
+    shown = f" (figures: *{style.name}*)" if style is not None and style.name != item.label else ""
     return (
-        f"- **{item.label}**: `{item.folder}`; model {c.get('model', '?')} on "
-        f"{c.get('dataset', '?')}, {describe(c)}, {c.get('scope', '?')} rate "
+        f"- **{item.label}**{shown}: `{item.folder}`; model {c.get('model', '?')} on "
+        f"{c.get('dataset', '?')}, {method}, {c.get('scope', '?')} rate "
         f"{c.get('rate', '?')} (conv {c.get('conv_rate', '?')}, output "
         f"{c.get('output_rate', '?')}), {c.get('iterations', '?')} iterations per round, "
         f"{len(item.trials)} trial(s), seeds {seeds}"
     )
 
 
-def markdown(series: list[Series], notes: list[str], tolerance: float) -> str:
-    """``report.md``: the verdict first, then what backs it (setup, rounds, layers, figures)."""
+def markdown(
+    series: list[Series],
+    notes: list[str],
+    tolerance: float,
+    fmt: str = "png",
+    styles: list[Style] | None = None,
+) -> str:
+    """``report.md``: the verdict first, then what backs it (setup, rounds, layers, figures
+    in ``fmt``)."""
+    styles = styles if styles is not None else series_styles(series)
     lines = ["# Lottery ticket report", ""]
     lines += data_lines(series) + [""]
     lines += [
@@ -248,7 +261,8 @@ def markdown(series: list[Series], notes: list[str], tolerance: float) -> str:
     ]
     for item in series:
         lines += verdict_lines(item, tolerance)
-    lines += ["", "## Series", ""] + [setup_lines(item) for item in series]
+    lines += ["", "## Series", ""]
+    lines += [setup_lines(item, style) for item, style in zip(series, styles, strict=True)]
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
     lines += ["", "## Per round", ""]
@@ -263,77 +277,298 @@ def markdown(series: list[Series], notes: list[str], tolerance: float) -> str:
     for item in series:
         lines += [f"### {item.label}", ""] + layer_table(item) + [""]
     lines += ["## Figures", ""]
-    for name, title in FIGURES.items():
-        lines += [f"![{title}]({name})", ""]
+    for stem, title in FIGURES.items():  # a PDF is a link: Markdown viewers show no PDF inline
+        lines += [f"{'' if fmt == 'pdf' else '!'}[{title}]({stem}.{fmt})", ""]
     return "\n".join(lines)
+
+
+# -- names and colours ---------------------------------------------------------------------
+
+IMP = "IMP (winning ticket)"
+# An experiment's name in the figures, whatever the report: a group's experiments and the
+# branch kinds by what they are, the paper's controls as the paper names them.
+NAMES = {
+    "reinit": "random reinit",
+    "reinit-random": "random reinit",  # the controls of groups from before branches
+    "random-prune": "random pruning",
+    "prune-random": "random pruning",
+    "shuffle": "shuffled mask",
+    "sign-reinit": "sign-preserving reinit",
+    "invert": "inverted mask",
+}
+# matplotlib's tab10 (C0..C9), spelled out so no style sheet changes what a name is drawn in.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
+FIXED = {IMP: 0, "random reinit": 1, "random pruning": 2}  # the paper's three: C0, C1, C2
+HASHED = (3, 4, 5, 6, 8, 9)  # any other name: one of these by a hash of it (C7's grey: no)
+LINESTYLES = ("-", "--", ":", "-.")  # by the folder given, where several share a name
+MARKERS = ("o", "s", "^", "D", "v", "P")
+REFERENCE = "#000000"  # the dense-accuracy and training-budget lines
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a series is drawn: its legend name, and the colour its experiment has in every
+    report (``key``, its name without a folder's prefix or a ``--label``, chooses it)."""
+
+    name: str
+    key: str
+    color: str
+    linestyle: str = "-"
+    marker: str = "o"
+
+
+def method_name(config: dict[str, Any]) -> str:
+    """A run's method in words, IMP by its name (magnitude pruning, rewound survivors)."""
+    if (config.get("prune"), config.get("reinit")) == ("magnitude", "rewind") and config.get(
+        "prune_at", "imp"
+    ) in (None, "imp"):
+        words = IMP
+        if config.get("scope") == "global":
+            words += ", global"
+        if config.get("rewind_iter"):
+            words += f", rewind to iteration {config['rewind_iter']}"
+        return words
+    return describe(config)
+
+
+def _branch_kind(item: Series) -> str | None:
+    """The branch kind of a series of branch sets (a group's control, a run's branches)."""
+    record = item.trials[0].meta.get("branch")
+    if (item.trials[0].folder / paths.BRANCH).is_file() and isinstance(record, dict):
+        return str(record.get("kind") or paths.branch_kind_of(item.trials[0].folder))
+    return None
+
+
+def experiment_name(item: Series) -> str:
+    """A series' name in the figures, the same in every report: its method in words for a run
+    (``IMP (winning ticket)``), its experiment's for a group's (``random reinit``), with the
+    grid point for a sweep's, its kind's (and options) for a run's branch set; never a folder's
+    hash."""
+    experiment = item.experiment
+    if item.origin == "sweep":
+        if experiment is None:
+            return item.name
+        own = _experiment_words(item, experiment)
+        point = item.name[: -len(f" / {experiment}")] if item.name != experiment else ""
+        return f"{point}: {own}" if point else own
+    if item.origin == "branch":  # branch_label: "kind (options, seed)"
+        kind = _branch_kind(item) or paths.branch_kind_of(item.folder)
+        rest = item.name[len(kind) :] if item.name.startswith(kind) else ""
+        return NAMES.get(kind, kind) + rest
+    if experiment is None:  # a single run
+        return method_name(item.config)
+    return _experiment_words(item, experiment)
+
+
+def _experiment_words(item: Series, experiment: str) -> str:
+    """A group's or sweep's experiment in words: IMP's method, a control's or branch's name."""
+    if experiment == paths.MAIN:
+        return method_name(item.config)
+    return NAMES.get(experiment, experiment)
+
+
+def series_styles(series: list[Series], labels: list[str] | None = None) -> list[Style]:
+    """Each series' legend name and look. Names: ``experiment_name``, after the folder's name
+    where several folders were given, or the folder's ``labels`` entry (with the experiment's
+    name where the folder holds several series). Colours: the paper's three fixed (IMP C0,
+    random reinit C1, random pruning C2), any other name one of ``HASHED`` by its hash, moved to
+    the next free one only where two names of one report would share it; line style and marker
+    by the folder given, so one experiment of two folders keeps its colour and both show."""
+    sources = sorted({item.source for item in series})
+    per_source = {s: sum(item.source == s for item in series) for s in sources}
+    names, keys = [], []
+    for item in series:
+        own = experiment_name(item)
+        keys.append(own)
+        if labels is not None:
+            label = labels[item.source]
+            names.append(label if per_source[item.source] == 1 else f"{label}: {own}")
+        elif len(sources) > 1:
+            names.append(f"{item.folder.name if item.origin != 'branch' else _given(item)}: {own}")
+        else:
+            names.append(own)
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):  # two series of one name: told apart
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            names[i] = f"{name} #{seen[name]}"
+    colors = _colors(keys)
+    position = {s: i for i, s in enumerate(sources)}
+    return [
+        Style(name, key, colors[key], LINESTYLES[position[item.source] % len(LINESTYLES)],
+              MARKERS[position[item.source] % len(MARKERS)])  # fmt: skip
+        for item, name, key in zip(series, names, keys, strict=True)
+    ]
+
+
+def _given(item: Series) -> str:
+    """The name of the run folder given whose branch set ``item`` is."""
+    return item.folder.parent.parent.name
+
+
+def _colors(keys: list[str]) -> dict[str, str]:
+    """A colour for each name: ``FIXED``, else by hash into ``HASHED`` (the next free one on a
+    clash within these names, names in sorted order; any colour once those are used up)."""
+    found = {k: PALETTE[FIXED[k]] for k in keys if k in FIXED}
+    taken = {FIXED[k] for k in found}
+    for key in sorted(set(keys) - set(found)):
+        start = int(hashlib.sha256(key.encode()).hexdigest(), 16)
+        order = [HASHED[(start + i) % len(HASHED)] for i in range(len(HASHED))]
+        order += [i for i in range(len(PALETTE)) if i not in HASHED]
+        free = [i for i in order if i not in taken]
+        index = free[0] if free else order[0]
+        taken.add(index)
+        found[key] = PALETTE[index]
+    return found
+
+
+def _text(name: str) -> str:
+    """``name`` as figure text: a ``$`` is a dollar sign, not mathtext."""
+    return name.replace("$", r"\$")
 
 
 # -- figures -------------------------------------------------------------------------------
 
 
-def remaining_ticks(values: list[float], most: int = 9) -> list[float]:
-    """Tick positions at actual remaining values, thinned to ones evenly apart on a log axis."""
-    ordered = sorted({round(v, 6) for v in values if v > 0}, reverse=True)
-    if len(ordered) <= most:
-        return ordered
-    gap = math.log10(ordered[0] / ordered[-1]) / (most - 1) * 0.9
-    ticks = [ordered[0]]
-    for value in ordered[1:]:
-        if math.log10(ticks[-1] / value) >= gap:
+def remaining_limits(values: list[float]) -> tuple[float, float]:
+    """The remaining axis' limits, densest first (sparsity grows to the right), padded."""
+    high, low = max(values), min(values)
+    pad = (high / low) ** 0.04 if high > low else 1.1
+    return high * pad, low / pad
+
+
+def _label_size(text: str, size: float, vertical: bool) -> float:
+    """How long a tick label is along its axis, in points (DejaVu Sans' digits are 0.64 em)."""
+    if vertical:
+        return 1.2 * size
+    return size * sum(0.32 if c == "." else 0.64 for c in text)
+
+
+def remaining_ticks(
+    values: list[float], length: float = 430.0, size: float = 10.0, vertical: bool = False
+) -> list[float]:
+    """Tick positions at the remaining values the series reach, thinned so that no two labels
+    on an axis ``length`` points long, in ``size`` point type, come within an em of each other:
+    the densest and the sparsest value, then the others in the order given (the first series'
+    rounds first) wherever they keep clear of every tick taken. Series at different rates reach
+    different values; their labels never run into each other (``64.160.1``), and no two ticks
+    read the same (two values of one label are closer than that)."""
+    given = list(dict.fromkeys(round(v, 6) for v in values if v > 0))
+    if len(given) < 2:
+        return given
+    high, low = remaining_limits(given)
+    scale = length / math.log(high / low)
+
+    def clear(a: float, b: float) -> bool:
+        room = (_label_size(pct(a), size, vertical) + _label_size(pct(b), size, vertical)) / 2
+        return abs(math.log(a / b)) * scale >= room + size
+
+    ticks = [max(given)]
+    for value in [min(given), *given]:
+        if all(clear(value, tick) for tick in ticks):
             ticks.append(value)
-    if ticks[-1] != ordered[-1]:
-        ticks[-1] = ordered[-1]
-    return ticks
+    return sorted(ticks, reverse=True)
 
 
-def style_remaining_axis(ax: Axes, values: list[float]) -> None:
-    """Log x axis, sparsity growing to the right, ticks labelled with the rounds' remaining %."""
+def _tick_size(vertical: bool = False) -> float:
+    """The tick labels' type size in points, as the style sheet sets it."""
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+
+    size = rcParams["ytick.labelsize"] if vertical else rcParams["xtick.labelsize"]
+    return float(FontProperties(size=size).get_size_in_points())
+
+
+def style_remaining_axis(ax: Axes, values: list[float], length: float = 430.0) -> None:
+    """Log x axis, sparsity growing to the right, ticks labelled with the rounds' remaining %,
+    as many as fit ``length`` points (the axis' width, at least) without touching."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-    ticks = remaining_ticks(values)
+    ticks = remaining_ticks(values, length, _tick_size())
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: pct(v)))
     ax.xaxis.set_minor_locator(NullLocator())
-    high, low = max(values), min(values)
-    pad = (high / low) ** 0.04 if high > low else 1.1
-    ax.set_xlim(high * pad, low / pad)
+    ax.set_xlim(*remaining_limits(values))
     ax.set_xlabel("weights remaining (%)")
     ax.grid(True, alpha=0.3)
 
 
-def metric_figure(series: list[Series], metric: str, ylabel: str, title: str) -> Figure:
-    """``metric`` (mean over trials, min/max band) against weights remaining, one line a series."""
+def dense_accuracy(series: list[Series]) -> tuple[Series, float] | None:
+    """The dense round's mean test accuracy of the first series that has an unflagged one."""
+    for item in series:
+        summary = item.summary()
+        if not summary.empty and summary["round"].iloc[0] == 0 and 0 not in item.flags():
+            return item, float(summary["test_mean"].iloc[0])
+    return None
+
+
+def budgets(series: list[Series]) -> list[int]:
+    """The training budgets (iterations a round) of the series, each once, ascending."""
+    found = {item.config.get("iterations") for item in series}
+    return sorted(int(b) for b in found if isinstance(b, int | float) and b > 0)
+
+
+def metric_figure(
+    series: list[Series],
+    metric: str,
+    ylabel: str,
+    title: str,
+    styles: list[Style] | None = None,
+) -> Figure:
+    """``metric`` (mean over trials, min/max band) against weights remaining, one line a series,
+    the legend under the axes. On the accuracy figure (``test``) a line marks the dense
+    network's accuracy; on the early-stopping one (``ES``) a line marks the training budget."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    styles = styles if styles is not None else series_styles(series)
+    fig = Figure(figsize=(7.5, 5.4), layout="constrained")
     ax = fig.add_subplot()
     values: list[float] = []
-    for item in series:
+    handles: list[Any] = []
+    for item, style in zip(series, styles, strict=True):
         summary = item.summary()
         x = summary["remaining"].to_numpy(float)
         values += list(x)
-        (line,) = ax.plot(x, summary[f"{metric}_mean"], marker="o", ms=4, label=item.label)
-        if len(item.trials) > 1:
-            ax.fill_between(
-                x,
-                summary[f"{metric}_min"],
-                summary[f"{metric}_max"],
-                color=line.get_color(),
-                alpha=0.2,
-                linewidth=0,
-            )
-    style_remaining_axis(ax, values)
+        (line,) = ax.plot(x, summary[f"{metric}_mean"], color=style.color, ls=style.linestyle,
+                          marker=style.marker, ms=4, lw=1.6, zorder=3,
+                          label=_text(style.name))  # fmt: skip
+        handles.append(line)
+        if len(item.trials) > 1:  # light, edged by thin dashes: overlapping bands stay legible
+            low, high = summary[f"{metric}_min"], summary[f"{metric}_max"]
+            ax.fill_between(x, low, high, color=style.color, alpha=0.15, linewidth=0, zorder=1)
+            for edge in (low, high):
+                ax.plot(x, edge, color=style.color, ls=(0, (3, 2)), lw=0.7, alpha=0.7,
+                        zorder=2, label="_band edge")  # fmt: skip
+    style_remaining_axis(ax, values, length=fig.get_figwidth() * 72 * 0.8)
     ax.set_ylabel(ylabel)
-    if metric == "ES":  # speed-ups are ratios: keep zero in view
-        ax.set_ylim(bottom=0)
+    dense = dense_accuracy(series) if metric == "test" else None
+    if dense is not None:
+        item, accuracy = dense
+        several = len({s.source for s in series}) > 1  # a group's series share round 0
+        whose = f", {styles[series.index(item)].name}" if several else ""
+        label = _text(f"dense network{whose}: {num(accuracy)}%")
+        handles.append(ax.axhline(accuracy, color=REFERENCE, ls=":", lw=1.1, zorder=2,
+                                  label=label))  # fmt: skip
+    if metric == "ES":  # speed-ups are ratios: keep zero in view, and the budget above
+        top = max(float(s.summary()["ES_max"].max()) for s in series)
+        for budget in budgets(series):
+            label = f"training budget ({budget:,} iterations)"
+            handles.append(ax.axhline(budget, color=REFERENCE, ls="--", lw=1.1, zorder=2,
+                                      label=label))  # fmt: skip
+            top = max(top, budget)
+        ax.set_ylim(0, top * 1.08)
     bands = " (band: min–max over trials)" if any(len(s.trials) > 1 for s in series) else ""
     ax.set_title(title + bands, fontsize=10)
-    ax.legend(fontsize=8)
+    longest = max(len(h.get_label()) for h in handles)
+    fig.legend(handles=handles, labels=[h.get_label() for h in handles],
+               loc="outside lower center", ncols=min(len(handles), 3 if longest <= 28 else 2),
+               fontsize=8, frameon=False)  # fmt: skip
     return fig
 
 
-def validation_figure(series: list[Series]) -> Figure:
+def validation_figure(series: list[Series], styles: list[Style] | None = None) -> Figure:
     """Validation accuracy per iteration, one curve per round coloured by weights remaining;
     one panel per series (its first trial)."""
     from matplotlib import colormaps
@@ -342,6 +577,7 @@ def validation_figure(series: list[Series]) -> Figure:
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
+    styles = styles if styles is not None else series_styles(series)
     columns = min(3, len(series))
     rows = math.ceil(len(series) / columns)
     fig = Figure(figsize=(4.6 * columns + 1, 3.6 * rows), layout="constrained")
@@ -349,7 +585,7 @@ def validation_figure(series: list[Series]) -> Figure:
     remaining = [v for s in series for v in s.trials[0].results["remaining"]]
     norm = LogNorm(min(remaining) * 0.9999, max(remaining) * 1.0001)
     cmap = colormaps["viridis"]
-    for ax, item in zip(axes.flat, series, strict=False):
+    for ax, item, style in zip(axes.flat, series, styles, strict=False):
         trial = item.trials[0]
         by_round = trial.results.set_index("round")["remaining"]
         history = trial.history
@@ -360,8 +596,10 @@ def validation_figure(series: list[Series]) -> Figure:
                 if round_index in by_round.index:
                     color = cmap(norm(by_round[round_index]))
                     ax.plot(part["iteration"], part["val_acc"], color=color, lw=1.2)
-        title = item.label if item.experiment is None else f"{item.label}, {trial.folder.name}"
-        ax.set_title(title, fontsize=9)
+        title = _text(style.name)
+        if len(item.trials) > 1:
+            title += f"\n(first trial, {item.trial_names()[0]})"
+        ax.set_title(title, fontsize=9, color=style.color)
         ax.set_xlabel("training iteration")
         ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
         ax.grid(True, alpha=0.3)
@@ -371,7 +609,9 @@ def validation_figure(series: list[Series]) -> Figure:
         ax.set_visible(False)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.9)
     bar.set_label("weights remaining (%)")
-    bar.ax.yaxis.set_major_locator(FixedLocator(remaining_ticks(remaining)))
+    length = fig.get_figheight() * 72 * 0.9 * 0.75
+    ticks = remaining_ticks(remaining, length, _tick_size(vertical=True), vertical=True)
+    bar.ax.yaxis.set_major_locator(FixedLocator(ticks))
     bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: pct(v)))
     bar.ax.yaxis.set_minor_locator(NullLocator())
     return fig
@@ -382,11 +622,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def check_out(out_dir: Path) -> None:
+def figure_files(fmt: str) -> tuple[str, ...]:
+    """The figures' file names in format ``fmt``."""
+    return tuple(f"{stem}.{fmt}" for stem in FIGURES)
+
+
+# Every name a report may write: a later report in another format replaces an earlier one's.
+OWN_NAMES = (*(name for fmt in FORMATS for name in figure_files(fmt)), MARKDOWN)
+
+
+def check_out(out_dir: Path) -> dict[str, str | None]:
     """Refuse a report folder holding anything the report did not write: a user's files, or
-    a report's files changed since (``MANIFEST`` says which and what they held)."""
+    a report's files changed since (``MANIFEST`` says which and what they held). Returns what
+    ``MANIFEST`` lists of the files there, each checked to be as the report wrote it."""
     if not out_dir.exists():
-        return
+        return {}
     if not out_dir.is_dir():
         raise LotteryError(f"{str(out_dir)!r} exists and is not a folder")
     try:
@@ -398,7 +648,7 @@ def check_out(out_dir: Path) -> None:
                 written = {}
         foreign = []
         for name, entry in sorted(entries.items()):
-            ours = name in written and name in (*FIGURES, MARKDOWN)
+            ours = name in written and name in OWN_NAMES
             if not ours or entry.is_symlink() or not entry.is_file():
                 foreign.append(name)
             elif written[name] is not None and _sha256(entry) != written[name]:
@@ -413,17 +663,41 @@ def check_out(out_dir: Path) -> None:
             f"--out {str(out_dir)!r} holds files the report did not write ({shown}); choose "
             "another --out (a new or empty folder), nothing was written"
         )
+    return {name: written[name] for name in entries}
 
 
-def _write_manifest(out_dir: Path, names: tuple[str, ...], done: bool) -> None:
-    """Claim ``names`` before writing them (``done=False``), then record what they hold."""
-    files.write_json(out_dir / MANIFEST,
-                     {n: _sha256(out_dir / n) if done else None for n in names})  # fmt: skip
+def _write_manifest(out_dir: Path, names: tuple[str, ...], done: bool,
+                    kept: dict[str, str | None] | None = None) -> None:  # fmt: skip
+    """Claim ``names`` before writing them (``done=False``; with ``kept``, an earlier report's
+    files still there, about to be removed), then record what they hold."""
+    record = {n: _sha256(out_dir / n) if done else None for n in names}
+    files.write_json(out_dir / MANIFEST, {**(kept or {}), **record})
 
 
-def save_figure(fig: Figure, path: Path) -> None:
-    """Atomically, so a killed report never leaves half a PNG under a real name."""
-    files.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+def save_figure(fig: Figure, path: Path, fmt: str = "png") -> None:
+    """Atomically, so a killed report never leaves half a figure under a real name; without a
+    date in a PDF or SVG, nor random ids in an SVG, so the same report is the same file."""
+    from matplotlib import rc_context
+
+    metadata = {"png": {}, "pdf": {"CreationDate": None}, "svg": {"Date": None}}[fmt]
+    with rc_context({"svg.hashsalt": "lottery-report"}):
+        files.atomic_write(
+            path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=110, metadata=metadata)
+        )
+
+
+def check_labels(labels: list[str] | None, count: int) -> None:
+    """One ``--label`` per folder given, each a name on one line; else one line saying so."""
+    if labels is None:
+        return
+    if len(labels) != count:
+        raise LotteryError(
+            f"--label given {len(labels)} time(s) for {count} run folder(s): give one per "
+            "folder, in the order of the folders"
+        )
+    for label in labels:
+        if not label.strip() or any(ord(c) < 32 for c in label):
+            raise LotteryError(f"--label {label!r}: a legend name needs text on one line")
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -434,35 +708,48 @@ def write_report(
     out_dir: Path | None = None,
     tolerance: float = 0.5,
     by: list[str] | None = None,
+    labels: list[str] | None = None,
+    fmt: str = "png",
 ) -> Path:
     """Write ``report.md`` and its figures for single run and trials/controls folders.
 
     ``out_dir`` defaults to ``<first run dir>/report/``; returns the path of ``report.md``.
-    Files: ``report.md``, ``accuracy.png``, ``early_stop.png``, ``validation.png`` and
-    ``.report.json`` (what was written). ``out_dir`` must be new, empty, or hold only an earlier
-    report's files unchanged: a user's files are never overwritten (``check_out``).
+    Files: ``report.md``, ``accuracy.<fmt>``, ``early_stop.<fmt>``, ``validation.<fmt>``
+    (``fmt``: png, pdf or svg) and ``.report.json`` (what was written). ``out_dir`` must be new,
+    empty, or hold only an earlier report's files unchanged: a user's files are never
+    overwritten (``check_out``); an earlier report's figures in another format are removed.
+    ``labels``: one legend name per folder of ``run_dirs`` (``series_styles``), also the
+    series' names in ``report.md``.
     """
     if not math.isfinite(tolerance) or tolerance < 0:
         raise LotteryError(
             f"tolerance must be a finite number of points, 0 or more (got {tolerance})"
         )
+    if fmt not in FORMATS:
+        raise LotteryError(f"format {fmt!r}: one of {', '.join(FORMATS)}")
+    check_labels(labels, len(run_dirs))
     series, notes = load_series([Path(p) for p in run_dirs], by=by)
+    styles = series_styles(series, labels)
+    if labels is not None:  # the user's names, in the text as in the figures
+        for item, style in zip(series, styles, strict=True):
+            item.label = style.name
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
-    check_out(out_dir)
-    for stray in files.own_temp_files(out_dir, (*FIGURES, MARKDOWN, MANIFEST)):
+    earlier = check_out(out_dir)
+    for stray in files.own_temp_files(out_dir, (*OWN_NAMES, MANIFEST)):
         stray.unlink(missing_ok=True)  # a killed report's, provably
-    names = (*FIGURES, MARKDOWN)
-    _write_manifest(out_dir, names, done=False)
-    save_figure(
-        metric_figure(series, "test", "test accuracy at early stop (%)", FIGURES["accuracy.png"]),
-        out_dir / "accuracy.png",
-    )
-    save_figure(
-        metric_figure(series, "ES", "early-stopping iteration", FIGURES["early_stop.png"]),
-        out_dir / "early_stop.png",
-    )
-    save_figure(validation_figure(series), out_dir / "validation.png")
+    figures = dict(zip(FIGURES, figure_files(fmt), strict=True))
+    names = (*figures.values(), MARKDOWN)
+    stale = {name: sha for name, sha in earlier.items() if name not in names}
+    _write_manifest(out_dir, names, done=False, kept=stale)
+    for name in stale:  # an earlier report's, unchanged (check_out): this report replaces it
+        (out_dir / name).unlink(missing_ok=True)
+    accuracy = metric_figure(series, "test", "test accuracy at early stop (%)",
+                             FIGURES["accuracy"], styles)  # fmt: skip
+    save_figure(accuracy, out_dir / figures["accuracy"], fmt)
+    early = metric_figure(series, "ES", "early-stopping iteration", FIGURES["early_stop"], styles)
+    save_figure(early, out_dir / figures["early_stop"], fmt)
+    save_figure(validation_figure(series, styles), out_dir / figures["validation"], fmt)
     path = out_dir / MARKDOWN
-    files.write_text(path, markdown(series, notes, tolerance))
+    files.write_text(path, markdown(series, notes, tolerance, fmt, styles))
     _write_manifest(out_dir, names, done=True)
     return path

@@ -50,6 +50,7 @@ from .records import results_frame
 from .state import RunState
 
 TICKET_SHAPE_KEYS = {"input_shape", "num_classes"}  # absent from tickets of older runs
+EXTENDED = "extended"  # config.json's record of each ``run --resume DIR --rounds N``
 NAME_MAX = 255
 PATH_MAX = 4096
 
@@ -240,11 +241,56 @@ def clear_stray_temp_files(path: Path) -> None:
 # -- verifying what a folder holds ---------------------------------------------------------
 
 
+def as_written(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """``meta`` (a ``config.json``), then, newest first, what it held before each extension it
+    records (``run --resume DIR --rounds N``, ``runs.extend``: ``config.rounds`` set from
+    ``from`` to ``to`` and ``{"from", "to", "at"}`` appended to ``extended``). A record that
+    does not lead to the rounds after it ends the list: only the tool's own extensions count."""
+    found = [meta]
+    history = meta.get(EXTENDED)
+    if not isinstance(history, list) or not isinstance(meta.get("config"), dict):
+        return found
+    current = meta
+    for i in range(len(history) - 1, -1, -1):
+        entry = history[i]
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("from"), int)
+            and entry.get("to") == current["config"].get("rounds")
+        ):
+            break
+        earlier = {k: v for k, v in current.items() if k != EXTENDED}
+        earlier["config"] = {**current["config"], "rounds": entry["from"]}
+        if i:
+            earlier[EXTENDED] = history[:i]
+        found.append(earlier)
+        current = earlier
+    return found
+
+
+def _written_beside(body: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``config.json`` (``meta`` or, for a checkpoint written before an extension, what it
+    held then) that checkpoint ``body`` was written beside; else the closest, to name what
+    differs."""
+    candidates = as_written(meta)
+    saved = body.get("meta")
+    for candidate in candidates:
+        if body.get("identity") == checkpoint.run_identity(candidate) and (
+            saved is None or saved == checkpoint.canonical(candidate)
+        ):
+            return candidate
+    rounds = body.get("config", {}).get("rounds") if isinstance(body.get("config"), dict) else None
+    same = [c for c in candidates if c["config"].get("rounds") == rounds]
+    return same[0] if same else meta
+
+
 def verified(path: Path, meta: dict[str, Any], name: str = CHECKPOINT) -> dict[str, Any]:
     """The body of checkpoint ``name`` if it is whole and belongs to ``meta`` (the folder's
-    ``config.json``); else one line naming what differs."""
+    ``config.json``, or what it held before an extension it records: ``as_written``); else one
+    line naming what differs."""
     path = Path(path)
     body = checkpoint.read(path, name)
+    meta = _written_beside(body, meta)
     if body.get("identity") != checkpoint.run_identity(meta):
         changed = _differences(body.get("config", {}), meta["config"], name)
         what = f" ({changed})" if changed else " (seeds or plugins differ)"
@@ -389,7 +435,10 @@ def tables_current(path: Path, body: dict[str, Any]) -> bool:
 
 def _frame(rows: list[dict], results: bool = False) -> pd.DataFrame:
     """``rows`` as the CSV reader returns them once written (as ``results.csv`` with
-    ``results``), so files compare like for like."""
+    ``results``), so files compare like for like. No rows (a branch network's rounds before
+    its own) is an empty frame, which no table on disk equals."""
+    if not rows:
+        return pd.DataFrame()
     return _parse((results_frame(rows) if results else pd.DataFrame(rows)).to_csv(index=False))
 
 

@@ -36,12 +36,20 @@ class DataRequest:
 class DatasetSplits:
     """A dataset held in memory as tensors, ready to be indexed by batch.
 
-    Images are ``N x C x H x W``: either float and already normalised, or stored compactly (e.g.
-    uint8 pixels, a quarter of float32's memory) with a ``transform`` that turns any batch of them
-    into the normalised floats the model takes. The core passes every batch and evaluation chunk
-    through :meth:`images`, so a model never sees the stored form. Labels are int64. ``source``
+    ``train_x``, ``val_x`` and ``test_x`` are images ``N x C x H x W`` *as the dataset stores
+    them*, which is not always model input: either float and already normalised (``transform``
+    ``None``), or stored compactly with a ``transform`` that turns any batch of them into the
+    normalised float32 the model takes. Every built-in dataset (``mnist``, ``fashion``,
+    ``cifar10``, ``mnist-sample``) stores **uint8 pixels 0-255** (a quarter of float32's memory)
+    with such a transform, so ``model(data.test_x)`` is wrong; ``model(data.images(x))`` is
+    right. :meth:`images` applies the transform to any batch or slice (the identity when there
+    is none); the core passes every batch and evaluation chunk through it, so a model never sees
+    the stored form. ``lottery_core.tickets.TicketData`` (what ``ticket_data`` returns) adds
+    ``normalised(split)`` and ``batches(split)``, which only ever hand out the float form.
+
+    ``train_y``, ``val_y`` and ``test_y`` are int64 labels in ``0..num_classes-1``. ``source``
     says where the data came from (written to ``config.json``) so a sample is never mistaken for
-    the full dataset.
+    the full dataset; ``name`` is the dataset's registered name.
     """
 
     train_x: torch.Tensor

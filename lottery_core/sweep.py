@@ -136,6 +136,14 @@ def _target(file: Path | None, out: Path | None, resume: Path | None) -> tuple[S
     return sweep, folder
 
 
+def _runs_and_networks(runs: list[str]) -> str:
+    """``"3 runs"``, or ``"3 runs + 90 branch networks"`` where a group runs branches."""
+    networks = sum(paths.branch_of(Path(run)) is not None for run in runs)
+    trunks = len(runs) - networks
+    text = f"{trunks} run{'s' * (trunks != 1)}"
+    return text + (f" + {networks} branch network{'s' * (networks != 1)}" if networks else "")
+
+
 class _Drive:
     """One driver's pass over a locked sweep folder: its points prepared, its units run on the
     engine, its tables and ``status.json`` kept current."""
@@ -153,7 +161,7 @@ class _Drive:
         intro = (
             f"sweep {self.sweep.source}: {count} grid point{'s' * (count != 1)} x "
             f"{self.sweep.trials} trial{'s' * (self.sweep.trials != 1)} = "
-            f"{len(self.every_run)} runs in {self.folder}"
+            f"{_runs_and_networks(self.every_run)} in {self.folder}"
         )
         if not self.units:
             say(f"{intro}: all {len(self.every_run)} runs are done")

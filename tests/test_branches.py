@@ -330,3 +330,20 @@ def test_export_trained_of_a_round_not_kept_is_one_line(own_trunk, invoke):
     assert not list(own_trunk.glob("trained_*"))
     last = invoke("export", own_trunk, "--round", str(ROUNDS - 1), "--trained")
     assert last.returncode == 0, last.stderr  # the checkpoint holds the last round's
+
+
+def test_a_report_draws_each_branch_beside_its_trunk(own_trunk, plugins):
+    from lottery_core.report_inputs import load_series
+
+    run_branch("shuffle", own_trunk, rounds="1-2", progress=False, plugins=plugins)
+    run_branch("retrain", own_trunk, rounds="2", iterations=60, trials=2, progress=False,
+               plugins=plugins)  # fmt: skip
+    series, notes = load_series([own_trunk])
+    labels = [s.label for s in series]
+    assert labels[1:] == ["retrain (iterations=60)", "shuffle"], labels
+    shuffle = series[2]
+    trunk_rows = pd.read_csv(own_trunk / paths.RESULTS)
+    assert list(shuffle.frame()["round"]) == [0, 1, 2]  # the trunk's dense round, then its own
+    assert shuffle.frame()["test"][0] == trunk_rows["test"][0]
+    assert len(series[1].trials) == 2  # a branch's trials are the curve's trials
+    assert list(series[1].frame()["round"]) == [0, 2, 0, 2]

@@ -62,9 +62,10 @@ def test_run_end_to_end_on_the_sample(tmp_path, cli_env, invoke):
     assert set(config["seeds"]) == {"init", "data_order", "pruning", "reinit"}
     assert "64.1" in result.stdout and str(run.relative_to(tmp_path)) in result.stdout
 
-    again = invoke("run", *SMALL, "--rounds", "3")
+    again = invoke("run", *SMALL, "--rounds", "3")  # the same command: reported, not rerun
     assert again.returncode == 0
-    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [run.name, run.name + "-2"]
+    assert again.stdout.startswith(f"already done: results/{run.name} (3 rounds); its table:")
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [run.name]
 
 
 def test_a_missing_mnist_with_no_download_is_one_line_and_no_folder(tmp_path, invoke):

@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+import io
+import json
 import math
+import re
 import shutil
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 
 from lottery_core import runs
+from lottery_core.api import run_trials
 from lottery_core.config import make_config
 from lottery_core.errors import LotteryError
 from lottery_core.experiment import Experiment
+from lottery_core.group_runs import write_group_config
 from lottery_core.report import (
     load_series,
     metric_figure,
     pct,
+    series_styles,
     sparsest_within,
     validation_figure,
     write_report,
 )
+from lottery_core.report_inputs import Series, read_trial
+from lottery_core.resolution import resolve
 from lottery_core.tables import aggregate
 
 BUDGET = dict(dataset="mnist-sample", rounds=3, iterations=100, eval_every=25, threads=1)
@@ -46,12 +56,27 @@ def run_into(folder: Path, data, **overrides) -> None:
 
 
 @pytest.fixture(scope="module")
-def group(tmp_path_factory, sample_data) -> Path:
+def group(tmp_path_factory, sample_data, plugins) -> Path:
     """A group folder as trials/controls write it: ``runs/<experiment>/trial_<i>/``."""
     root = tmp_path_factory.mktemp("group")
+    write_group_config(root, resolve(make_config(**BUDGET), plugins), trials=2, controls=False)
     for name, (change, trials) in LAYOUT.items():
         for trial in range(trials):
             run_into(root / "runs" / name / f"trial_{trial}", sample_data, seed=trial, **change)
+    return root
+
+
+@pytest.fixture(scope="module")
+def controls(tmp_path_factory) -> Path:
+    """A real group with --controls: two IMP trials, each with its reinit and random-prune
+    branch sets (``runs/imp/trial_<i>/branches/<kind>-<hash>/``)."""
+    root = tmp_path_factory.mktemp("controls") / "group"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_trials(make_config(**BUDGET), trials=2, controls=True, out=root, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return root
 
 
@@ -154,21 +179,251 @@ def test_tolerance_decides_the_verdict(group, tmp_path):
         write_report([group], out_dir=tmp_path, tolerance=-1)
 
 
+def legend_texts(fig) -> list[str]:
+    return [text.get_text() for legend in fig.legends for text in legend.get_texts()]
+
+
+def drawn(fig):
+    """``fig`` laid out and drawn, so its artists have their places in display space."""
+    FigureCanvasAgg(fig).draw()
+    return fig
+
+
 def test_accuracy_figure_reads_like_the_papers(group):
     series, _ = load_series([group])
-    fig = metric_figure(series, "test", "test accuracy", "title")
+    fig = drawn(metric_figure(series, "test", "test accuracy", "title"))
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
     left, right = ax.get_xlim()
     assert left > 100 > 64 > right  # sparsity grows to the right
     assert [t.get_text() for t in ax.get_xticklabels()] == ["100", "80.0", "64.1"]
-    assert [line.get_label() for line in ax.get_lines()] == ["imp", "prune-random", "reinit-random"]
     imp = aggregate(trial_frames(group, "imp"))
-    assert list(ax.get_lines()[0].get_ydata()) == list(imp["test_mean"])
+    dense = f"dense network: {imp['test_mean'].iloc[0]:.2f}%"
+    assert legend_texts(fig) == ["IMP (winning ticket)", "random pruning", "random reinit", dense]
+    means = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert list(means[0].get_ydata()) == list(imp["test_mean"])
+    line = next(x for x in ax.get_lines() if x.get_label() == dense)
+    assert list(line.get_ydata()) == [imp["test_mean"].iloc[0]] * 2  # across the whole axis
     bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
     assert len(bands) == 2  # imp and reinit-random have two trials; prune-random one
+    assert all(band.get_alpha() == 0.15 for band in bands)
+    edges = [x for x in ax.get_lines() if x.get_label() == "_band edge"]
+    assert len(edges) == 4 and all(x.get_linestyle() == "--" for x in edges)  # min and max
+    legend = fig.legends[0].get_window_extent()
+    assert legend.y1 < ax.get_window_extent().y0  # under the axes, never over the data
     es = metric_figure(series, "ES", "ES", "title").axes[0]
     assert es.get_ylim()[0] == 0
+
+
+def test_early_stop_figure_marks_the_training_budget(group, tmp_path):
+    series, _ = load_series([group])
+    fig = metric_figure(series, "ES", "ES", "title")
+    ax = fig.axes[0]
+    budget = [x for x in ax.get_lines() if x.get_label().startswith("training budget")]
+    assert [x.get_label() for x in budget] == ["training budget (100 iterations)"]
+    assert list(budget[0].get_ydata()) == [BUDGET["iterations"]] * 2
+    assert ax.get_ylim()[1] > BUDGET["iterations"]
+    assert "training budget (100 iterations)" in legend_texts(fig)
+    assert not any(t.startswith("dense network") for t in legend_texts(fig))  # accuracy only
+    longer = tmp_path / "longer"  # two budgets in one report: a line for each
+    shutil.copytree(group / "runs" / "imp" / "trial_0", longer)
+    meta = json.loads((longer / "config.json").read_text())
+    meta["config"]["iterations"] = 250
+    (longer / "config.json").write_text(json.dumps(meta))
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (longer / name).unlink()
+    both, _ = load_series([group, longer])
+    lines = metric_figure(both, "ES", "ES", "title").axes[0].get_lines()
+    assert {x.get_ydata()[0] for x in lines if x.get_label().startswith("training")} == {100, 250}
+
+
+def synthetic(folder: Path, rate: float, rounds: int, reinit: str = "rewind") -> Path:
+    """A run folder of tables and config.json alone, pruned at ``rate`` for ``rounds`` rounds."""
+    folder.mkdir(parents=True)
+    config = dict(prune="magnitude", reinit=reinit, scope="layerwise", rate=rate,
+                  iterations=300, dataset="mnist-sample", model="lenet_fc")  # fmt: skip
+    (folder / "config.json").write_text(json.dumps({"config": config}))
+    remaining = [100 * (1 - rate) ** k for k in range(rounds)]
+    test = [93 - 0.05 * k * k for k in range(rounds)]
+    pd.DataFrame({"round": range(rounds), "remaining": remaining, "ES": 200, "val": test,
+                  "test": test}).to_csv(folder / "results.csv", index=False)  # fmt: skip
+    history = [{"round": r, "iteration": i, "val_acc": 90.0 + i / 100 - r / 10}
+               for r in range(rounds) for i in (100, 200, 300)]  # fmt: skip
+    pd.DataFrame(history).to_csv(folder / "history.csv", index=False)
+    return folder
+
+
+def assert_apart(labels, vertical: bool = False) -> None:
+    """Tick labels that read as distinct numbers and keep at least 2 pixels apart."""
+    texts = [label.get_text() for label in labels if label.get_text()]
+    assert len(texts) >= 2 and len(set(texts)) == len(texts), texts
+    assert all(float(text) > 0 for text in texts), texts
+    boxes = sorted((b.y0, b.y1) if vertical else (b.x0, b.x1)
+                   for b in (label.get_window_extent() for label in labels if label.get_text()))
+    for (_, end), (start, _) in zip(boxes, boxes[1:], strict=False):
+        assert start - end >= 2, texts
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [[(0.2, 4), (0.22, 4)], [(0.2, 5), (0.25, 4), (0.3, 3)], [(0.2, 30), (0.5, 8)],
+     [(0.2, 16), (0.25, 9)], [(0.01, 6), (0.2, 3)]],
+    ids=["close", "three", "long", "different", "tiny-steps"],
+)
+def test_tick_labels_never_collide_when_series_reach_different_sparsities(tmp_path, runs):
+    folders = [synthetic(tmp_path / f"r{i}", rate, rounds)
+               for i, (rate, rounds) in enumerate(runs)]  # fmt: skip
+    series, _ = load_series(folders)
+    fig = drawn(metric_figure(series, "test", "test accuracy", "title"))
+    ax = fig.axes[0]
+    assert_apart(ax.get_xticklabels())
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks[0] == "100" and ticks[-1] == pct(min(100 * (1 - r) ** (n - 1) for r, n in runs))
+    bar = drawn(validation_figure(series)).axes[-1]  # the colour bar's ticks too
+    assert_apart(bar.get_yticklabels(), vertical=True)
+
+
+def test_names_and_colours_are_the_same_in_every_report(group, tmp_path):
+    """An experiment has one name and one colour whatever else the report shows: IMP C0,
+    random reinit C1, random pruning C2, whether a group's control or an older group's
+    ``reinit-random`` folder; a plain IMP run is IMP; any other method keeps its colour."""
+    single = tmp_path / "single"
+    shutil.copytree(group / "runs" / "imp" / "trial_0", single)
+    other = synthetic(tmp_path / "other", 0.2, 3, reinit="random")
+    steeper = synthetic(tmp_path / "steeper", 0.3, 3)
+    alone, _ = load_series([group])
+    together, _ = load_series([other, group, single, steeper])
+    by_key = {}
+    for series in (alone, together, load_series([steeper, other])[0]):
+        for style in series_styles(series):
+            by_key.setdefault(style.key, set()).add(style.color)
+    assert {key: colors for key, colors in by_key.items()} == {
+        "IMP (winning ticket)": {"#1f77b4"},
+        "random reinit": {"#ff7f0e"},
+        "random pruning": {"#2ca02c"},
+        "magnitude pruning, random reinit": by_key["magnitude pruning, random reinit"],
+    }
+    assert len(by_key["magnitude pruning, random reinit"]) == 1
+    styles = series_styles(together)
+    assert [s.name for s in styles] == [
+        "other: magnitude pruning, random reinit",
+        f"{group.name}: IMP (winning ticket)",
+        f"{group.name}: random pruning",
+        f"{group.name}: random reinit",
+        "single: IMP (winning ticket)",
+        "steeper: IMP (winning ticket)",
+    ]
+    # one experiment in two folders: its colour, told apart by line style and marker
+    imp = [s for s in styles if s.key == "IMP (winning ticket)"]
+    assert len({s.color for s in imp}) == 1 and len({(s.linestyle, s.marker) for s in imp}) == 3
+    fig = metric_figure(together, "test", "test", "title", styles)
+    drawn_colors = {x.get_label(): x.get_color() for x in fig.axes[0].get_lines()}
+    assert drawn_colors["single: IMP (winning ticket)"] == "#1f77b4"
+
+
+def test_a_sweeps_series_are_named_by_their_grid_point_and_experiment(controls, tmp_path):
+    trial = read_trial(synthetic(tmp_path / "run", 0.2, 3))
+    control = read_trial(next((controls / "runs" / "imp" / "trial_0" / "branches").glob("rei*")))
+    cases = {  # the sweep's own label (report_series), its experiment -> name in the figures
+        ("scope=global / imp", "imp"): "scope=global: IMP (winning ticket)",
+        ("scope=global / reinit", "reinit"): "scope=global: random reinit",
+        ("imp", "imp"): "IMP (winning ticket)",  # --by experiment: the paper's colours
+        ("prune-random", "prune-random"): "random pruning",
+        ("scope=global", None): "scope=global",  # --by scope
+    }
+    series = [Series(label, tmp_path, experiment, [control if experiment == "reinit" else trial],
+                     origin="sweep", name=label) for label, experiment in cases]  # fmt: skip
+    styles = series_styles(series)
+    assert [s.name for s in styles] == list(cases.values())
+    assert styles[2].color == "#1f77b4" and styles[3].color == "#2ca02c"
+    assert len({s.color for s in styles}) == len(styles)
+
+
+def test_branch_sets_and_controls_are_named_by_what_they_are(controls, tmp_path):
+    """A group with --controls: its controls' names, never their folders' hashes, in the
+    figures and the text; each trial by its trunk's name."""
+    series, _ = load_series([controls])
+    assert [s.name for s in series_styles(series)] == [
+        "IMP (winning ticket)", "random reinit", "random pruning"]  # fmt: skip
+    fig = validation_figure(series)
+    titles = " ".join(ax.get_title() for ax in fig.axes)
+    assert "random reinit\n(first trial, trial_0)" in titles
+    text = write_report([controls], out_dir=tmp_path / "report").read_text()
+    hashes = re.compile(r"-[0-9a-f]{8}\b")
+    assert not hashes.search(text), hashes.search(text)
+    assert "trial_0 " in text and "trial_1 " in text
+    assert "- **reinit** (figures: *random reinit*)" in text
+    trunk = controls / "runs" / "imp" / "trial_0"  # a run with its branch sets beside it
+    beside, _ = load_series([trunk])
+    assert [s.name for s in series_styles(beside)] == [
+        "IMP (winning ticket)", "random pruning", "random reinit"]  # fmt: skip
+
+
+def test_labels_name_each_folder(group, tmp_path, invoke):
+    single = tmp_path / "single"
+    shutil.copytree(group / "runs" / "reinit-random" / "trial_0", single)
+    series, _ = load_series([single, group])
+    styles = series_styles(series, ["baseline $1", "paper"])
+    assert [s.name for s in styles] == [
+        "baseline $1", "paper: IMP (winning ticket)", "paper: random pruning",
+        "paper: random reinit"]  # fmt: skip
+    fig = metric_figure(series, "test", "test", "title", styles)
+    assert legend_texts(fig)[:2] == [r"baseline \$1", "paper: IMP (winning ticket)"]
+    fig.savefig(io.BytesIO(), format="png")  # a dollar sign is text, not mathtext
+    result = invoke("report", single, group, "--label", "baseline", "--label", "paper")
+    assert result.returncode == 0, result.stderr
+    text = (single / "report" / "report.md").read_text()
+    assert "- **baseline**: " in text and "- **paper: random reinit**: " in text
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [(["a"], "--label given 1 time(s) for 2 run folder(s): give one per folder, in the order "
+             "of the folders"),
+     (["a", "b", "c"], "--label given 3 time(s) for 2 run folder(s)"),
+     (["a", " "], "--label ' ': a legend name needs text on one line"),
+     (["a", "b\nc"], "--label 'b\\nc': a legend name needs text on one line")],
+    ids=["fewer", "more", "blank", "two-lines"],
+)
+def test_a_label_per_folder_or_one_line(group, tmp_path, invoke, labels, message):
+    single = tmp_path / "single"
+    shutil.copytree(group / "runs" / "imp" / "trial_0", single)
+    result = invoke("report", single, group, *[x for label in labels for x in ("--label", label)])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert not (single / "report").exists()
+
+
+def test_figures_in_each_format(group, tmp_path, invoke):
+    out = tmp_path / "out"
+    stems = ("accuracy", "early_stop", "validation")
+    for fmt in ("pdf", "svg", "png"):  # each report replaces the one before, format and all
+        result = invoke("report", group, "--out", out, "--format", fmt)
+        assert result.returncode == 0, result.stderr
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            [".report.json", "report.md", *(f"{s}.{fmt}" for s in stems)])  # fmt: skip
+        assert sorted(json.loads((out / ".report.json").read_text())) == sorted(
+            ["report.md", *(f"{s}.{fmt}" for s in stems)])  # fmt: skip
+        text = (out / "report.md").read_text()
+        for stem in stems:
+            data = (out / f"{stem}.{fmt}").read_bytes()
+            if fmt == "pdf":
+                assert data.startswith(b"%PDF-") and b"%%EOF" in data[-32:]
+                assert f"]({stem}.pdf)" in text and "![" not in text.split("## Figures")[1]
+            elif fmt == "svg":
+                root = ElementTree.fromstring(data)
+                assert root.tag == "{http://www.w3.org/2000/svg}svg"
+                assert "![" in text and f"]({stem}.svg)" in text
+            else:
+                assert data.startswith(b"\x89PNG\r\n\x1a\n")
+        if fmt == "svg":  # the same report is the same file: no date, no random ids
+            first = (out / "accuracy.svg").read_bytes()
+            assert invoke("report", group, "--out", out, "--format", fmt).returncode == 0
+            assert (out / "accuracy.svg").read_bytes() == first
+    bad = invoke("report", group, "--out", out, "--format", "jpg")
+    assert bad.returncode == 2 and "'jpg' is not one of 'png', 'pdf', 'svg'" in bad.stderr
+    with pytest.raises(LotteryError, match="format 'gif': one of png, pdf, svg"):
+        write_report([group], out_dir=out, fmt="gif")
 
 
 def test_validation_figure_has_a_curve_per_round_for_each_series(group):
@@ -200,12 +455,13 @@ def test_single_runs_and_groups_together(group, tmp_path):
 def test_unfinished_trials_are_skipped_with_a_note(group, tmp_path):
     partial = tmp_path / "partial"
     shutil.copytree(group / "runs" / "imp" / "trial_0", partial / "runs" / "imp" / "trial_0")
+    shutil.copy(group / "config.json", partial)
     (partial / "runs" / "imp" / "trial_1").mkdir()
     text = write_report([partial]).read_text()
     assert "skipped runs/imp/trial_1" in text
 
 
-def test_unusable_folders_are_named_in_the_error(tmp_path):
+def test_unusable_folders_are_named_in_the_error(group, tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(LotteryError, match="nowhere"):
         write_report([missing])
@@ -217,6 +473,7 @@ def test_unusable_folders_are_named_in_the_error(tmp_path):
     with pytest.raises(LotteryError, match="fresh.*no finished round"):
         write_report([tmp_path / "fresh"])
     (tmp_path / "group" / "runs").mkdir(parents=True)
+    shutil.copy(group / "config.json", tmp_path / "group")
     with pytest.raises(LotteryError, match="group.*no finished run"):
         write_report([tmp_path / "group"])
     with pytest.raises(LotteryError, match="no run folder"):
