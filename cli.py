@@ -1,8 +1,9 @@
 """The command line from a checkout: ``python cli.py run|plugins|report|export|sweep``.
 
-The commands live in ``lottery_core/cli.py`` (installed, the ``lottery`` command). This file
-only makes Ctrl-C stop the program at once, in one line and exit code 130, while the libraries
-load (nothing is written yet), before it imports them.
+The commands live in ``lottery_core/cli.py``; the installed ``lottery`` command starts them
+through ``lottery_core/entry.py``, the same way as this file. It only makes Ctrl-C stop the
+program at once, in one line and exit code 130, while the libraries load (nothing is written
+yet), before it imports them; after the command, Ctrl-C is ignored until the process has exited.
 """
 
 from __future__ import annotations
@@ -26,4 +27,6 @@ if __name__ == "__main__":  # the first thing the program does; an importer keep
 from lottery_core.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    main(restore=False)
+    from lottery_core.entry import run
+
+    run(main)

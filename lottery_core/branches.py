@@ -39,6 +39,7 @@ from .experiment import Experiment
 from .parallel import execute
 from .plugins import Plugins
 from .pruning import Pruner, prune_round
+from .records import run_record
 from .specs import BranchContext, BranchKind, BranchStart, DatasetSplits, PruningStrategy, Tensors
 from .state import RunState
 
@@ -82,13 +83,8 @@ def open_trunk(path: Path) -> Trunk:
     """The run in ``path``, verified as ``--resume`` verifies it; one line if it is not a run
     folder, is a branch itself, or its files fail verification."""
     path = Path(path)
-    found = rundir.kind(path)
-    if found == "group":
-        raise LotteryError(
-            f"{str(path)!r} is a trials/controls folder; branch off one of its runs, e.g. "
-            f"{paths.trial_dir(path, paths.MAIN, 0)}"
-        )
-    if found != "run":
+    rundir.not_a_group(path, "branch off")
+    if rundir.kind(path) != "run":
         raise LotteryError(f"{str(path)!r} is not a lottery run folder")
     meta = rundir.read_meta(path)
     if "branch" in meta:
@@ -214,13 +210,11 @@ class BranchExperiment(Experiment):
         begin: BranchStart,
         round_index: int,
         initial: Tensors,
-        record: dict[str, Any],
     ):
         super().__init__(config, plugins=plugins, data=data)
         self.begin = begin
         self.round_index = round_index
         self.initial = initial
-        self.branch_record = record
 
     def start(self) -> RunState:
         self.build_model()
@@ -239,14 +233,6 @@ class BranchExperiment(Experiment):
 
     def reinitialise(self, state: RunState, round_index: int) -> None:
         """Nothing: the branch's weights were set by its kind (``start``)."""
-
-    def describe(self) -> dict:
-        """The run's record, with the branch's (kind, options, seed, round, trial, trunk) and
-        the plugin that supplied the kind."""
-        meta = super().describe()
-        kind = self.branch_record["kind"]
-        meta["plugins"] = {**meta["plugins"], "branch": self.plugins.branches.sources[kind]}
-        return {**meta, "branch": self.branch_record}
 
 
 def _reprune(
@@ -432,13 +418,16 @@ def train_network(
     record = {**branch.record(), "round": round_index, "trial": trial,
               "trunk_identity": checkpoint.run_identity(trunk.meta)}  # fmt: skip
     experiment = BranchExperiment(config, plugins, data_for(config, plugins, cache), begin,
-                                  round_index, context.initial, record)  # fmt: skip
+                                  round_index, context.initial)  # fmt: skip
+    meta = run_record(experiment)  # the run's record, with the branch's and its plugin
+    meta["plugins"] = {**meta["plugins"], "branch": plugins.branches.sources[branch.kind]}
+    meta["branch"] = record
     if (path / paths.CHECKPOINT).exists():  # trained, stopped before its tables: write them
         runs.resume(path, plugins=plugins, progress=False, data=experiment.data, complete_ok=True)
     elif rundir.kind(path) == "run":  # stopped while training: only its config.json is there
-        runs.restart(experiment, path, progress=progress)
+        runs.restart(experiment, path, progress=progress, meta=meta)
     else:
-        runs.start(experiment, path, progress=progress)
+        runs.start(experiment, path, progress=progress, meta=meta)
     return pd.read_csv(done)
 
 

@@ -38,9 +38,9 @@ VERSION = 2
 
 def run_identity(meta: dict[str, Any]) -> str:
     """A hash of what makes a run that run: its config (identity fields), seeds and plugins."""
-    from .config import NOT_IDENTITY
+    from .config import hashed_config
 
-    config = {k: v for k, v in meta.get("config", {}).items() if k not in NOT_IDENTITY}
+    config = hashed_config(meta.get("config", {}))
     blob = json.dumps(
         {"config": config, "seeds": meta.get("seeds"), "plugins": meta.get("plugins")},
         sort_keys=True,

@@ -1,17 +1,17 @@
-"""The command line: ``python cli.py run|plugins|report|export|sweep`` (installed: ``lottery``).
+"""The command line: ``python cli.py run|branch|plugins|report|export|sweep`` (``lottery``).
 
 ``run``'s experiment flags are generated from the config's fields (``lottery_core.options``);
 plugin choices come from the installed plugins. User mistakes end with one ``Error:`` line and
 exit code 2; nothing is written or overwritten. Ctrl-C at any moment is one line and exit code
 130: while the libraries load (nothing is written yet) the process stops at once (the
-repository's ``cli.py`` sets that up before it imports this module); while a command loads torch
-and the plugins it stops as soon as they are in (``loading_libraries``); later the first Ctrl-C
-stops the run, which saves what finished and says how to resume, and any further Ctrl-C is
-ignored until then.
+repository's ``cli.py`` and the installed command's ``lottery_core.entry`` set that up before
+they import this module); while a command loads torch and the plugins it stops as soon as they
+are in (``loading_libraries``); later the first Ctrl-C stops the run, which saves what finished
+and says how to resume, and any further Ctrl-C is ignored until then (and, started by those
+two, until the process has exited).
 
-Only ``run`` needs the plugins (its flags' choices), and loading them imports torch: it asks for
-them when click first asks for its parameters, so ``--help`` and the other commands start
-without them.
+``run``'s flags are made without the plugins (loading them imports torch): they load when a
+plugin-named value is checked or ``--help`` is shown, so a mistyped flag is answered at once.
 """
 
 from __future__ import annotations

@@ -5,6 +5,12 @@ hyperparameters) by ``resolution.resolve``, so a config file can say as little a
 The command line is generated from these fields (name, type, description, default), so a new
 field appears in ``--help`` without touching ``cli.py``; a field whose values are plugin names
 says which registry in ``json_schema_extra={"plugin": ...}``.
+
+Step counts (``iterations``, ``rewind_iter``, ``warmup``, ``milestones``) are given as
+iterations or in the field's units, OpenLTH's step syntax: ``500it``, ``2ep`` (epochs of the
+training split at the batch size: whole batches, as a round draws them), ``1ep500it``. The
+config holds them as given; ``resolution.resolve`` turns them into iteration counts, and a
+resolved config records the text beside them (``steps``).
 """
 
 from __future__ import annotations
@@ -12,12 +18,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import LotteryError
 
@@ -49,6 +64,49 @@ def check_trials(trials: Any, where: str = "trials") -> None:
         raise LotteryError(f"{where} must be an integer of at least 1 (got {trials!r})")
     if trials > MAX_TRIALS:
         raise LotteryError(f"{where} must be at most {MAX_TRIALS:,} (got {trials:,})")
+
+
+# Steps in OpenLTH's syntax: ``2ep``, ``500it``, ``1ep500it`` (digits alone: iterations).
+_STEPS = re.compile(r"(?:([0-9]+)ep)?(?:([0-9]+)it)?")
+STEPS_HELP = "an iteration count, or steps like 500it, 2ep or 1ep500it"
+# The config fields that hold steps, and the least each may resolve to.
+STEP_FIELDS = {"iterations": 1, "rewind_iter": 0, "warmup": 0, "milestones": 1}
+
+
+def parse_steps(value: Any) -> int | str:
+    """A step count as given: an int, or the text of one in units (``"2ep"``, ``"500it"``,
+    ``"1ep500it"``; spaces and case ignored); digits alone are an int. Else ``ValueError``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():  # 1000.0, as an int field took it
+        return int(value)
+    if isinstance(value, str):
+        text = "".join(value.split()).lower()
+        if re.fullmatch(r"[0-9]+", text):
+            return int(text)
+        if text and _STEPS.fullmatch(text):
+            return text
+    raise ValueError(f"expected {STEPS_HELP}")
+
+
+def needs_epochs(value: Any) -> bool:
+    """Whether a step value (or a list of them) counts epochs, which need the data's size."""
+    values = value if isinstance(value, list) else [value]
+    return any(isinstance(v, str) and "ep" in v for v in values)
+
+
+def to_iterations(value: int | str, per_epoch: int | None) -> int:
+    """A step value as iterations; ``per_epoch``: whole batches in an epoch of the training
+    split (needed only for a value in epochs)."""
+    if isinstance(value, int):
+        return value
+    found = _STEPS.fullmatch(value)
+    if found is None:
+        raise ValueError(f"expected {STEPS_HELP}")
+    epochs, iterations = (int(part or 0) for part in found.groups())
+    if epochs and per_epoch is None:
+        raise ValueError(f"{value!r} counts epochs, and the data's size is not known")
+    return epochs * (per_epoch or 0) + iterations
 
 
 def _fraction(description: str) -> Any:
@@ -91,12 +149,42 @@ class ExperimentConfig(BaseModel):
         "Per-round rate for the output layer (layerwise scope only)."
     )
     rounds: int | None = Field(default=None, ge=1, description="Rounds, the dense one included.")
-    iterations: int | None = Field(default=None, ge=1, description="Training iterations a round.")
+    iterations: str | int | None = Field(
+        default=None, description="Training iterations a round (or 2ep, 500it: epochs, steps)."
+    )
     batch_size: int | None = Field(default=None, ge=1, description="Minibatch size.")
-    lr: float | None = Field(default=None, gt=0, description="Adam learning rate.")
+    lr: float | None = Field(
+        default=None, gt=0, description="Learning rate (the peak, with --warmup or a schedule)."
+    )
+    optimizer: str = _plugin("optimizers", "adam", "Optimizer (adam: the paper's).")
+    momentum: float = Field(default=0.0, ge=0, description="Momentum (sgd).")
+    nesterov: bool = Field(default=False, description="Nesterov momentum (sgd, with --momentum).")
+    weight_decay: float = Field(
+        default=0.0, ge=0, description="L2 weight decay, added to the gradient."
+    )
+    schedule: str = _plugin(
+        "schedules",
+        "constant",
+        "Learning-rate schedule, a function of the iteration (step: x gamma at each milestone; "
+        "cosine: towards 0 at the end).",
+    )
+    milestones: list[str | int] = Field(
+        default_factory=list,
+        description="With --schedule step: the iterations (or 80ep, ...) where the learning rate "
+        "is multiplied by --gamma, comma-separated.",
+    )
+    gamma: float = Field(
+        default=0.1, gt=0, description="With --schedule step: the factor at each milestone."
+    )
+    warmup: str | int = Field(
+        default=0,
+        description="Linear warmup: the learning rate rises to --lr over the first N iterations "
+        "(or 2ep, 500it).",
+    )
     eval_every: int = Field(default=100, ge=1, description="Validate every N iterations.")
-    rewind_iter: int = Field(
-        default=0, ge=0, description="Late rewinding: reset survivors to iteration k, not 0."
+    rewind_iter: str | int = Field(
+        default=0,
+        description="Late rewinding: reset survivors to iteration k, not 0 (or 1ep, 500it).",
     )
     seed: int = Field(default=0, ge=0, description="Seed of init, data order, pruning, reinit.")
     split_seed: int = Field(default=0, ge=0, description="Seed of the validation hold-out.")
@@ -146,12 +234,51 @@ class ExperimentConfig(BaseModel):
             return list(dict.fromkeys(value))
         return value
 
-    @field_validator("rate", "conv_rate", "output_rate", "lr", mode="after")
+    @field_validator("rate", "conv_rate", "output_rate", "lr", "momentum", "weight_decay",
+                     "gamma", mode="after")  # fmt: skip
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
+
+    @field_validator("iterations", "rewind_iter", "warmup", mode="before")
+    @classmethod
+    def _steps(cls, value: Any) -> Any:
+        """``"500"`` as 500, ``"2EP"`` as ``"2ep"``; anything else that is no step count is
+        refused naming the syntax."""
+        return value if value is None else parse_steps(value)
+
+    @field_validator("milestones", mode="before")
+    @classmethod
+    def _milestone_list(cls, value: Any) -> Any:
+        """``"80ep,120ep"`` (a flag) as a list; each entry a step count."""
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            return [parse_steps(item) for item in value]
+        return value
+
+    @field_validator("iterations", "rewind_iter", "warmup", "milestones", mode="after")
+    @classmethod
+    def _at_least(cls, value: Any, info: ValidationInfo) -> Any:
+        """A count given as a number is at least the field's least (iterations 1, ...)."""
+        least = STEP_FIELDS[str(info.field_name)]
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, int) and item < least:
+                raise ValueError(f"must be at least {least}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolved_record(cls, data: Any) -> Any:
+        """A resolved config's ``steps`` (the step fields as given, beside the counts its fields
+        hold) is dropped when its values make an unresolved config, so
+        ``make_config(**resolved.model_dump())`` works; the counts stay. Config files may not
+        hold it (``check_file_types``)."""
+        if cls is ExperimentConfig and isinstance(data, dict) and "steps" in data:
+            data = {k: v for k, v in data.items() if k != "steps"}
+        return data
 
     def identity(self) -> dict[str, Any]:
         """The settings that change what is computed (not where it is stored or run). Fields
@@ -159,7 +286,7 @@ class ExperimentConfig(BaseModel):
         names of earlier runs stay as they were."""
         values = self.model_dump(mode="json", exclude=NOT_IDENTITY)
         for name in ADDED_LATER:
-            if values.get(name) == type(self).model_fields[name].default:
+            if name in values and values[name] == default_of(name):
                 values.pop(name)
         return values
 
@@ -185,8 +312,18 @@ class ResolvedConfig(ExperimentConfig):
     rounds: int = Field(ge=1, description="Rounds, the dense one included.")
     iterations: int = Field(ge=1, description="Training iterations a round.")
     batch_size: int = Field(ge=1, description="Minibatch size.")
-    lr: float = Field(gt=0, description="Adam learning rate.")
+    lr: float = Field(gt=0, description="Learning rate (the peak, with warmup or a schedule).")
     threads: int = Field(ge=1, description="Most intra-op CPU threads.")
+    rewind_iter: int = Field(default=0, ge=0, description="Late rewinding: iteration k.")
+    warmup: int = Field(default=0, ge=0, description="Linear warmup, iterations.")
+    milestones: list[int] = Field(  # type: ignore[assignment]  # counts, of the given steps
+        default_factory=list, description="Step schedule: the iterations of its milestones."
+    )
+    steps: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The step fields given in units, as given ({'iterations': '2ep'}); the "
+        "fields hold their iteration counts.",
+    )
 
     def kind_rates(self) -> tuple[float, float, float]:
         """The per-round rates of fc, conv and output layers (layerwise scope sets all three)."""
@@ -204,16 +341,42 @@ def config_of(meta: dict[str, Any], where: str = "config.json") -> ResolvedConfi
         raise LotteryError(f"{where} holds an unusable config: {exc}".splitlines()[0]) from None
 
 
-# Where a run is stored or run, and what it keeps besides: not part of its identity.
+# Where a run is stored or run, and what it keeps besides: not part of its identity (``steps``
+# only records how the step fields were written; their iteration counts count).
 NOT_IDENTITY = {
     "out", "device", "data_dir", "download", "threads", "thread_rule", "keep_trained",
-    "branches",
+    "branches", "steps",
 }  # fmt: skip
 # Fields earlier versions recorded and this one ignores when it reads a config.json: the
 # controls were config swaps before they became branches (``group_runs.CONTROLS``).
 RETIRED = ("control_prune", "control_reinit")
 LAYERWISE_ONLY = ("conv_rate", "output_rate")
-ADDED_LATER = ("prune_at", "init_steps")
+# How a round updates the weights, beyond ``lr``: added with the optimizer and schedule plugins.
+RECIPE_FIELDS = (
+    "optimizer", "momentum", "nesterov", "weight_decay", "schedule", "milestones", "gamma",
+    "warmup",
+)  # fmt: skip
+# The config fields an optimizer or a schedule may declare it reads (``OptimizerSpec.settings``,
+# ``ScheduleSpec.settings``); another set away from its default is an error.
+OPTIMIZER_SETTINGS = ("momentum", "nesterov", "weight_decay")
+SCHEDULE_SETTINGS = ("milestones", "gamma")
+ADDED_LATER = ("prune_at", "init_steps", *RECIPE_FIELDS)
+
+
+def default_of(name: str) -> Any:
+    """A config field's default, as ``model_dump(mode="json")`` writes it."""
+    return ExperimentConfig.model_fields[name].get_default(call_default_factory=True)
+
+
+def hashed_config(config: dict[str, Any]) -> dict[str, Any]:
+    """What ``checkpoint.run_identity`` hashes of a ``config.json``'s config: the identity
+    fields, the recipe's only when set away from their defaults, so a run recorded before they
+    existed (and the same command again) keeps its identity."""
+    values = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    for name in RECIPE_FIELDS:
+        if name in values and values[name] == default_of(name):
+            values.pop(name)
+    return values
 
 
 def _explain(error: ValidationError) -> str:
@@ -268,9 +431,23 @@ def read_config_file(path: Path) -> dict[str, Any]:
 def check_file_types(values: dict[str, Any], source: str) -> None:
     """Strict types for values from a file: ``rounds = true`` or ``lr = "1e-3"`` is refused
     (pydantic would read them as 1 and 0.001)."""
+    if "steps" in values:
+        raise LotteryError(
+            f"invalid config in {source}: 'steps' is what a run records; give the step fields "
+            'themselves (iterations = "2ep")'
+        )
     for name, value in values.items():
         field = ExperimentConfig.model_fields.get(name)
         if field is None or value is None:
+            continue
+        if name in STEP_FIELDS:  # a count, or text in units; milestones a list of them
+            items = value if name == "milestones" and isinstance(value, list) else [value]
+            if name == "milestones" and isinstance(value, str):
+                continue  # "80ep,120ep", as on the command line
+            if any(isinstance(v, bool) or not isinstance(v, (int, str)) for v in items):
+                raise LotteryError(
+                    f"invalid config in {source}: {name} must be {STEPS_HELP} (got {value!r})"
+                )
             continue
         annotation = str(field.annotation)
         wants_int = "int" in annotation and "float" not in annotation

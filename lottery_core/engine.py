@@ -91,9 +91,12 @@ def plan(workers: int | None, address: str | None, threads: int | None) -> Plan:
 
 
 def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """One line at once if nothing answers at ``address`` (``host:port``): Ray itself would
-    retry for minutes, printing its retries. ``auto`` and a host without a port are left to
-    Ray."""
+    """One line within ``timeout`` seconds if no Ray answers at ``address`` (``host:port``): Ray
+    itself would retry for minutes, printing its retries, where nothing listens and where
+    something else does. A Ray cluster's address (its GCS, or a Ray Client server) is a gRPC
+    server, which answers a client's HTTP/2 preface with its SETTINGS frame at once; a port that
+    stays silent, closes or says something else is not one. ``auto`` and a host without a port
+    are left to Ray, as is the protocol where Ray speaks TLS (``RAY_USE_TLS``)."""
     if address is None or address.strip() == "auto":
         return
     where = address.strip().removeprefix("ray://")
@@ -102,16 +105,53 @@ def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> No
         return
     import socket
 
+    hint = "start it with 'ray start --head' or check --address"
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return
+            answer = _http2_answer(conn, timeout)
     except OSError as exc:
         why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         raise LotteryError(
             f"cannot connect to the Ray cluster at {address}: nothing answers there ({why}"
-            f"{f' in {timeout:g} s' if isinstance(exc, TimeoutError) else ''}); start it with "
-            "'ray start --head' or check --address"
+            f"{f' in {timeout:g} s' if isinstance(exc, TimeoutError) else ''}); {hint}"
         ) from None
+    if answer is not None:
+        raise LotteryError(
+            f"cannot connect to the Ray cluster at {address}: something listens there but it is "
+            f"not Ray ({answer}); {hint} (the head's address is the one 'ray start --head' "
+            "prints, port 6379 by default)"
+        )
+
+
+# A client's HTTP/2 connection preface and an empty SETTINGS frame (RFC 9113, section 3.4).
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _http2_answer(conn: Any, timeout: float) -> str | None:
+    """``None`` if the peer on ``conn`` answers the HTTP/2 preface within ``timeout`` seconds as
+    a gRPC server does (its first frame a SETTINGS frame on stream 0), else what it did instead,
+    in words."""
+    deadline = time.monotonic() + timeout
+    header = b""
+    try:
+        conn.sendall(_HTTP2_PREFACE)
+        while len(header) < 9:
+            conn.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = conn.recv(9 - len(header))
+            if not chunk:
+                return "it closed the connection without a word of HTTP/2"
+            header += chunk
+    except TimeoutError:
+        left = "nothing" if not header else f"{len(header)} bytes"
+        return f"it accepted the connection and said {left} in {timeout:g} s"
+    except OSError as exc:
+        return f"it dropped the connection: {exc.strerror or exc}"
+    kind, stream = header[3], int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+    if kind == 4 and stream == 0:
+        return None
+    return f"it answered {header[:9]!r}, not HTTP/2"
 
 
 def is_loopback(address: str | None) -> bool:

@@ -7,6 +7,10 @@ there. The state lives in ``torch.nn.utils.prune``'s re-parametrisation for the 
 experiment. The loop does no file I/O: ``after_round`` (the run folder's writer, see
 ``rundir``) is called once a round has trained, while the model still holds its trained
 weights, so what a checkpoint holds is what the next round's pruning reads.
+
+The loop and nothing else: what ``config.json`` records is ``records.run_record``'s, what is
+checked before a run's folder exists ``preflight``'s, and the words a failed run ends with
+(``--lr``, ``--batch-size``) ``runs``'s.
 """
 
 from __future__ import annotations
@@ -21,21 +25,21 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import guards, invariants, masks, seeds
+from . import invariants, masks, seeds
 from .config import ExperimentConfig, ResolvedConfig
 from .divergence import round_flag
-from .errors import Interrupted, LotteryError, PluginError, RunFailed
+from .errors import Interrupted, LotteryError
 from .loading import load_data
 from .plugins import Plugins, get_plugins
 from .progress import Progress, reporting, run_name
 from .pruning import Pruner, prune_round
-from .records import identify, results_frame, versions
+from .records import identify, results_frame
 from .reinit import Reinitialiser, reinit_round
 from .resolution import resolve
 from .specs import DatasetSplits, RunInfo
 from .state import RunState
 from .threads import ThreadRule, use_threads
-from .training import NonFiniteLoss, RoundOutcome, TrainSettings, train_round
+from .training import RoundOutcome, TrainSettings, recipe_of, train_round
 
 
 @dataclass
@@ -65,7 +69,8 @@ class Experiment:
     """One IMP experiment: a resolved config, its plugins, its data and its model.
 
     Its public steps (``start``/``restore``, ``prune``, ``reinitialise``, ``train``) are what
-    ``run`` loops over; a control experiment is the same loop started from another run's state.
+    ``run`` loops over; a branch (``branches.BranchExperiment``) is the same loop started from a
+    state its kind chose.
     """
 
     def __init__(
@@ -125,38 +130,6 @@ class Experiment:
             (f"{name}_orig" if name in pruned else name): value.detach()
             for name, value in fresh.items()
         }
-
-    def validate(self) -> None:
-        """What can be known before training: the data loads, a batch fits in it, and the model
-        has a prunable layer and runs on the data's input shape."""
-        data = self.data
-        n = int(data.train_x.shape[0])
-        if self.config.batch_size > n:
-            raise LotteryError(
-                f"--batch-size {self.config.batch_size} is larger than the {n} training "
-                f"examples of {self.config.dataset!r}"
-            )
-        who = self.plugins.models.who(self.config.model)
-        with guards.blame(who, f"building for input shape {tuple(data.input_shape)}"):
-            model = self.fresh_model(self.seeds["init"])
-        try:
-            masks.prunable_layers(model)
-        except LotteryError as exc:
-            raise PluginError(f"{who}: {exc}") from None
-        try:
-            with torch.no_grad():
-                out = model.eval()(data.images(data.train_x[:2]))
-        except Exception as exc:  # a model that cannot take this input: name both
-            raise PluginError(
-                f"{who} does not run on dataset {self.config.dataset!r} (input shape "
-                f"{tuple(data.input_shape)}): {guards.describe_error(exc)}"
-            ) from None
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, data.num_classes):
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise PluginError(
-                f"{who} returns {shape} for 2 inputs of dataset {self.config.dataset!r}; "
-                f"expected (2, {data.num_classes}) logits"
-            )
 
     def start(self) -> RunState:
         """A fresh model (θ0 from the init seed) and an empty state."""
@@ -225,6 +198,7 @@ class Experiment:
             eval_every=c.eval_every,
             start_iteration=c.rewind_iter if round_index > 0 else 0,
             test_every_eval=c.test_every_eval,
+            recipe=recipe_of(c, self.plugins),
         )
 
     def train(self, state: RunState, round_index: int, progress: Progress) -> dict:
@@ -385,21 +359,6 @@ class Experiment:
                     report.round(record, name)  # once saved: its row, printed at once
         except KeyboardInterrupt:
             raise Interrupted(run_dir, state.next_round) from None
-        except NonFiniteLoss as exc:
-            saved = (
-                f"rounds 0-{state.next_round - 1} are saved in {run_dir}"
-                if (run_dir is not None and state.next_round > 0)
-                else "no round had finished"
-            )
-            raise RunFailed(
-                f"round {round_index}: the loss became {exc.value} at iteration {exc.iteration}; "
-                f"{saved}; try a lower --lr"
-            ) from None
-        except torch.cuda.OutOfMemoryError:
-            raise RunFailed(
-                f"round {round_index}: out of memory on {self.device}; rounds before it are "
-                f"saved; try a smaller --batch-size or --device cpu"
-            ) from None
         finally:
             use_threads(threads_before)
         return self.result(state, run_dir)
@@ -413,30 +372,3 @@ class Experiment:
             run_dir=run_dir,
             data_source=self.data.source,
         )
-
-    def describe(self) -> dict:
-        """What ``config.json`` records beside the config: seeds, data, device, plugins."""
-        return {
-            "config": self.config.model_dump(mode="json"),
-            "seeds": self.seeds,
-            "data_source": self.data.source,
-            "data_sizes": {
-                "train": int(self.data.train_x.shape[0]),
-                "val": int(self.data.val_x.shape[0]),
-                "test": int(self.data.test_x.shape[0]),
-            },
-            "input_shape": list(self.data.input_shape),
-            "num_classes": self.data.num_classes,
-            "device": str(self.device),
-            "versions": versions(),
-            "plugins": self.plugin_sources(),
-        }
-
-    def plugin_sources(self) -> dict[str, str]:
-        """Which plugin supplied each choice of the config (``config.json``'s ``plugins``)."""
-        return {
-            "dataset": self.plugins.datasets.sources[self.config.dataset],
-            "model": self.plugins.models.sources[self.config.model],
-            "prune": self.plugins.strategies.sources[self.config.prune],
-            "reinit": self.plugins.reinits.sources[self.config.reinit],
-        }

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from . import checkpoint, files, masks, paths, rundir
+from . import checkpoint, files, masks, rundir
 from .errors import LotteryError
 from .plugins import Plugins
 
@@ -64,11 +64,7 @@ def ticket_from_run(
     round's last iteration.
     """
     run_dir = Path(run_dir)
-    if rundir.kind(run_dir) == "group":
-        raise LotteryError(
-            f"{str(run_dir)!r} is a trials/controls folder; export one of its runs, "
-            f"e.g. {str(paths.trial_dir(run_dir, paths.MAIN, 0))!r}"
-        )
+    rundir.not_a_group(run_dir, "export")
     meta = rundir.read_meta(run_dir)
     raw = rundir.verified(run_dir, meta)  # another run's checkpoint or an edited config: refused
     round_masks = _round_masks(raw, round_index, run_dir)
@@ -282,19 +278,26 @@ def load_ticket(
     what is wrong is one ``LotteryError`` line naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise LotteryError(f"{str(path)!r} does not exist")
-    try:
-        ticket = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a foreign or corrupt file
-        raise LotteryError(
-            f"{str(path)!r} is not a readable ticket ({type(exc).__name__})"
-        ) from None
+    ticket = read_ticket_file(path)
     source = repr(str(path))
     check_ticket(ticket, source)
     if model is None:
         model = _build(ticket, source, _plugins(plugins))
     return apply_ticket(model, ticket, source)
+
+
+def read_ticket_file(path: Path) -> Any:
+    """What a ticket file holds (not yet checked: ``check_ticket``); one line if it is missing
+    or not a torch file."""
+    path = Path(path)
+    if not path.is_file():
+        raise LotteryError(f"{str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a foreign or corrupt file
+        raise LotteryError(
+            f"{str(path)!r} is not a readable ticket ({type(exc).__name__})"
+        ) from None
 
 
 def pruned_model(ticket: dict[str, Any], source: str, plugins: Plugins | None = None) -> nn.Module:

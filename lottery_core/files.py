@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,12 +84,46 @@ def _create_temp(folder: Path, name: str) -> str:
         return tmp
 
 
+_SPECIAL = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+
+def special_kind(where: Path | str | int) -> str | None:
+    """What ``where`` (a path, not followed if a link, or an open file descriptor) is in words
+    when it is no regular file (``"a FIFO"``, ``"a folder"``...); ``None`` for a regular file.
+    Only ``lstat``/``fstat``: a FIFO is never opened, so nothing blocks on one."""
+    mode = os.fstat(where).st_mode if isinstance(where, int) else os.lstat(where).st_mode
+    if stat.S_ISREG(mode):
+        return None
+    return next((words for test, words in _SPECIAL if test(mode)), "no regular file")
+
+
+def _check_target(path: Path) -> None:
+    """Refuse, before anything is written, to replace what is not a file (a FIFO, a device, a
+    socket, a folder) under ``path``'s name; a link is replaced as itself, as before."""
+    try:
+        kind = special_kind(path)
+    except FileNotFoundError:
+        return
+    if kind is not None and kind != "a symbolic link":
+        raise WriteFailed(path, f"it is {kind}, not a regular file")
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write ``path`` through ``write(tmp)`` on a temporary sibling, then rename it into place."""
+    """Write ``path`` through ``write(tmp)`` on a temporary sibling, then rename it into place
+    (refused before anything is written where ``path`` is a FIFO, a device, a socket, a
+    folder)."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _check_target(path)
         tmp = _create_temp(path.parent, path.name)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # created 0600; give the usual permissions

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import branches, files, group_runs, paths, rundir, runs
+from . import branches, files, group_runs, paths, preflight, rundir, runs
 from .config import ResolvedConfig, config_of
 from .engine import Engine, Event, Plan
 from .errors import LotteryError, RunFailed, Stopped, command
@@ -51,7 +51,7 @@ def run_group(
     rundir.check_new(out)
     rundir.check_writable(out)
     data = load_data(config, plugins)  # before the folder exists: bad data writes nothing
-    Experiment(config, plugins=plugins, data=data).validate()
+    preflight.validate(Experiment(config, plugins=plugins, data=data))
     existed = out.exists()
     rundir.create(out)
     with rundir.locked(out):

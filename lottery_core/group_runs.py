@@ -150,13 +150,7 @@ def _run_or_resume(
 # -- the units of the parallel executor ----------------------------------------------------
 
 
-def rows(run_dir: Path) -> int:
-    """Rounds a run folder has finished (the rows of its ``results.csv``)."""
-    try:
-        with open(Path(run_dir) / paths.RESULTS) as handle:
-            return max(0, sum(1 for _ in handle) - 1)
-    except OSError:
-        return 0
+rows = runs.rows  # rounds a run folder has finished: what units and status lines count
 
 
 _DATA: dict[tuple, DatasetSplits] = {}  # a worker's data set, kept across its units

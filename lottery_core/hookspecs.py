@@ -38,9 +38,11 @@ if TYPE_CHECKING:
         BranchKind,
         DatasetSpec,
         ModelSpec,
+        OptimizerSpec,
         PruningStrategy,
         ReinitPolicy,
         RunInfo,
+        ScheduleSpec,
     )
 
 hookspec = pluggy.HookspecMarker("lottery")
@@ -71,6 +73,18 @@ def register_reinit_policies(register: Callable[[ReinitPolicy], None]) -> None:
 def register_branches(register: Callable[[BranchKind], None]) -> None:
     """Called once at start-up: call ``register(BranchKind(...))`` for each branch kind (an
     experiment on round r of a finished run: ``lottery branch KIND RUN_DIR``)."""
+
+
+@hookspec
+def register_optimizers(register: Callable[[OptimizerSpec], None]) -> None:
+    """Called once at start-up: call ``register(OptimizerSpec(...))`` for each optimizer (the
+    config's ``optimizer``: ``--optimizer NAME``)."""
+
+
+@hookspec
+def register_schedules(register: Callable[[ScheduleSpec], None]) -> None:
+    """Called once at start-up: call ``register(ScheduleSpec(...))`` for each learning-rate
+    schedule (the config's ``schedule``: ``--schedule NAME``)."""
 
 
 @hookspec

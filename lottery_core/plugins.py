@@ -35,7 +35,15 @@ from torch import nn
 from . import hookspecs
 from .errors import LotteryError, PluginError
 from .guards import blame, describe_error
-from .specs import BranchKind, DatasetSpec, ModelSpec, PruningStrategy, ReinitPolicy
+from .specs import (
+    BranchKind,
+    DatasetSpec,
+    ModelSpec,
+    OptimizerSpec,
+    PruningStrategy,
+    ReinitPolicy,
+    ScheduleSpec,
+)
 
 GROUP = "lottery"
 LOCAL_PLUGINS = "LOTTERY_PLUGINS"  # local plugins: module names and file paths, comma-separated
@@ -48,6 +56,7 @@ BUILTIN_MODULES = {
     "pruning": "lottery_plugins.pruning",
     "reinit": "lottery_plugins.reinit",
     "branches": "lottery_plugins.branches",
+    "optim": "lottery_plugins.optim",
 }
 
 T = TypeVar("T")
@@ -190,6 +199,12 @@ class Plugins:
     strategies: Registry[PruningStrategy]
     reinits: Registry[ReinitPolicy]
     branches: Registry[BranchKind] = field(default_factory=lambda: Registry("branch", BranchKind))
+    optimizers: Registry[OptimizerSpec] = field(
+        default_factory=lambda: Registry("optimizer", OptimizerSpec)
+    )
+    schedules: Registry[ScheduleSpec] = field(
+        default_factory=lambda: Registry("schedule", ScheduleSpec)
+    )
     broken: dict[str, str] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)
 
@@ -229,7 +244,15 @@ class Plugins:
         return results
 
     def registries(self) -> list[Registry[Any]]:
-        return [self.datasets, self.models, self.strategies, self.reinits, self.branches]
+        return [
+            self.datasets,
+            self.models,
+            self.strategies,
+            self.reinits,
+            self.branches,
+            self.optimizers,
+            self.schedules,
+        ]
 
     def describe(self) -> list[dict[str, Any]]:
         """One entry per plugin: its name, where it comes from (``origin``: a package and its
@@ -574,7 +597,15 @@ def collect(
     branches = _collect(
         manager, "register_branches", Registry("branch", BranchKind, builtins=own), broken
     )
-    registries: list[Registry[Any]] = [datasets, models, strategies, reinits, branches]
+    optimizers = _collect(
+        manager, "register_optimizers", Registry("optimizer", OptimizerSpec, builtins=own), broken
+    )
+    schedules = _collect(
+        manager, "register_schedules", Registry("schedule", ScheduleSpec, builtins=own), broken
+    )
+    registries: list[Registry[Any]] = [
+        datasets, models, strategies, reinits, branches, optimizers, schedules,
+    ]  # fmt: skip
     for name in broken:  # a plugin broken in one registration hook is dropped from all
         for registry in registries:
             registry.drop(name)
@@ -597,7 +628,18 @@ def collect(
                     "(rename it in the plugin)",
                     file=sys.stderr,
                 )
-    return Plugins(manager, datasets, models, strategies, reinits, branches, broken, origins)
+    return Plugins(
+        manager,
+        datasets,
+        models,
+        strategies,
+        reinits,
+        branches,
+        optimizers,
+        schedules,
+        broken,
+        origins,
+    )
 
 
 def builtin_package() -> ModuleType:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import divergence, files, paths
+from .config import ExperimentConfig
 from .errors import LotteryError
 from .report_inputs import Series, describe, load_series
 
@@ -320,9 +322,9 @@ class Style:
 
 def method_name(config: dict[str, Any]) -> str:
     """A run's method in words, IMP by its name (magnitude pruning, rewound survivors)."""
-    if (config.get("prune"), config.get("reinit")) == ("magnitude", "rewind") and config.get(
-        "prune_at", "imp"
-    ) in (None, "imp"):
+    fields = ExperimentConfig.model_fields  # IMP: the config's defaults, pruning trained weights
+    defaults = (fields["prune"].default, fields["reinit"].default, fields["prune_at"].default)
+    if (config.get("prune"), config.get("reinit"), config.get("prune_at") or "imp") == defaults:
         words = IMP
         if config.get("scope") == "global":
             words += ", global"
@@ -643,7 +645,7 @@ def check_out(out_dir: Path) -> dict[str, str | None]:
         entries = {p.name: p for p in out_dir.iterdir() if not files.is_own_temp(p.name)}
         written: dict[str, str | None] = {}
         if MANIFEST in entries:
-            written = json.loads(entries.pop(MANIFEST).read_text())
+            written = json.loads(_read_manifest(entries.pop(MANIFEST), out_dir))
             if not isinstance(written, dict):
                 written = {}
         foreign = []
@@ -664,6 +666,23 @@ def check_out(out_dir: Path) -> dict[str, str | None]:
             "another --out (a new or empty folder), nothing was written"
         )
     return {name: written[name] for name in entries}
+
+
+def _read_manifest(path: Path, out_dir: Path) -> str:
+    """``MANIFEST``'s text, if it is a regular file: a FIFO there would block its reader for
+    good (a device or a socket is no better), so anything else is refused in one line, never
+    opened (and what is opened, without following a link nor waiting, is checked again)."""
+    kind = files.special_kind(path)
+    if kind is None:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with open(fd, "rb") as handle:
+            kind = files.special_kind(handle.fileno())
+            if kind is None:
+                return handle.read().decode()
+    raise LotteryError(
+        f"--out {str(out_dir)!r} holds a {MANIFEST} that is {kind}, not a file a report wrote; "
+        "choose another --out (a new or empty folder), nothing was written"
+    )
 
 
 def _write_manifest(out_dir: Path, names: tuple[str, ...], done: bool,

@@ -242,14 +242,28 @@ def read_branch_set(folder: Path, trial: int = 0) -> Trial:
     return Trial(folder, meta, joined("results"), joined("history"), joined("layers"))
 
 
+def _option_default(record: dict[str, Any], name: str) -> Any:
+    """The default of option ``name`` of the record's branch kind (``None`` if the kind is not
+    installed or has no such option): a legend names only the options a branch changed."""
+    from .plugins import get_plugins
+
+    kinds = get_plugins().branches
+    kind = record.get("kind")
+    if kind not in kinds.items:
+        return None
+    field = kinds.items[kind].options.model_fields.get(name)
+    return None if field is None else field.get_default(call_default_factory=True)
+
+
 def branch_label(folder: Path) -> str:
     """A branch set's name in a legend: its kind, and its options where it has any."""
     try:
         record = json.loads((Path(folder) / paths.BRANCH).read_text())
     except (OSError, ValueError):
         return paths.branch_kind_of(folder)
-    options = ", ".join(f"{k}={v}" for k, v in record.get("options", {}).items() if v is not None
-                        and k != "start" or (k == "start" and v != "rewind"))  # fmt: skip
+    given = record.get("options", {})
+    options = ", ".join(f"{k}={v}" for k, v in given.items()
+                        if v is not None and v != _option_default(record, k))  # fmt: skip
     seed = f", seed {record['seed']}" if record.get("seed") else ""
     return f"{record.get('kind', paths.branch_kind_of(folder))}" + (
         f" ({options}{seed})" if options or seed else ""

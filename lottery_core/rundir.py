@@ -35,6 +35,7 @@ from .paths import (
     HISTORY,
     LAYERS,
     LOCK,
+    MAIN,
     OWN_FILES,
     PREVIOUS,
     RESULTS,
@@ -44,6 +45,7 @@ from .paths import (
     SWEEP,
     TABLES,
     TICKET,
+    TRIAL_PREFIX,
     trained_file,
 )
 from .records import results_frame
@@ -77,6 +79,17 @@ def kind(path: Path) -> Kind:
     except OSError:  # a name the file system refuses (too long...): nothing is there
         return "missing"
     return "other"
+
+
+def not_a_group(path: Path, verb: str) -> None:
+    """One line if ``path`` is a trials/controls folder where one run is wanted: ``verb`` (say
+    "export") one of its runs, named."""
+    if kind(path) == "group":
+        example = Path(path) / RUNS / MAIN / f"{TRIAL_PREFIX}0"
+        raise LotteryError(
+            f"{str(path)!r} is a trials/controls folder; {verb} one of its runs, e.g. "
+            f"{str(example)!r}"
+        )
 
 
 def read_meta(path: Path) -> dict[str, Any]:

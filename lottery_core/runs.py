@@ -22,15 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
-from . import checkpoint, files, paths, rundir
+from . import checkpoint, files, paths, preflight, rundir
 from .config import config_of
 from .errors import Interrupted, LotteryError, RunFailed, WriteFailed, command
 from .experiment import Experiment, ExperimentResult
 from .plugins import Plugins
-from .records import identify, results_frame
+from .records import identify, plugin_sources, results_frame, run_record
 from .specs import DatasetSplits
 from .state import RunState
+from .training import NonFiniteLoss
 
 
 def start(
@@ -40,17 +42,19 @@ def start(
     state: RunState | None = None,
     stop_after: int | None = None,
     after_round=None,
+    meta: dict[str, Any] | None = None,
 ) -> ExperimentResult:
     """Run ``experiment`` in the new folder ``path``; ``state`` (with the model restored) makes
-    it a branch of another run: its rounds so far are written at once, then it continues."""
+    it a branch of another run: its rounds so far are written at once, then it continues.
+    ``meta``: what ``config.json`` records (default ``records.run_record``)."""
     path = Path(path)
-    experiment.validate()
+    preflight.validate(experiment)
     existed = path.exists()
     rundir.create(path)
     with rundir.locked(path):
         if rundir.kind(path) != "empty":  # someone else took it between our check and lock
             rundir.check_new(path)
-        folder = rundir.RunFolder(path, experiment.describe())
+        folder = rundir.RunFolder(path, meta or run_record(experiment))
         try:
             folder.write_config()
             experiment.plugins.notify(
@@ -74,11 +78,13 @@ def restart(
     progress: bool = True,
     after_round=None,
     kept: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> ExperimentResult:
     """A run stopped before its first round finished (only its ``config.json`` is there);
-    ``kept``: what its ``config.json`` records besides (its extensions)."""
-    experiment.validate()
-    folder = rundir.RunFolder(path, {**experiment.describe(), **(kept or {})})
+    ``kept``: what its ``config.json`` records besides (its extensions); ``meta``: as in
+    ``start``."""
+    preflight.validate(experiment)
+    folder = rundir.RunFolder(path, {**(meta or run_record(experiment)), **(kept or {})})
     folder.write_config()
     experiment.plugins.notify(
         "on_experiment_start", config=experiment.config, run_dir=path, run=identify(path)
@@ -112,6 +118,18 @@ def _run(
         )
     except WriteFailed as exc:
         raise RunFailed(f"{exc}; {_after_failure(folder, existed, fresh)}") from None
+    except NonFiniteLoss as exc:
+        _after_failure(folder, existed, fresh)
+        raise RunFailed(
+            f"round {_failed(state)}: the loss became {exc.value} at iteration "
+            f"{exc.iteration}; {_saved(folder)}; try a lower --lr"
+        ) from None
+    except torch.cuda.OutOfMemoryError:
+        _after_failure(folder, existed, fresh)
+        raise RunFailed(
+            f"round {_failed(state)}: out of memory on {experiment.device}; {_saved(folder)}; "
+            "try a smaller --batch-size or --device cpu"
+        ) from None
     except Interrupted:
         _after_failure(folder, existed, fresh)
         saved = folder.saved_rounds
@@ -131,6 +149,17 @@ def _run(
             run=identify(folder.path),
         )
     return result
+
+
+def _failed(state: RunState | None) -> int:
+    """The round a run was training when it failed."""
+    return state.next_round if state is not None else 0
+
+
+def _saved(folder: rundir.RunFolder) -> str:
+    """What a failed run kept, in words."""
+    done = folder.saved_rounds
+    return f"rounds 0-{done - 1} are saved in {folder.path}" if done else "no round had finished"
 
 
 def _after_failure(folder: rundir.RunFolder, existed: bool, fresh: bool) -> str:
@@ -490,7 +519,7 @@ def holds_run(experiment: Experiment) -> Callable[[Path], Found | None]:
         {
             "config": experiment.config.model_dump(mode="json"),
             "seeds": experiment.seeds,
-            "plugins": experiment.plugin_sources(),
+            "plugins": plugin_sources(experiment.config, experiment.plugins),
         }
     )
     wanted = experiment.config.rounds

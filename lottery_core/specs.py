@@ -19,7 +19,7 @@ from torch import nn
 from .errors import LotteryError
 
 if TYPE_CHECKING:
-    from .config import ExperimentConfig
+    from .config import ExperimentConfig, ResolvedConfig
 
 
 @dataclass(frozen=True)
@@ -354,3 +354,52 @@ class BranchKind:
     start: Callable[[BranchContext], BranchStart]
     options: type[BaseModel] = NoOptions
     description: str = ""
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A named optimizer, over a flat list of parameters (``model.parameters()``: pruned
+    weights as ``weight_orig``, whose pruned entries get zero gradient through the mask).
+
+    - ``make_state(params, config) -> state``: called as every round starts (a round never
+      inherits moments from before its pruning), with the resolved config (``momentum``,
+      ``weight_decay``, ...); the state is whatever ``step`` needs.
+    - ``step(params, state, lr, closure)``: one update, in place, from each parameter's
+      ``grad`` (``None`` for one without a gradient), at learning rate ``lr`` (the round loop
+      computes it from the iteration: warmup x schedule). ``closure()`` clears the gradients,
+      computes the loss and the gradients again on this step's batch at the current parameters
+      and returns the loss, for optimizers that need a second pass (SAM); most ignore it.
+    - ``settings``: the config fields it reads among ``momentum``, ``nesterov`` and
+      ``weight_decay``; setting another of them away from its default is an error naming it.
+    - ``check(config)``: optional, called once the config is resolved; raise ``LotteryError``
+      with a one-line reason for a combination it refuses (SGD: ``nesterov`` without
+      ``momentum``).
+
+    ``lottery_core.optim`` has torch's Adam and SGD updates, bit for bit, to build on.
+    """
+
+    name: str
+    make_state: Callable[[list[torch.Tensor], ResolvedConfig], Any]
+    step: Callable[[list[torch.Tensor], Any, float, Callable[[], torch.Tensor]], None]
+    description: str = ""
+    settings: tuple[str, ...] = ()
+    check: Callable[[ResolvedConfig], None] | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A named learning-rate schedule: ``factor(iteration, total, config) -> float``, the
+    multiple of ``lr`` for the step from ``iteration`` (steps done so far in the round, counted
+    from 0 of the dense round, so a rewound round replays the schedule from its rewind point)
+    to ``iteration + 1``, of ``total`` (``config.iterations``). A pure function of the
+    iteration: nothing is carried across rounds or a resume. It must return a finite number
+    of at least 0. Linear ``warmup`` multiplies it, whatever the schedule.
+
+    ``settings`` and ``check`` as for ``OptimizerSpec``, among ``milestones`` and ``gamma``.
+    """
+
+    name: str
+    factor: Callable[[int, int, ResolvedConfig], float]
+    description: str = ""
+    settings: tuple[str, ...] = ()
+    check: Callable[[ResolvedConfig], None] | None = None

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import paths
+from . import paths, preflight
 from .config import (
     NOT_IDENTITY,
     ExperimentConfig,
@@ -390,7 +390,7 @@ def _check_data(sweep: Sweep, points: list[Point], plugins: Plugins) -> None:
                 data_cache[key] = load_data(point.config, plugins)
             # on the CPU: the driver may lack the workers' GPUs, and shapes are the same
             checked = point.config.model_copy(update={"device": "cpu"})
-            Experiment(checked, plugins=plugins, data=data_cache[key]).validate()
+            preflight.validate(Experiment(checked, plugins=plugins, data=data_cache[key]))
         except LotteryError as exc:
             where = f"grid point {point.name}" if point.values else "base config"
             raise _fail(sweep.source, f"{where}: {_reason(exc)}") from None

@@ -7,8 +7,8 @@ module gives the rest of what a run used, so a researcher's own code works on th
   ``split_seed`` and ``validation_size``), as a :class:`TicketData`; its ``normalised(split)``
   and ``batches(split)`` hand out the float images a model takes, never the compact stored form;
 - :func:`evaluate`: a model's accuracy and loss on a split, computed as a run computes them;
-- :func:`train_ticket`: the run's training (``training.train_round``: Adam rebuilt, masks kept,
-  early stopping found after the fact) applied to a loaded ticket;
+- :func:`train_ticket`: the run's training (``training.train_round``: the optimizer rebuilt,
+  masks kept, early stopping found after the fact) applied to a loaded ticket;
 - :func:`use_tool_threads` and :func:`thread_rule`: the tool's thread rule for your own loop.
 
 The thread rule matters more than it looks. The models are small, and torch's default (one
@@ -36,12 +36,13 @@ from torch.nn.utils import prune
 from . import divergence, masks, paths, rundir, seeds
 from .config import ExperimentConfig, ResolvedConfig, config_of
 from .errors import LotteryError
+from .export import read_ticket_file
 from .loading import load_data
 from .plugins import Plugins, get_plugins
 from .resolution import default_threads
 from .specs import DatasetSplits, ModelDefaults
 from .threads import ThreadRule, check_threads, use_threads
-from .training import NonFiniteLoss, TrainSettings, train_round
+from .training import NonFiniteLoss, Recipe, TrainSettings, recipe_of, train_round
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -181,24 +182,13 @@ def _source_config(source: Path) -> tuple[ResolvedConfig, dict[str, Any]]:
     """The resolved config a run folder or ticket file trained with, and what its run recorded
     about the data (``data_sizes``, ``data_source``; empty where unrecorded)."""
     if source.is_dir():
+        rundir.not_a_group(source, "give")
         kind = rundir.kind(source)
-        if kind == "group":
-            raise LotteryError(
-                f"{str(source)!r} is a trials/controls folder; give one of its runs, e.g. "
-                f"{str(paths.trial_dir(source, paths.MAIN, 0))!r}"
-            )
         if kind != "run":
             raise LotteryError(f"{str(source)!r} is not a run folder or a ticket file")
         meta = rundir.read_meta(source)
         return config_of(meta, str(source / paths.CONFIG)), meta
-    if not source.is_file():
-        raise LotteryError(f"{str(source)!r} does not exist")
-    try:
-        ticket = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a foreign or corrupt file
-        raise LotteryError(
-            f"{str(source)!r} is not a readable ticket ({type(exc).__name__})"
-        ) from None
+    ticket = read_ticket_file(source)
     if not isinstance(ticket, dict) or not {"masks", "weights", "model"} <= set(ticket):
         raise LotteryError(f"{str(source)!r} is not a lottery ticket")
     if isinstance(ticket.get("config"), dict):  # an exported ticket carries its run's config
@@ -356,6 +346,19 @@ def _default(data: DatasetSplits, name: str, given: Any, fallback: Any) -> Any:
     return getattr(config, name) if config is not None else fallback
 
 
+def _recipe(data: DatasetSplits, iterations: int, lr: float | None) -> Recipe | None:
+    """The run's optimizer and schedule (over ``iterations``) when the data came from
+    :func:`ticket_data`, so a ticket of an SGD run trains with SGD; else ``None`` (Adam at a
+    constant rate, a run's default)."""
+    config = getattr(data, "config", None)
+    if config is None:
+        return None
+    update: dict[str, Any] = {"iterations": iterations}
+    if lr is not None:
+        update["lr"] = lr
+    return recipe_of(config.model_copy(update=update), get_plugins())
+
+
 def train_ticket(
     model: nn.Module,
     data: DatasetSplits,
@@ -374,11 +377,11 @@ def train_ticket(
     ``torch.nn.utils.prune``'s re-parametrisation (``load_ticket`` returns one), so pruned
     weights get no gradient and stay exactly zero; a plain module (``--pruned`` export) is
     refused, since training it would regrow the pruned weights. This is the run's own loop
-    (``training.train_round``): a fresh Adam, minibatches of ``batch_size`` in an order fixed by
-    ``seed`` and the epoch, validation every ``eval_every`` iterations, training from
-    ``start_iteration`` (a late-rewound ticket's ``start_iteration``) to ``iterations``,
-    on the model's device and under the tool's thread rule (``threads``: see
-    :func:`use_tool_threads`).
+    (``training.train_round``): a fresh optimizer (the run's recipe: its optimizer and
+    schedule), minibatches of ``batch_size`` in an order fixed by ``seed`` and the epoch,
+    validation every ``eval_every`` iterations, training from ``start_iteration`` (a
+    late-rewound ticket's ``start_iteration``) to ``iterations``, on the model's device and
+    under the tool's thread rule (``threads``: see :func:`use_tool_threads`).
 
     ``lr``, ``batch_size``, ``eval_every`` and ``seed`` left out are the run's own when ``data``
     comes from :func:`ticket_data` (its config), else the defaults of a run (lr 1.2e-3, batch
@@ -402,6 +405,7 @@ def train_ticket(
         eval_every=_default(data, "eval_every", eval_every, config_defaults["eval_every"].default),
         start_iteration=start_iteration,
         test_every_eval=test_every_eval,
+        recipe=_recipe(data, iterations, lr),
     )
     data_seed = _default(data, "seed", seed, 0)
     if not 0 <= settings.start_iteration < settings.iterations:

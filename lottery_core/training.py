@@ -4,8 +4,13 @@ The pruning re-parametrisation is used as PyTorch ships it: each forward's pre-h
 ``weight = weight_orig * weight_mask`` and autograd masks the gradient on the way back, so pruned
 weights get no gradient and stay pruned. The speed comes from public PyTorch alone (measured by
 ``python -m bench``): the whole dataset is a tensor on the run's device and a batch is one
-``index_select``; Adam is the fused kernel; the step never waits for the device (the training
-loss is summed on it and read only at evaluations).
+``index_select``; Adam and SGD are torch's fused kernels (``lottery_core.optim``); the step never
+waits for the device (the training loss is summed on it and read only at evaluations).
+
+How the weights move is the run's ``Recipe``: an optimizer plugin (a fresh state every round,
+so moments from before pruning never move pruned weights) and a learning rate that is a pure
+function of the iteration (``lr x warmup x schedule``, OpenLTH's habit), set before every step,
+so nothing about it is carried across rounds or a resume.
 
 The early-stopping iteration is found after the fact: training always runs its whole budget,
 the parameters at the best validation loss so far are kept in preallocated buffers, and the test
@@ -18,17 +23,68 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import seeds
-from .adam import Adam
-from .specs import DatasetSplits
+from . import guards, optim, seeds
+from .errors import PluginError
+from .specs import DatasetSplits, OptimizerSpec, ScheduleSpec
 from .threads import ThreadRule
 
+if TYPE_CHECKING:
+    from .config import ResolvedConfig
+    from .plugins import Plugins
+
 EVAL_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a round moves the weights: the optimizer plugin, and the learning rate of the step
+    from ``iteration`` as ``lr x warmup x schedule`` (``factor``)."""
+
+    optimizer: OptimizerSpec
+    schedule: ScheduleSpec
+    config: ResolvedConfig  # what the plugins read: momentum, milestones, warmup, iterations
+    optimizer_who: str = "optimizer"
+    schedule_who: str = "schedule"
+
+    def factor(self, iteration: int) -> float:
+        """The multiple of ``lr`` for the step from ``iteration`` to ``iteration + 1``: linear
+        warmup (the ``warmup``-th step is the first at the full rate; no step at 0) times the
+        schedule's factor, which must be a finite number of at least 0."""
+        config = self.config
+        warmup = min(1.0, (iteration + 1) / config.warmup) if config.warmup else 1.0
+        try:
+            value = self.schedule.factor(iteration, config.iterations, config)
+        except Exception:
+            with guards.blame(self.schedule_who, f"at iteration {iteration}"):
+                raise
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PluginError(
+                f"{self.schedule_who} returned a {type(value).__name__} at iteration "
+                f"{iteration}; expected a float"
+            )
+        if not 0.0 <= value < math.inf:
+            raise PluginError(
+                f"{self.schedule_who} returned {value} at iteration {iteration}; a factor is a "
+                "finite number of at least 0"
+            )
+        return warmup * float(value)
+
+
+def recipe_of(config: ResolvedConfig, plugins: Plugins) -> Recipe:
+    """The config's optimizer and schedule, from the plugins."""
+    return Recipe(
+        plugins.optimizers.get(config.optimizer),
+        plugins.schedules.get(config.schedule),
+        config,
+        plugins.optimizers.who(config.optimizer),
+        plugins.schedules.who(config.schedule),
+    )
 
 
 @dataclass(frozen=True)
@@ -39,6 +95,7 @@ class TrainSettings:
     eval_every: int
     start_iteration: int = 0
     test_every_eval: bool = False
+    recipe: Recipe | None = None  # None: Adam at the constant ``lr`` (``optim.Adam``)
 
 
 @dataclass
@@ -97,11 +154,41 @@ def epoch_permutation(seed: int, epoch: int, n: int, device: torch.device) -> to
     return torch.randperm(n, generator=seeds.epoch_generator(seed, epoch)).to(device)
 
 
-def make_optimizer(model: nn.Module, lr: float) -> Adam:
-    """Adam, rebuilt every round: moments from before pruning must not move pruned weights
-    (``lottery_core.adam``: torch.optim.Adam's update, bit for bit, without its imports)."""
-    params = list(model.parameters())
-    return Adam(params, lr, fused=all(p.device.type in ("cpu", "cuda") for p in params))
+class _Updater:
+    """A round's optimizer: the recipe's state, made as the round starts (moments from before
+    pruning must not move pruned weights), and one step at the iteration's learning rate.
+    Without a recipe, Adam at a constant rate (``optim.Adam``: torch.optim.Adam's update, bit
+    for bit, without its imports)."""
+
+    def __init__(self, params: list[torch.Tensor], settings: TrainSettings) -> None:
+        self.params = params
+        self.lr = settings.lr
+        self.recipe = settings.recipe
+        if self.recipe is None:
+            self.state: Any = optim.Adam(params, settings.lr, fused=optim.fusable(params))
+            return
+        spec = self.recipe.optimizer
+        with guards.blame(self.recipe.optimizer_who, "making its state"):
+            self.state = spec.make_state(params, self.recipe.config)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self, iteration: int, closure: Callable[[], torch.Tensor]) -> None:
+        """The update from ``iteration`` to ``iteration + 1``."""
+        recipe = self.recipe
+        if recipe is None:
+            self.state.step()
+            return
+        lr = self.lr * recipe.factor(iteration)
+        try:
+            recipe.optimizer.step(self.params, self.state, lr, closure)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception:
+            with guards.blame(recipe.optimizer_who, f"in its step at iteration {iteration}"):
+                raise
 
 
 def train_round(
@@ -124,12 +211,22 @@ def train_round(
     n = data.train_x.shape[0]
     batch = settings.batch_size
     steps_per_epoch = _steps_per_epoch(n, batch)
-    optimizer = make_optimizer(model, settings.lr)
+    params: list[torch.Tensor] = list(model.parameters())
+    optimizer = _Updater(params, settings)
     round_log = _RoundLog(model, data, settings, on_evaluation)
     device = data.train_x.device
     train_loss_sum = torch.zeros((), device=device)
     window = 0
     iteration = settings.start_iteration
+    x = y = torch.empty(0)
+
+    def closure() -> torch.Tensor:  # the step's batch again, at the current parameters (SAM)
+        optimizer.zero_grad()
+        with torch.enable_grad():
+            again = F.cross_entropy(model(x), y)
+            again.backward()
+        return again.detach()
+
     model.train()
     if threads is not None:
         threads.begin()
@@ -139,10 +236,11 @@ def train_round(
         for step in range(offset, steps_per_epoch):
             index = order[step * batch : (step + 1) * batch]
             x = data.images(torch.index_select(data.train_x, 0, index))
-            loss = F.cross_entropy(model(x), torch.index_select(data.train_y, 0, index))
-            optimizer.zero_grad(set_to_none=True)
+            y = torch.index_select(data.train_y, 0, index)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
             loss.backward()
-            optimizer.step()
+            optimizer.step(iteration, closure)
             train_loss_sum += loss.detach()
             if threads is not None:
                 threads.step_done()

@@ -4,10 +4,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
+import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pandas as pd
@@ -209,8 +214,10 @@ def test_every_config_field_is_a_flag_with_its_true_default(invoke):
         assert flag in help_text, flag
         if name != "out":  # report and export have an --out of their own
             assert f'"{flag}"' not in source, f"{flag} is restated by hand in cli.py"
-        if field.default is not None:
-            assert f"{flag}" in help_text and f"[default: {field.default}]" in help_text, flag
+        default = field.get_default(call_default_factory=True)
+        shown = "none" if default == [] else default
+        if default is not None:
+            assert f"{flag}" in help_text and f"[default: {shown}]" in help_text, flag
     assert "[default: the model's; lenet_fc: 0.2]" in help_text  # --rate
     assert "[default: the model's; lenet_fc: 50000]" in help_text  # --iterations
 
@@ -266,3 +273,95 @@ def test_top_level_help_lists_every_command_without_loading_torch(cli_env):
         assert re.search(rf"^  {name}\s+\S", done.stdout, re.M), done.stdout
     assert "Run an IMP experiment" in done.stdout
     assert "Usage: cli.py plugins [OPTIONS]" in done.stdout, done.stdout
+
+
+# -- Ctrl-C, from the checkout's cli.py and from the installed command ---------------------------
+
+ENTRY = "lottery_core.entry:main"
+
+
+def installed_lottery() -> str:
+    """The installed ``lottery`` script of this interpreter (else the one on the path), checked to
+    start at ``lottery_core.entry``, as pyproject.toml declares."""
+    script = Path(sysconfig.get_path("scripts")) / "lottery"
+    found = str(script) if script.exists() else shutil.which("lottery")
+    if found is None:
+        pytest.skip("the lottery command is not installed (pip install -e .)")
+    targets = [e.value for e in entry_points(group="console_scripts", name="lottery")]
+    assert targets == [ENTRY], f"the installed lottery starts at {targets}: pip install -e . again"
+    return found
+
+
+def test_the_installed_command_starts_at_a_module_that_imports_nothing():
+    """``[project.scripts]`` names ``lottery_core.entry:main``, whose import (the package's
+    ``__init__`` included) loads nothing but itself and ``signal`` before the handler is on."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    scripts = pyproject.split("[project.scripts]\n", 1)[1].split("\n\n", 1)[0]
+    assert scripts == f'lottery = "{ENTRY}"', scripts
+    code = ("import sys; before = set(sys.modules); import lottery_core.entry; "
+            "print(sorted(set(sys.modules) - before))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['lottery_core', 'lottery_core.entry', 'signal']", done.stdout
+
+
+def mapped(process: subprocess.Popen, name: str) -> bool:
+    try:
+        return name in Path(f"/proc/{process.pid}/maps").read_text()
+    except OSError:  # it already ended
+        return True
+
+
+def one_interrupted_line(process: subprocess.Popen, stderr: str) -> None:
+    assert process.returncode == 130, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Interrupted"), stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start", ["installed", "cli.py"])
+def test_ctrl_c_twice_while_loading_or_in_the_teardown_is_one_line(tmp_path, cli_env, start):
+    """Real SIGINTs (as ``bench.ctrl_c`` sends them) to ``lottery`` and ``python cli.py``: two
+    5 ms apart while the CLI's modules import (the installed command printed a traceback there:
+    its script imported ``lottery_core.cli`` before any handler), and, on a run stopped by the
+    first, one every 5 ms until it has exited (torch's teardown printed 11 lines)."""
+    program = [installed_lottery()] if start == "installed" else [sys.executable,
+                                                                 str(ROOT / "cli.py")]
+    args = [*program, "run", "--dataset", "mnist-sample", "--iterations", "1000", "--eval-every",
+            "500", "--rounds", "4", "--threads", "1", "--quiet"]  # fmt: skip
+
+    for i in range(3):  # json's C part is mapped when the CLI's own imports have begun
+        process = subprocess.Popen([*args, "--out", f"early{i}"], cwd=tmp_path, env=cli_env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)  # fmt: skip
+        deadline = time.monotonic() + 60  # a hang guard
+        while not mapped(process, "_json") and time.monotonic() < deadline:
+            pass  # no sleep: the window is a few milliseconds
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.005)
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        one_interrupted_line(process, process.communicate(timeout=60)[1])
+        assert not (tmp_path / f"early{i}").exists()
+
+    process = subprocess.Popen([*args, "--out", "late"], cwd=tmp_path, env=cli_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "late" / "results.csv").exists() and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        first = os.read(process.stderr.fileno(), 65536)  # the first Ctrl-C is answered
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline:  # through the teardown
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.005)
+        _, rest = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    one_interrupted_line(process, (first + rest).decode())
+    assert (tmp_path / "late" / "checkpoint.pt").exists()

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import os
 import re
 import shutil
+import socket
+import stat
+import threading
+import time
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -17,10 +23,10 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 
-from lottery_core import runs
+from lottery_core import files, runs
 from lottery_core.api import run_trials
 from lottery_core.config import make_config
-from lottery_core.errors import LotteryError
+from lottery_core.errors import LotteryError, WriteFailed
 from lottery_core.experiment import Experiment
 from lottery_core.group_runs import write_group_config
 from lottery_core.report import (
@@ -588,3 +594,82 @@ def test_report_never_overwrites_files_it_did_not_write(group, tmp_path, invoke)
         "report", group, "--out", "new"
     ).stderr
     assert (tmp_path / "new" / "report.md").read_text() == "edited\n"
+
+
+@contextlib.contextmanager
+def never_blocked(fifo: Path, after: float = 60.0):
+    """A hang guard: if the code under test is still blocked opening ``fifo`` ``after`` seconds
+    on, a writer opens and closes it, so the reader gets an empty file and the test fails."""
+    done = threading.Event()
+
+    def release() -> None:
+        if not done.wait(after):
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def make_special(path: Path, kind: str) -> None:
+    if kind == "FIFO":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "socket":  # bound by a relative name: a full tmp path can pass AF_UNIX's 108
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(os.path.relpath(path))
+    else:  # a link to a FIFO: never followed
+        os.mkfifo(path.with_name("elsewhere"))
+        path.symlink_to("elsewhere")
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "folder", "socket", "symbolic link"])
+def test_a_special_file_where_the_report_writes_is_one_line_and_never_opened(
+    tmp_path, invoke, kind
+):
+    """A FIFO named ``.report.json`` in --out blocked the report for good (project issue 27):
+    whatever is there and is no regular file (a FIFO, a socket, a folder, a link) is refused in
+    one line before anything is written, and never opened."""
+    run = synthetic(tmp_path / "run", 0.2, 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    make_special(out / ".report.json", kind)
+    before = sorted(p.name for p in out.iterdir())
+    started = time.monotonic()
+    with never_blocked(out / ".report.json"):
+        result = invoke("report", run, "--out", "out")
+    assert time.monotonic() - started < 60
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and lines == [
+        f"Error: --out 'out' holds a .report.json that is a {kind}, not a file a report "
+        "wrote; choose another --out (a new or empty folder), nothing was written"
+    ], result.stderr
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert not (tmp_path / "run" / "report").exists()
+
+
+def test_a_fifo_under_a_reports_own_name_is_refused_and_never_written(tmp_path, invoke):
+    """A FIFO where a figure or report.md goes, even one an earlier manifest lists, is no file
+    of the report's; ``files.atomic_write`` itself refuses to put a file in its place."""
+    run = synthetic(tmp_path / "run", 0.2, 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "report.md")
+    (out / ".report.json").write_text(json.dumps({"report.md": None}))
+    with never_blocked(out / "report.md"):
+        result = invoke("report", run, "--out", "out")
+        assert result.returncode == 2 and "holds files the report did not write (report.md)" in (
+            result.stderr
+        ), result.stderr
+        with pytest.raises(WriteFailed) as caught:
+            files.write_text(out / "report.md", "text")
+    said = f"could not write {str(out / 'report.md')!r}: it is a FIFO, not a regular file"
+    assert str(caught.value) == said
+    assert stat.S_ISFIFO(os.lstat(out / "report.md").st_mode)
+    assert sorted(p.name for p in out.iterdir()) == [".report.json", "report.md"]

@@ -399,7 +399,7 @@ def test_a_read_only_out_is_one_line(tmp_path, invoke):
         ("rounds = true", "rounds must be an integer (got True)"),
         ("download = 'no'", "download must be true or false (got 'no')"),
         ("lr = inf", "lr: Value error, must be a finite number"),
-        ("iterations = 1.5", "iterations must be an integer (got 1.5)"),
+        ("iterations = 1.5", "iterations must be an iteration count, or steps like 500it, 2ep"),
     ],
 )
 def test_config_files_are_strictly_typed(tmp_path, invoke, text, fragment):

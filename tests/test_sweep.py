@@ -8,6 +8,7 @@ folded together to keep the module's time down: workers start once per driver.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -446,6 +447,65 @@ def test_an_address_where_nothing_answers_is_one_line_at_once(tmp_path, invoke):
     assert one_error(result) == (
         f"Error: cannot connect to the Ray cluster at 127.0.0.1:{port}: nothing answers there "
         "(Connection refused); start it with 'ray start --head' or check --address"
+    )
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    "answer, said",
+    [
+        (None, "it accepted the connection and said nothing in 3 s"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "it answered b'HTTP/1.1 ', not HTTP/2"),
+        (b"", "it closed the connection without a word of HTTP/2"),
+    ],
+    ids=["silent", "http1", "closes"],
+)
+def test_an_address_where_something_else_listens_is_one_line_in_seconds(
+    tmp_path, invoke, answer, said
+):
+    """A port that accepts TCP but is no Ray (silent, another protocol, closing at once): Ray
+    would retry for minutes, its retries on stderr; one line within a few seconds instead."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:  # accepts, then answers ``answer`` (None: nothing at all)
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            held.append(conn)
+            if answer is not None:  # what the client says first is read, so a close is a FIN
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(1024)
+                    conn.sendall(answer)
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    file = write_sweep(tmp_path / "s.toml", **TINY)
+    try:
+        started = time.monotonic()
+        result = invoke("sweep", file, "--address", f"127.0.0.1:{port}", "--out", "s")
+        seconds = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        for conn in held:
+            conn.close()
+        server.close()
+    assert seconds < 20, seconds  # the probe's 3 s, not Ray's minutes
+    assert held, "the sweep never connected"
+    assert one_error(result) == (
+        f"Error: cannot connect to the Ray cluster at 127.0.0.1:{port}: something listens there "
+        f"but it is not Ray ({said}); start it with 'ray start --head' or check --address (the "
+        "head's address is the one 'ray start --head' prints, port 6379 by default)"
     )
     assert not (tmp_path / "s").exists()
 

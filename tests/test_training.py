@@ -185,11 +185,11 @@ def test_importing_the_package_s_light_modules_loads_no_torch():
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_adam_is_torch_adam_bit_for_bit(fused):
-    """lottery_core.adam makes torch.optim.Adam's update exactly, on a pruned LeNet's
+    """lottery_core.optim.Adam makes torch.optim.Adam's update exactly, on a pruned LeNet's
     weight_orig/bias parameters, step after step."""
     from torch.nn.utils import prune
 
-    from lottery_core.adam import Adam
+    from lottery_core.optim import Adam
 
     def net() -> torch.nn.Module:
         torch.manual_seed(0)
