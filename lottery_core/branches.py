@@ -604,9 +604,7 @@ def branch_unit(
     cwd: str,
 ) -> int:  # fmt: skip
     """One network in a Ray worker (a process of its own: it finds the installed plugins
-    itself). A relative ``data_dir`` is taken from the driver's folder ``cwd``."""
-    import os
-
+    itself), in the driver's folder ``cwd``."""
     from .plugins import get_plugins
 
     plugins = get_plugins()
@@ -614,12 +612,9 @@ def branch_unit(
     chosen = validate_options(branch_kind, plugins.branches.who(kind), options)
     branch = BranchSet(Path(trunk), kind, chosen, seed)
     branch.write()
-    previous = os.getcwd()
-    os.chdir(cwd)  # the trunk's relative data_dir is the driver's
-    try:
+    try:  # in the driver's folder ``cwd`` (``engine.call``): a relative data_dir is the driver's
         train_network(branch, round_index, trial, plugins, _DATA)
     finally:
-        os.chdir(previous)
         write_table(branch.folder)  # the driver writes it again after every unit
     return rows(branch.network(round_index, trial))
 

@@ -262,7 +262,10 @@ def call(target: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     except Exception:  # not in a Ray worker (called directly)
         pass
     module, _, name = target.partition(":")
+    previous = os.getcwd()
     try:
+        if kwargs.get("cwd"):  # the driver's folder: a relative data_dir means the same there,
+            os.chdir(kwargs["cwd"])  # and config.json records it as given, not made absolute
         value = getattr(importlib.import_module(module), name)(**kwargs)
         return {**info, "ok": True, "value": value, **_spent(started)}
     except (KeyboardInterrupt, Interrupted):
@@ -271,6 +274,8 @@ def call(target: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         error, trace = str(exc), ""
     except Exception as exc:  # a bug or a plugin's error: one line here, the trace kept
         error, trace = f"{type(exc).__name__}: {exc}".splitlines()[0], traceback.format_exc()
+    finally:
+        os.chdir(previous)
     return {**info, "ok": False, "error": error, "traceback": trace, **_spent(started)}
 
 

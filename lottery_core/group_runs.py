@@ -158,15 +158,13 @@ _DATA: dict[tuple, DatasetSplits] = {}  # a worker's data set, kept across its u
 
 def advance_unit(out: str, trial: int, experiment: str, cwd: str) -> int:
     """One unit in a Ray worker (a process of its own: it finds the installed plugins itself):
-    ``advance`` with the data loaded once per process. A relative ``data_dir`` is taken from
-    the driver's folder ``cwd``. Returns the rounds the run has finished."""
+    ``advance`` with the data loaded once per process. It runs in the driver's folder ``cwd``
+    (``engine.call``), so a relative ``data_dir`` means what it means there. Returns the
+    rounds the run has finished."""
     from .plugins import get_plugins
 
     plugins = get_plugins()
     meta = read_group_config(Path(out))
-    data_dir = Path(meta["config"].get("data_dir") or "data")
-    if not data_dir.is_absolute():
-        meta["config"]["data_dir"] = str(Path(cwd) / data_dir)
     config = config_of(meta, f"{out}/{paths.CONFIG}")
     data = branches.data_for(config, plugins, _DATA)
     advance(Path(out), trial, experiment, plugins, data=data, meta=meta)
