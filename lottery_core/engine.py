@@ -13,7 +13,10 @@ from its last checkpoint: a worker that dies (killed, out of memory) has its uni
 Ray (``max_retries``); a unit that fails for its own reason (a ``LotteryError``: a diverging
 loss...) is recorded with its one-line error and not retried, the units that depend on it are
 skipped, and everything else finishes. Ctrl-C cancels the running units (they stop like a run
-does on Ctrl-C: finished rounds stay) and raises :class:`EngineInterrupted`.
+does on Ctrl-C: finished rounds stay) and raises :class:`EngineInterrupted`; the embedded
+instance is then shut down with all its processes. A Ctrl-C while it starts or shuts down is held
+until that is done, then answered (``ctrl_c_held``), so none of its processes outlives the
+driver.
 
 Ray lowers its workers' priority (niceness +15) unless told otherwise. The units are the
 training the user asked for, so the embedded instance's workers keep the priority the command
@@ -27,7 +30,9 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -174,6 +179,29 @@ def workers_at_driver_priority() -> Iterator[None]:
         yield
     finally:
         os.environ.pop(WORKER_NICENESS, None)
+
+
+@contextmanager
+def ctrl_c_held() -> Iterator[None]:
+    """Ctrl-C held back while Ray starts or stops the embedded instance's processes, then
+    answered by the handler that was on (the CLI's first Ctrl-C, or Python's
+    ``KeyboardInterrupt``). Raised inside ``ray.init``, a KeyboardInterrupt left the raylet's
+    agents (the raylet itself, at times) running for a minute after the driver had exited (Ray
+    knew none of them yet, so nothing shut them down), was lost in Ray's code (the sweep then
+    ran to its end) or crashed the driver; inside ``ray.shutdown`` it would leave them too.
+    Outside the main thread, or with no Python handler on, it changes nothing."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+    pressed: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        previous(signal.SIGINT, None)
 
 
 def import_ray(address: str | None):
@@ -406,6 +434,15 @@ class Engine:
         self.stop()
 
     def start(self) -> None:
+        """Start, join or borrow Ray. Whatever stops it half way (Ctrl-C, an error after
+        ``ray.init``) shuts down what it started before it goes on up, ``with`` or not."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         started = time.perf_counter()
         ray = self.ray = import_ray(self.plan.address)
         quiet = {"log_to_driver": False, "logging_level": "error", "configure_logging": True}
@@ -413,7 +450,7 @@ class Engine:
             self._check_same_cluster()
         elif self.plan.address is None:
             assert self.plan.workers is not None  # ``plan`` sets it for the embedded instance
-            with workers_at_driver_priority():
+            with workers_at_driver_priority(), ctrl_c_held():
                 ray.init(
                     address="local",
                     num_cpus=self.plan.workers * self.plan.threads,
@@ -421,7 +458,7 @@ class Engine:
                     object_store_memory=OBJECT_STORE_BYTES,
                     **quiet,
                 )
-            self.owned = True
+                self.owned = True  # before a Ctrl-C held meanwhile is raised: stop() ends it
         else:
             try:
                 ray.init(address=self.plan.address, **quiet)
@@ -456,9 +493,13 @@ class Engine:
         return math.floor(min(1.0, gpus / slots) * 10_000) / 10_000
 
     def stop(self) -> None:
-        if self.owned and self.ray is not None and self.ray.is_initialized():
-            self.ray.shutdown()
-        self.owned = False
+        """Shut down the Ray this engine started or joined: the embedded instance's processes
+        (GCS, raylet, its agents and workers) end with it. A Ctrl-C meanwhile is held until
+        that is done (``ctrl_c_held``), so even a first one on the way out leaves none behind."""
+        owned, self.owned = self.owned, False
+        if owned and self.ray is not None and self.ray.is_initialized():
+            with ctrl_c_held():
+                self.ray.shutdown()
 
     def cluster(self) -> dict[str, Any]:
         """The nodes and resources units can use (for messages and tests)."""
