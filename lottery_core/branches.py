@@ -14,8 +14,10 @@ trunk's (names in ``paths``)::
 ``<hash>`` is of the kind, its options and the branch seed, so the same command lands in the
 same folder and resumes it: a finished network is skipped, one stopped while training trains
 again (a network is one round, the unit of resume). A branch network draws its randomness from
-its own stream (``seeds.branch_generator``) and trains with the trunk's data order, so what
-differs from the trunk's round r is what the kind changed. Each network is a unit of the
+its own stream (``seeds.branch_generator``); its first trial trains with the trunk's data
+order, so what differs from the trunk's round r is what the kind changed (``retrain`` without
+changes gives the trunk's row bit for bit), and every further trial with a data order of its own
+(``seeds.branch_data_seed``), so trials measure the SGD noise too. Each network is a unit of the
 parallel engine (``units``), so ``--workers`` and sweeps run them on Ray.
 """
 
@@ -350,10 +352,15 @@ def check_start(who: str, got: Any, context: BranchContext) -> BranchStart:
     )
 
 
-def network_config(trunk: Trunk, plugins: Plugins, changes: dict[str, Any], round_index: int
-                   ) -> ResolvedConfig:  # fmt: skip
-    """The trunk's config with the branch's changes, training round r as its last round."""
-    values = {**trunk.config.model_dump(), **changes, "rounds": round_index + 1, "out": None}
+def network_config(
+    trunk: Trunk, branch: BranchSet, plugins: Plugins, changes: dict[str, Any], round_index: int,
+    trial: int,
+) -> ResolvedConfig:  # fmt: skip
+    """The trunk's config with the branch's changes, training round r as its last round; trial
+    t > 0 with a seed of its own, so its data order differs (``seeds.branch_data_seed``)."""
+    seed = seeds.branch_data_seed(trunk.config.seed, branch.seed, branch.kind, round_index, trial)
+    values = {**trunk.config.model_dump(), **changes, "rounds": round_index + 1, "out": None,
+              "seed": seed, "branches": []}  # fmt: skip
     try:
         config = ResolvedConfig(**values)
     except ValidationError as exc:
@@ -395,7 +402,7 @@ def _begin(
     context = _context(trunk, branch, plugins, data, round_index, trial)
     got = guards.call(who, f"starting from round {round_index}", kind.start, context)
     begin = check_start(who, got, context)
-    config = network_config(trunk, plugins, begin.changes, round_index)
+    config = network_config(trunk, branch, plugins, begin.changes, round_index, trial)
     data_for(config, plugins, cache)
     return trunk, context, begin, config
 

@@ -22,6 +22,9 @@ fresh init         the reinit generator's next draw            ``fresh_parameter
                                                                reinit)
 branch             trunk seed, branch seed, kind, round, trial  a branch's generator (its fresh
                                                                init, random mask, shuffle)
+branch data order  the same, another stream                    the ``seed`` a branch trial t > 0
+                                                               trains with (trial 0: the trunk's,
+                                                               so its data order is the trunk's)
 validation split   ``split_seed``                              the hold-out (the dataset plugin
                                                                draws it with ``split_generator``)
 =================  ==========================================  ==================================
@@ -80,14 +83,29 @@ def split_generator(split_seed: int) -> torch.Generator:
     return generator(split_seed)
 
 
+def _branch_entropy(
+    trunk_seed: int, branch_seed: int, kind: str, round_index: int, trial: int, stream: int
+) -> int:
+    tag = int(hashlib.sha256(kind.encode()).hexdigest()[:8], 16)
+    entropy = [trunk_seed, branch_seed, tag, round_index, trial, stream]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def branch_data_seed(
+    trunk_seed: int, branch_seed: int, kind: str, round_index: int, trial: int
+) -> int:
+    """The ``seed`` branch trial ``trial`` > 0 trains with, so its data order (SGD noise) is its
+    own; trial 0 trains with the trunk's seed, so its data order is the trunk's."""
+    if trial == 0:
+        return trunk_seed
+    return _branch_entropy(trunk_seed, branch_seed, kind, round_index, trial, 0xDA7A)
+
+
 def branch_generator(
     trunk_seed: int, branch_seed: int, kind: str, round_index: int, trial: int
 ) -> torch.Generator:
     """The generator of one branch network: a function of the trunk's seed, the branch's own
     seed, its kind, the trunk round and the branch trial, so no two of them share a draw and
     none shares one with the trunk's streams."""
-    tag = int(hashlib.sha256(kind.encode()).hexdigest()[:8], 16)
-    value = np.random.SeedSequence(
-        [trunk_seed, branch_seed, tag, round_index, trial, 0xB4A7C4]
-    ).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(value))
+    value = _branch_entropy(trunk_seed, branch_seed, kind, round_index, trial, 0xB4A7C4)
+    return torch.Generator().manual_seed(value)

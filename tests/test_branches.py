@@ -347,3 +347,18 @@ def test_a_report_draws_each_branch_beside_its_trunk(own_trunk, plugins):
     assert shuffle.frame()["test"][0] == trunk_rows["test"][0]
     assert len(series[1].trials) == 2  # a branch's trials are the curve's trials
     assert list(series[1].frame()["round"]) == [0, 2, 0, 2]
+
+
+def test_a_branchs_later_trials_have_their_own_data_order(own_trunk, plugins):
+    """Trial 0 trains with the trunk's data order (retrain reproduces the trunk); trial 1 of a
+    kind without randomness of its own still differs, through its own data order."""
+    result = run_branch("retrain", own_trunk, rounds="1", trials=2, progress=False,
+                        plugins=plugins)  # fmt: skip
+    first, second = (rundir.read_meta(paths.branch_dir(result.folder, 1, t)) for t in (0, 1))
+    assert first["config"]["seed"] == BUDGET.get("seed", 0)  # the trunk's
+    assert second["config"]["seed"] != first["config"]["seed"]
+    assert second["seeds"]["data_order"] != first["seeds"]["data_order"]
+    a, b = (network_body(paths.branch_dir(result.folder, 1, t))["rewind_state"] for t in (0, 1))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same start: only the order differs
+    rows = result.results.set_index("trial")
+    assert rows.loc[0, "val_loss"] != rows.loc[1, "val_loss"]
