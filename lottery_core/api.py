@@ -24,8 +24,9 @@ def _with_overrides(config: ExperimentConfig | None, overrides: dict[str, Any]) 
     """``config`` (or the defaults) with keyword ``overrides`` applied and validated."""
     if config is None:
         return make_config(**overrides)
-    if overrides:
-        return make_config(**{**config.model_dump(exclude_none=True), **overrides})
+    if overrides:  # the fields the config set, so what it left unset stays the model's
+        kept = config.model_dump(exclude_unset=True, exclude_none=True)
+        return make_config(**{**kept, **overrides})
     return config
 
 

@@ -228,6 +228,7 @@ class BranchExperiment(Experiment):
         state = RunState(next_round=self.round_index)
         state.rewind_state = self.snapshot()
         state.initial_state = {k: v.to(self.device) for k, v in self.initial.items()}
+        state.initial_buffers = state.rewind_buffers = self.buffer_snapshot()  # a fresh model's
         return state
 
     def prune(self, state: RunState, round_index: int) -> None:

@@ -1,7 +1,9 @@
 """Round-boundary checkpoints: the state to continue an experiment exactly where it stopped.
 
 A checkpoint holds the trained model's ``state_dict`` (``weight_orig`` and ``weight_mask``
-included), θ0 and the rewind weights, every table so far and the per-round masks. Random choices
+included), θ0 and the rewind weights (and, for a model with BatchNorm, the running statistics
+at both points: ``initial_buffers``, ``rewind_buffers``, absent for a model without, as in
+checkpoints written before they existed), every table so far and the per-round masks. Random choices
 are derived from (seed, round), so no generator state needs saving for the continuation to match
 an uninterrupted run bit for bit.
 
@@ -93,6 +95,9 @@ def save(
             for r, layer_masks in state.masks.items()
         },
     }
+    for name in ("rewind_buffers", "initial_buffers"):  # BatchNorm's; absent without it
+        if getattr(state, name):
+            body[name] = _cpu(getattr(state, name))
     data = files.torch_bytes(body)
     envelope = files.torch_bytes(
         {
@@ -167,4 +172,6 @@ def state_of(body: dict[str, Any]) -> tuple[dict[str, torch.Tensor], RunState]:
         },
         rewind_state=dict(body["rewind_state"]),
         initial_state=dict(body["initial_state"]),
+        rewind_buffers=dict(body.get("rewind_buffers", {})),
+        initial_buffers=dict(body.get("initial_buffers", {})),
     )

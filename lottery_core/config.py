@@ -52,6 +52,20 @@ MODEL_FILLED = {
     "lr": "lr",
 }
 
+# The training recipe a model may bring (``ModelDefaults``): config field -> its attribute, each
+# taken when the user did not set it (``model_fields_set``), the optimizer's settings only with
+# the model's optimizer and the schedule's only with its schedule (``resolution.resolve``).
+MODEL_RECIPE = {
+    "optimizer": "optimizer",
+    "momentum": "momentum",
+    "nesterov": "nesterov",
+    "weight_decay": "weight_decay",
+    "schedule": "schedule",
+    "milestones": "milestones",
+    "gamma": "gamma",
+    "warmup": "warmup",
+}
+
 # The most seeded trials of one experiment (``run --trials``, a sweep file's ``trials``): more
 # are refused at once, before their seeds and folders are planned (which would take minutes).
 MAX_TRIALS = 10_000
@@ -145,8 +159,12 @@ class ExperimentConfig(BaseModel):
         "Fraction of surviving fc weights pruned per round (global scope: of all weights)."
     )
     conv_rate: float | None = _fraction("Per-round rate for conv layers (layerwise scope only).")
-    output_rate: float | None = _fraction(
-        "Per-round rate for the output layer (layerwise scope only)."
+    output_rate: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="Per-round rate for the output layer (layerwise scope only; 0 keeps it "
+        "dense).",
     )
     rounds: int | None = Field(default=None, ge=1, description="Rounds, the dense one included.")
     iterations: str | int | None = Field(
@@ -156,7 +174,9 @@ class ExperimentConfig(BaseModel):
     lr: float | None = Field(
         default=None, gt=0, description="Learning rate (the peak, with --warmup or a schedule)."
     )
-    optimizer: str = _plugin("optimizers", "adam", "Optimizer (adam: the paper's).")
+    optimizer: str = _plugin(
+        "optimizers", "adam", "Optimizer (adam: the paper's; a model may bring its own recipe)."
+    )
     momentum: float = Field(default=0.0, ge=0, description="Momentum (sgd).")
     nesterov: bool = Field(default=False, description="Nesterov momentum (sgd, with --momentum).")
     weight_decay: float = Field(
@@ -203,6 +223,11 @@ class ExperimentConfig(BaseModel):
         default="adaptive",
         description="adaptive: one thread or --threads, whichever steps measure faster (a busy "
         "machine makes many threads slow); fixed: always --threads. Results do not depend on it.",
+    )
+    augment: bool | None = Field(
+        default=None,
+        description="Training-time data augmentation (CIFAR-10: random crop with 4-pixel "
+        "padding and horizontal flip); unset: the dataset's default (on where it declares one).",
     )
     data_dir: Path = Field(default=Path("data"), description="Dataset folder.")
     download: bool = Field(default=True, description="Download missing data files.")
@@ -286,7 +311,7 @@ class ExperimentConfig(BaseModel):
         names of earlier runs stay as they were."""
         values = self.model_dump(mode="json", exclude=NOT_IDENTITY)
         for name in ADDED_LATER:
-            if name in values and values[name] == default_of(name):
+            if name in values and at_default(name, values[name]):
                 values.pop(name)
         return values
 
@@ -314,6 +339,10 @@ class ResolvedConfig(ExperimentConfig):
     batch_size: int = Field(ge=1, description="Minibatch size.")
     lr: float = Field(gt=0, description="Learning rate (the peak, with warmup or a schedule).")
     threads: int = Field(ge=1, description="Most intra-op CPU threads.")
+    augment: bool = Field(  # resolved; a config.json without it:
+        default=False,  # a run from before augmentation existed, which trained without it
+        description="Training-time data augmentation (the dataset's, resolved).",
+    )
     rewind_iter: int = Field(default=0, ge=0, description="Late rewinding: iteration k.")
     warmup: int = Field(default=0, ge=0, description="Linear warmup, iterations.")
     milestones: list[int] = Field(  # type: ignore[assignment]  # counts, of the given steps
@@ -360,7 +389,7 @@ RECIPE_FIELDS = (
 # ``ScheduleSpec.settings``); another set away from its default is an error.
 OPTIMIZER_SETTINGS = ("momentum", "nesterov", "weight_decay")
 SCHEDULE_SETTINGS = ("milestones", "gamma")
-ADDED_LATER = ("prune_at", "init_steps", *RECIPE_FIELDS)
+ADDED_LATER = ("prune_at", "init_steps", *RECIPE_FIELDS, "augment")
 
 
 def default_of(name: str) -> Any:
@@ -368,13 +397,20 @@ def default_of(name: str) -> Any:
     return ExperimentConfig.model_fields[name].get_default(call_default_factory=True)
 
 
+def at_default(name: str, value: Any) -> bool:
+    """Whether a field added later holds what runs before it computed: its default, or for
+    ``augment`` no augmentation (``False``, as resolved for a dataset without one), so the
+    folder names and identities of earlier runs stay as they were."""
+    return value == default_of(name) or (name == "augment" and value is False)
+
+
 def hashed_config(config: dict[str, Any]) -> dict[str, Any]:
     """What ``checkpoint.run_identity`` hashes of a ``config.json``'s config: the identity
     fields, the recipe's only when set away from their defaults, so a run recorded before they
     existed (and the same command again) keeps its identity."""
     values = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
-    for name in RECIPE_FIELDS:
-        if name in values and values[name] == default_of(name):
+    for name in (*RECIPE_FIELDS, "augment"):
+        if name in values and at_default(name, values[name]):
             values.pop(name)
     return values
 
@@ -449,6 +485,10 @@ def check_file_types(values: dict[str, Any], source: str) -> None:
                     f"invalid config in {source}: {name} must be {STEPS_HELP} (got {value!r})"
                 )
             continue
+        if field.annotation in (bool, bool | None) and not isinstance(value, bool):
+            raise LotteryError(  # ``download = "no"`` would be False
+                f"invalid config in {source}: {name} must be true or false (got {value!r})"
+            )
         annotation = str(field.annotation)
         wants_int = "int" in annotation and "float" not in annotation
         wants_float = "float" in annotation
@@ -458,10 +498,6 @@ def check_file_types(values: dict[str, Any], source: str) -> None:
         ):
             kind = "an integer" if wants_int else "a number"
             raise LotteryError(f"invalid config in {source}: {name} must be {kind} (got {value!r})")
-        if field.annotation is bool and not is_bool:  # ``download = "no"`` would be False
-            raise LotteryError(
-                f"invalid config in {source}: {name} must be true or false (got {value!r})"
-            )
 
 
 def make_config(file: Path | None = None, **overrides: Any) -> ExperimentConfig:

@@ -122,6 +122,12 @@ class Experiment:
     def snapshot(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().clone() for name, p in self.parameters().items()}
 
+    def buffer_snapshot(self) -> dict[str, torch.Tensor]:
+        """The buffers that are not masks (BatchNorm's running statistics), copied: with the
+        parameters (``snapshot``) they make θ0 and θk; empty for a model without BatchNorm."""
+        assert self.model is not None
+        return {name: b.detach().clone() for name, b in masks.state_buffers(self.model).items()}
+
     def fresh_parameters(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """A fresh initialisation keyed like this model's parameters (weights as weight_orig)."""
         fresh = dict(self.fresh_model(seeds.fresh_seed(generator)).named_parameters())
@@ -137,6 +143,8 @@ class Experiment:
         state = RunState()
         state.initial_state = self.snapshot()
         state.rewind_state = state.initial_state
+        state.initial_buffers = self.buffer_snapshot()
+        state.rewind_buffers = state.initial_buffers
         return state
 
     def restore(self, model_state: dict[str, torch.Tensor], state: RunState) -> RunState:
@@ -153,6 +161,8 @@ class Experiment:
             masks.refresh_weight(layer)
         state.rewind_state = {k: v.to(self.device) for k, v in state.rewind_state.items()}
         state.initial_state = {k: v.to(self.device) for k, v in state.initial_state.items()}
+        state.rewind_buffers = {k: v.to(self.device) for k, v in state.rewind_buffers.items()}
+        state.initial_buffers = {k: v.to(self.device) for k, v in state.initial_buffers.items()}
         return state
 
     # -- the steps of a round --------------------------------------------------------------
@@ -199,6 +209,7 @@ class Experiment:
             start_iteration=c.rewind_iter if round_index > 0 else 0,
             test_every_eval=c.test_every_eval,
             recipe=recipe_of(c, self.plugins),
+            augment=self.plugins.datasets.get(c.dataset).augment if c.augment else None,
         )
 
     def train(self, state: RunState, round_index: int, progress: Progress) -> dict:
@@ -222,6 +233,7 @@ class Experiment:
         def on_iteration(iteration: int) -> None:
             if iteration == rewind_at:
                 state.rewind_state = self.snapshot()
+                state.rewind_buffers = self.buffer_snapshot()
 
         def on_evaluation(row: dict) -> dict:
             progress.describe(round_index, row["val_acc"])

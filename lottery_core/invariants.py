@@ -4,7 +4,8 @@
   round's recorded ones (``check_monotone``);
 - nothing changes the masks while a round trains or is recorded (``check_unchanged``);
 - a policy that declares ``rewinds`` leaves every survivor and bias at its rewind value
-  (``check_rewound``);
+  (``check_rewound``), and the buffers that are not masks (BatchNorm's running statistics) at
+  theirs (``check_rewound_buffers``);
 - pruned weights are zero after reinitialisation (``masks.check_pruned_are_zero``).
 """
 
@@ -63,4 +64,19 @@ def check_rewound(
         if not torch.equal(value.detach()[survivors], expected[survivors]):
             raise PluginError(
                 f"{who} declares rewinds=True, but {name} differs from its rewind value"
+            )
+
+
+def check_rewound_buffers(
+    buffers: dict[str, torch.Tensor],
+    rewind_buffers: dict[str, torch.Tensor],
+    who: str = "the reinit policy",
+) -> None:
+    """Invariant of a policy that declares ``rewinds``: right after it ran, every buffer that is
+    not a mask (BatchNorm's running statistics) equals its value at the rewind point."""
+    for name, value in buffers.items():
+        expected = rewind_buffers.get(name)
+        if expected is not None and not torch.equal(value, expected):
+            raise PluginError(
+                f"{who} declares rewinds=True, but buffer {name} differs from its rewind value"
             )

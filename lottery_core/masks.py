@@ -59,6 +59,17 @@ def prunable_layers(model: nn.Module) -> list[PrunableLayer]:
     return layers
 
 
+def state_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's buffers other than the masks, live, by ``named_buffers()`` name: BatchNorm's
+    ``running_mean``, ``running_var`` and ``num_batches_tracked``; none for a model without
+    BatchNorm. Part of θ0 and θk, so rewinding restores them; never pruned."""
+    return {
+        name: buffer
+        for name, buffer in model.named_buffers()
+        if name.rsplit(".", 1)[-1] != "weight_mask"
+    }
+
+
 def attach_masks(layers: list[PrunableLayer]) -> None:
     """Turn each ``weight`` into ``weight_orig`` * ``weight_mask`` with an all-ones mask."""
     for layer in layers:

@@ -113,6 +113,8 @@ def _default_text(name: str, value: Any, plugins: PluginSource) -> str:
             return f" [default: the model's; {model}: {shown}]"
     if name == "output_rate":
         return " [default: the model's; rate / 2]"
+    if name == "augment":
+        return " [default: the dataset's; cifar10: on, mnist: off]"
     return ""
 
 
@@ -135,7 +137,7 @@ def model_options(
         flag = "--" + name.replace("_", "-")
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         make_help = _help_maker(name, field, extra, plugins, config_defaults)
-        if field.annotation is bool:
+        if _base_type(field.annotation) is bool:  # --augment/--no-augment; unset: None
             options.append(
                 LazyHelpOption([f"{flag}/--no-{flag[2:]}", name], default=None, make_help=make_help)
             )

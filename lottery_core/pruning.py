@@ -94,7 +94,7 @@ def prune_round(experiment: Pruner, state: RunState, round_index: int) -> None:
     goal = targets(experiment, round_index)
     steps = 1
     if config.prune_at == "init":
-        _load(experiment, state.initial_state)
+        _load(experiment, state.initial_state, state.initial_buffers)
         masks.reset_masks(experiment.layers)
         steps = config.init_steps
     start = _alive(experiment)
@@ -104,9 +104,16 @@ def prune_round(experiment: Pruner, state: RunState, round_index: int) -> None:
 
 
 @torch.no_grad()
-def _load(experiment: Pruner, values: dict[str, torch.Tensor]) -> None:
+def _load(
+    experiment: Pruner, values: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]
+) -> None:
+    """θ0 into the model: its parameters, and its buffers that are not masks (BatchNorm's
+    running statistics; none without BatchNorm)."""
     for name, parameter in experiment.parameters().items():
         parameter.copy_(values[name])
+    for name, buffer in masks.state_buffers(experiment.model).items():
+        if name in buffers:
+            buffer.copy_(buffers[name])
     for layer in experiment.layers:
         masks.refresh_weight(layer)
 

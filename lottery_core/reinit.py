@@ -6,6 +6,11 @@ built from what the checkpoint holds, so a resume or a control gives it the same
 uninterrupted run. It writes ``ctx.parameters`` in place or rebinds their ``.data`` to values
 of the same dtype and shape, which are then copied in (``guards.check_reinit``); the round's
 invariants (``invariants``) are checked after it.
+
+Buffers that are not masks (BatchNorm's running statistics) are part of the starting state: for
+a policy that declares ``rewinds`` the core sets them to the rewind point's before the policy
+runs (so a rewinding policy written before they existed rewinds them too), and checks them
+after; any other policy finds them as training left them, live in ``ctx.buffers``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ class Reinitialiser:
     def parameters(self) -> dict[str, torch.Tensor]:
         return dict(self.model.named_parameters())
 
+    def buffers(self) -> dict[str, torch.Tensor]:
+        return masks.state_buffers(self.model)
+
 
 def _context(
     step: Reinitialiser, state: RunState, round_index: int, given: dict[str, torch.Tensor]
@@ -50,11 +58,16 @@ def _context(
         initial_state=state.initial_state,
         masks=masks.current_masks(layers),
         kinds={layer.name: layer.kind for layer in layers},
+        buffers={k: v.data for k, v in step.buffers().items()},
+        rewind_buffers=state.rewind_buffers,
+        initial_buffers=state.initial_buffers,
     )
 
 
 def reinit_round(step: Reinitialiser, state: RunState, round_index: int) -> None:
     """Set the survivors' starting values for ``round_index`` in place (module docstring)."""
+    if step.policy.rewinds:
+        _rewind_buffers(step, state)
     live = step.parameters()
     given = {k: v.data for k, v in live.items()}
     context = _context(step, state, round_index, given)
@@ -69,3 +82,12 @@ def reinit_round(step: Reinitialiser, state: RunState, round_index: int) -> None
     masks.check_pruned_are_zero(step.layers)
     if step.policy.rewinds:
         invariants.check_rewound(step.parameters(), state.rewind_state, step.layers, step.who)
+        invariants.check_rewound_buffers(step.buffers(), state.rewind_buffers, step.who)
+
+
+@torch.no_grad()
+def _rewind_buffers(step: Reinitialiser, state: RunState) -> None:
+    """The buffers that are not masks back to the rewind point (θ0's or θk's)."""
+    for name, buffer in step.buffers().items():
+        if name in state.rewind_buffers:
+            buffer.copy_(state.rewind_buffers[name])

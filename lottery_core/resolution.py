@@ -12,6 +12,7 @@ from . import guards
 from .config import (
     LAYERWISE_ONLY,
     MODEL_FILLED,
+    MODEL_RECIPE,
     OPTIMIZER_SETTINGS,
     SCHEDULE_SETTINGS,
     STEP_FIELDS,
@@ -60,26 +61,30 @@ def resolve(config: ExperimentConfig, plugins: Plugins) -> ResolvedConfig:
     plugins.reinits.get(config.reinit)
     for name in config.branches:
         plugins.branches.get(name)
-    _check_settings(config, plugins.optimizers, config.optimizer, OPTIMIZER_SETTINGS)
-    _check_settings(config, plugins.schedules, config.schedule, SCHEDULE_SETTINGS)
     defaults = model.defaults
     values = config.model_dump()
+    from_model = _fill_recipe(values, config, defaults)
+    recipe = ExperimentConfig.model_construct(**values)  # the recipe as it will run
+    _check_settings(recipe, plugins.optimizers, recipe.optimizer, OPTIMIZER_SETTINGS)
+    _check_settings(recipe, plugins.schedules, recipe.schedule, SCHEDULE_SETTINGS)
     for key, attribute in MODEL_FILLED.items():
         if values[key] is None and (key != "conv_rate" or config.scope == "layerwise"):
             values[key] = getattr(defaults, attribute)
     if config.scope == "layerwise" and values["output_rate"] is None:
         values["output_rate"] = values["rate"] * defaults.output_rate_factor
-    if config.lr is None and config.optimizer != default_of("optimizer"):
+    model_optimizer = defaults.optimizer or default_of("optimizer")
+    if config.lr is None and values["optimizer"] != model_optimizer:
         raise LotteryError(
-            f"invalid config: --optimizer {config.optimizer} needs --lr (the default lr of "
-            f"model {config.model!r}, {defaults.lr}, is for {default_of('optimizer')})"
+            f"invalid config: --optimizer {values['optimizer']} needs --lr (the default lr of "
+            f"model {config.model!r}, {defaults.lr}, is for {model_optimizer})"
         )
     if values["threads"] is None:
         values["threads"] = default_threads()
     check_threads(values["threads"])  # tens of thousands of threads: a segfault mid-run
     if values["dataset"] is None:
         raise LotteryError(f"model {config.model!r} names no default dataset; give --dataset")
-    plugins.datasets.get(values["dataset"])
+    dataset = plugins.datasets.get(values["dataset"])
+    values["augment"] = _augment(config, dataset, defaults.augment)
     _resolve_steps(values, plugins)
     resolved = ResolvedConfig(**values)
     if resolved.prune_at == "init" and resolved.rewind_iter:
@@ -91,8 +96,48 @@ def resolve(config: ExperimentConfig, plugins: Plugins) -> ResolvedConfig:
             f"invalid config: rewind_iter ({resolved.rewind_iter}) must be below "
             f"iterations ({resolved.iterations})"
         )
-    _check_recipe(resolved, plugins)
+    _check_recipe(resolved, plugins, from_model)
     return resolved
+
+
+def _fill_recipe(values: dict[str, Any], config: ExperimentConfig, defaults: Any) -> set[str]:
+    """The model's training recipe (``ModelDefaults``: optimizer, momentum, schedule, ...) for
+    every recipe field the user did not set, in place; returns the fields it filled.
+
+    The optimizer's settings (momentum, Nesterov, weight decay) come with the model's optimizer
+    only, and the schedule's (milestones, gamma) with its schedule: ``--optimizer adam`` on a
+    model whose recipe is SGD with momentum does not inherit the momentum. A model without a
+    recipe (every built-in of the paper) fills nothing, so its runs are what they were."""
+    given = config.model_fields_set
+    filled: set[str] = set()
+    groups = {"optimizer": OPTIMIZER_SETTINGS, "schedule": SCHEDULE_SETTINGS, "warmup": ()}
+    for head, settings in groups.items():
+        model_value = getattr(defaults, MODEL_RECIPE[head])
+        if head not in given and model_value is not None:
+            values[head] = model_value
+            filled.add(head)
+        model_head = model_value if model_value is not None else default_of(head)
+        if values[head] != model_head:
+            continue  # the user's own optimizer or schedule: none of the model's settings
+        for name in settings:
+            value = getattr(defaults, MODEL_RECIPE[name])
+            if name not in given and value is not None:
+                values[name] = list(value) if isinstance(value, tuple) else value
+                filled.add(name)
+    return filled
+
+
+def _augment(config: ExperimentConfig, dataset: Any, model_default: bool | None) -> bool:
+    """Whether the run augments its training batches: as the config says, else as the model
+    says (``ModelDefaults.augment``), else as the dataset declares (on where it has an
+    augmentation); asking a dataset without one is an error, a model's default is not."""
+    if config.augment is None:
+        return dataset.augment is not None and model_default is not False
+    if config.augment and dataset.augment is None:
+        raise LotteryError(
+            f"invalid config: dataset {dataset.name!r} declares no augmentation; drop --augment"
+        )
+    return config.augment
 
 
 def _flag(name: str) -> str:
@@ -159,8 +204,13 @@ def train_size(values: dict[str, Any], plugins: Plugins) -> int:
     return _TRAIN_SIZES[key]
 
 
-def _check_recipe(config: ResolvedConfig, plugins: Plugins) -> None:
-    """The step fields against each other, then the optimizer's and schedule's own checks."""
+def _check_recipe(
+    config: ResolvedConfig, plugins: Plugins, from_model: set[str] | None = None
+) -> None:
+    """The step fields against each other, then the optimizer's and schedule's own checks.
+    ``from_model``: the recipe fields the model filled in, named when they do not fit."""
+    if from_model and {"milestones", "warmup"} & from_model:
+        _check_model_steps(config, from_model)
     if config.warmup > config.iterations:
         raise LotteryError(
             f"invalid config: warmup ({config.warmup}) must be at most iterations "
@@ -181,3 +231,27 @@ def _check_recipe(config: ResolvedConfig, plugins: Plugins) -> None:
         spec = registry.get(name)
         if spec.check is not None:
             guards.call(registry.who(name), "checking the config", spec.check, config)
+
+
+def _check_model_steps(config: ResolvedConfig, from_model: set[str]) -> None:
+    """The model's milestones or warmup against the run's iterations, in words that say they
+    are the model's (a short ``--iterations`` is the usual cause) and how to override them."""
+    shown = {name: config.steps.get(name, getattr(config, name)) for name in from_model}
+    if "milestones" in from_model and config.milestones:
+        if config.milestones[-1] >= config.iterations:
+            raise LotteryError(
+                f"invalid config: model {config.model!r} drops the learning rate at "
+                f"{_steps_text(shown['milestones'])} ({config.milestones} iterations here), not "
+                f"all below --iterations {config.iterations}; give --milestones, or --schedule "
+                "constant"
+            )
+    if "warmup" in from_model and config.warmup > config.iterations:
+        raise LotteryError(
+            f"invalid config: model {config.model!r} warms up over {shown['warmup']} "
+            f"({config.warmup} iterations here), more than --iterations {config.iterations}; "
+            "give --warmup"
+        )
+
+
+def _steps_text(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)

@@ -13,6 +13,8 @@ trial seed         ``seed + i``                                trial ``i`` of a 
 init               ``derive_seeds(seed)["init"]``              θ0, through the model's init
 data_order         ``derive_seeds(seed)["data_order"]``,       one epoch's example order
                    epoch
+augmentation       ``derive_seeds(seed)["data_order"]``,       one training batch's augmentation
+                   iteration                                   (crop offsets, flips)
 pruning            ``derive_seeds(seed)["pruning"]``, round    a strategy's generator (one step)
 pruning step       pruning seed, round, step, stream 0 / 1     a strategy's generator and its
                                                                batches (``init_steps`` > 1; the
@@ -71,6 +73,17 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The generator of one epoch's example order: a function of (seed, epoch) alone, so any
     iteration can be resumed or rewound to without replaying earlier epochs."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+AUGMENT_STREAM = 0xA06
+
+
+def augment_generator(seed: int, iteration: int) -> torch.Generator:
+    """The generator of the augmentation of the batch that trains from ``iteration`` (counted
+    from 0 of the dense round): a function of the data-order seed and the iteration alone, so
+    a resumed or rewound round draws the same crops and flips, on any thread count."""
+    value = np.random.SeedSequence([seed, iteration, AUGMENT_STREAM]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(value))
 
 
 def fresh_seed(source: torch.Generator) -> int:

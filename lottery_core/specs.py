@@ -86,13 +86,27 @@ class DatasetSplits:
         )
 
 
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A named dataset. ``load`` reads (or downloads) it and returns in-memory splits."""
+    """A named dataset. ``load`` reads (or downloads) it and returns in-memory splits.
+
+    ``augment(x, generator)``, where the dataset has a training-time augmentation (CIFAR-10's
+    random crop and flip): a batch of *stored* training images (``N x C x H x W``, as the
+    splits hold them: uint8 for the built-ins) to a batch of the same shape and dtype, every
+    random choice drawn from ``generator`` (seeded from the run's data order and the iteration,
+    ``seeds.augment_generator``, so the same run draws the same batches on any thread count).
+    It runs on training batches only, before ``DatasetSplits.images``; validation and test are
+    never augmented. A dataset that declares one augments by default (the config's ``augment``
+    turns it off); one without (MNIST) cannot be asked to.
+    """
 
     name: str
     load: Callable[[DataRequest], DatasetSplits]
     description: str = ""
+    augment: Augment | None = None
 
 
 @dataclass(frozen=True)
@@ -101,17 +115,37 @@ class ModelDefaults:
 
     ``fc_rate`` and ``conv_rate`` are the fractions of surviving weights pruned each round in
     fully connected and convolutional layers; the output layer is pruned at ``fc_rate *
-    output_rate_factor``.
+    output_rate_factor`` (0 keeps it dense, as OpenLTH's ignored output layer).
+    ``iterations`` may be given in OpenLTH's steps (``"160ep"``).
+
+    The training recipe beyond ``lr``, each ``None`` for the config's own default (Adam at a
+    constant rate): ``optimizer``, ``momentum``, ``nesterov``, ``weight_decay``, ``schedule``,
+    ``milestones`` (iterations or steps, ``("80ep", "120ep")``), ``gamma``, ``warmup``. A run
+    takes each one the user did not set; the optimizer's settings only with the model's
+    optimizer, the schedule's only with the model's schedule (``resolution.resolve``).
+
+    ``augment``: whether the model trains with the dataset's augmentation when the config does
+    not say (``None``: the dataset's default, on where it declares one). The paper's models say
+    ``False``: they train as every earlier run of them did, under the same folder names.
     """
 
     dataset: str | None = None  # the dataset a run uses when none is given
-    iterations: int = 50_000
+    iterations: int | str = 50_000
     batch_size: int = 60
     lr: float = 1.2e-3
     fc_rate: float = 0.2
     conv_rate: float = 0.1
     output_rate_factor: float = 0.5
     rounds: int = 19
+    optimizer: str | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    milestones: tuple[int | str, ...] | None = None
+    gamma: float | None = None
+    warmup: int | str | None = None
+    augment: bool | None = None
 
 
 def glorot_init(model: nn.Module, generator: torch.Generator) -> None:
@@ -129,7 +163,8 @@ class ModelSpec:
 
     ``build(input_shape, num_classes)`` returns an untrained module; ``init(model, generator)``
     draws its initial weights. Every ``nn.Linear`` and ``nn.Conv2d`` weight is prunable; the last
-    ``nn.Linear`` is the output layer.
+    ``nn.Linear`` is the output layer; nothing else is (BatchNorm never). Buffers other than the
+    masks (BatchNorm's running statistics) are part of θ0 and θk: rewinding restores them.
     """
 
     name: str
@@ -261,6 +296,14 @@ class ReinitContext:
     by layer name (``"<layer>.weight_orig"`` = ``masks["<layer>"]``); ``fresh_parameters(
     generator)`` draws a new initialisation of the model's distribution, keyed like
     ``parameters``. What is written into pruned entries does not count (the mask zeroes it).
+
+    ``buffers`` are the model's buffers other than the masks (BatchNorm's ``running_mean``,
+    ``running_var``, ``num_batches_tracked``; none for a model without BatchNorm), keyed by
+    ``named_buffers()`` names, live: write them in place. ``rewind_buffers`` and
+    ``initial_buffers`` are their values at the rewind point and at θ0. Before a policy that
+    declares ``rewinds`` runs, the core has already set ``buffers`` to ``rewind_buffers``;
+    any other policy finds them as training left them (``random`` sets them to θ0's, a fresh
+    model's; ``none`` keeps them).
     """
 
     parameters: Tensors
@@ -271,6 +314,9 @@ class ReinitContext:
     initial_state: Tensors = field(default_factory=dict)
     masks: Tensors = field(default_factory=dict)
     kinds: dict[str, LayerKind] = field(default_factory=dict)
+    buffers: Tensors = field(default_factory=dict)
+    rewind_buffers: Tensors = field(default_factory=dict)
+    initial_buffers: Tensors = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -282,7 +328,9 @@ class ReinitPolicy:
     description: str = ""
     rewinds: bool = False
     """True if the policy sets every survivor and bias to its rewind value exactly: the core then
-    checks that invariant after every reinitialisation, and exported tickets need no caveat."""
+    checks that invariant after every reinitialisation, and exported tickets need no caveat.
+    The core sets the buffers (BatchNorm's running statistics) to the rewind point's before such
+    a policy runs, and checks them too."""
 
 
 @dataclass

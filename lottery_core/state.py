@@ -17,7 +17,10 @@ class RunState:
 
     ``next_round`` rounds have trained; the model holds the last one's trained weights and
     masks (the next round starts by pruning them). ``masks[r]`` are the masks round r trained
-    with; ``initial_state`` is θ0 and ``rewind_state`` θk (θ0 unless ``rewind_iter`` > 0).
+    with; ``initial_state`` is θ0 and ``rewind_state`` θk (θ0 unless ``rewind_iter`` > 0),
+    by parameter name; ``initial_buffers`` and ``rewind_buffers`` are the buffers that are not
+    masks (BatchNorm's running statistics) at those points, by buffer name (empty for a model
+    without BatchNorm).
     """
 
     next_round: int = 0
@@ -27,6 +30,8 @@ class RunState:
     masks: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     rewind_state: dict[str, torch.Tensor] = field(default_factory=dict)
     initial_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    rewind_buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    initial_buffers: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def copy(self) -> RunState:
         """An independent copy (tables and rewind weights), e.g. for a control to branch from."""
@@ -38,4 +43,6 @@ class RunState:
             masks=dict(self.masks),
             rewind_state={k: v.clone() for k, v in self.rewind_state.items()},
             initial_state=self.initial_state,
+            rewind_buffers={k: v.clone() for k, v in self.rewind_buffers.items()},
+            initial_buffers=self.initial_buffers,
         )

@@ -359,6 +359,15 @@ def _recipe(data: DatasetSplits, iterations: int, lr: float | None) -> Recipe | 
     return recipe_of(config.model_copy(update=update), get_plugins())
 
 
+def _augment(data: DatasetSplits) -> Any:
+    """The dataset's augmentation when the run behind ``data`` (:func:`ticket_data`) trained
+    with it, so its ticket trains on the batches the run drew; else ``None``."""
+    config = getattr(data, "config", None)
+    if config is None or not getattr(config, "augment", False):
+        return None
+    return get_plugins().datasets.get(config.dataset).augment
+
+
 def train_ticket(
     model: nn.Module,
     data: DatasetSplits,
@@ -378,7 +387,8 @@ def train_ticket(
     weights get no gradient and stay exactly zero; a plain module (``--pruned`` export) is
     refused, since training it would regrow the pruned weights. This is the run's own loop
     (``training.train_round``): a fresh optimizer (the run's recipe: its optimizer and
-    schedule), minibatches of ``batch_size`` in an order fixed by ``seed`` and the epoch,
+    schedule; its data augmentation, where it had one), minibatches of ``batch_size`` in an
+    order fixed by ``seed`` and the epoch,
     validation every ``eval_every`` iterations, training from ``start_iteration`` (a
     late-rewound ticket's ``start_iteration``) to ``iterations``, on the model's device and
     under the tool's thread rule (``threads``: see :func:`use_tool_threads`).
@@ -406,6 +416,7 @@ def train_ticket(
         start_iteration=start_iteration,
         test_every_eval=test_every_eval,
         recipe=_recipe(data, iterations, lr),
+        augment=_augment(data),
     )
     data_seed = _default(data, "seed", seed, 0)
     if not 0 <= settings.start_iteration < settings.iterations:

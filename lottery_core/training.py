@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import guards, optim, seeds
+from . import guards, masks, optim, seeds
 from .errors import PluginError
-from .specs import DatasetSplits, OptimizerSpec, ScheduleSpec
+from .specs import Augment, DatasetSplits, OptimizerSpec, ScheduleSpec
 from .threads import ThreadRule
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ class TrainSettings:
     start_iteration: int = 0
     test_every_eval: bool = False
     recipe: Recipe | None = None  # None: Adam at the constant ``lr`` (``optim.Adam``)
+    augment: Augment | None = None  # the dataset's, on training batches (``DatasetSpec``)
 
 
 @dataclass
@@ -207,6 +208,9 @@ def train_round(
     given (late rewinding snapshots through it); ``on_evaluation(row)`` after each validation,
     and may return extra columns for the row; ``progress(k)`` reports k more steps done;
     ``threads`` (the thread rule) is told of every step and of the work between steps.
+    ``settings.augment`` (the dataset's augmentation, where the run has it) transforms each
+    training batch of stored images before ``data.images``, with a generator of (``data_seed``,
+    iteration) (``seeds.augment_generator``).
     """
     n = data.train_x.shape[0]
     batch = settings.batch_size
@@ -219,6 +223,7 @@ def train_round(
     window = 0
     iteration = settings.start_iteration
     x = y = torch.empty(0)
+    augment = settings.augment
 
     def closure() -> torch.Tensor:  # the step's batch again, at the current parameters (SAM)
         optimizer.zero_grad()
@@ -235,7 +240,10 @@ def train_round(
         order = epoch_permutation(data_seed, epoch, n, device)
         for step in range(offset, steps_per_epoch):
             index = order[step * batch : (step + 1) * batch]
-            x = data.images(torch.index_select(data.train_x, 0, index))
+            stored = torch.index_select(data.train_x, 0, index)
+            if augment is not None:
+                stored = _augmented(augment, stored, data_seed, iteration)
+            x = data.images(stored)
             y = torch.index_select(data.train_y, 0, index)
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad()
@@ -261,6 +269,31 @@ def train_round(
     return round_log.finish()
 
 
+def _augmented(
+    augment: Augment, stored: torch.Tensor, data_seed: int, iteration: int
+) -> torch.Tensor:
+    """One training batch through the dataset's augmentation, checked: a batch of the same
+    shape, dtype and device."""
+    with guards.blame("the dataset's augment", f"at iteration {iteration}"):
+        out = augment(stored, seeds.augment_generator(data_seed, iteration))
+    if (
+        not isinstance(out, torch.Tensor)
+        or out.shape != stored.shape
+        or out.dtype != stored.dtype
+        or out.device != stored.device
+    ):
+        got = (
+            f"{out.dtype} {tuple(out.shape)} on {out.device}"
+            if isinstance(out, torch.Tensor)
+            else type(out).__name__
+        )
+        raise PluginError(
+            f"the dataset's augment returned {got} for a batch of {stored.dtype} "
+            f"{tuple(stored.shape)} on {stored.device}; it must keep shape, dtype and device"
+        )
+    return out
+
+
 def _steps_per_epoch(n: int, batch: int) -> int:
     """Whole batches per epoch; a batch larger than the data would train nothing, so refuse."""
     steps_per_epoch = n // batch
@@ -284,7 +317,9 @@ class _RoundLog:
         self.data = data
         self.settings = settings
         self.on_evaluation = on_evaluation
-        self.params = list(model.parameters())
+        # the early-stopping snapshot: parameters, and buffers that are not masks (BatchNorm's
+        # running statistics: the test accuracy at ES is the network's as it was there)
+        self.params = [*model.parameters(), *masks.state_buffers(model).values()]
         self.outcome = RoundOutcome()
         self.best = [p.detach().clone() for p in self.params]
 

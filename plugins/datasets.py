@@ -288,6 +288,34 @@ class ScaleSample:
         return (x.to(torch.float32) / 255 - self.mean) / self.std
 
 
+@dataclass(frozen=True)
+class CropFlip:
+    """CIFAR-10's training augmentation, on a whole batch of stored uint8 images at once (no
+    image-by-image PIL): each image padded with ``padding`` zero pixels on every side, a random
+    crop of its own size taken from that, then flipped left-right with probability 1/2 -
+    torchvision's ``RandomCrop(32, padding=4)`` then ``RandomHorizontalFlip()``. The offsets
+    (0..2 * padding in each direction) and flips are drawn from ``generator`` (CPU) in a fixed
+    order, and the batch is gathered with one index: the same bits on any thread count or
+    device. A class, so the dataset's spec stays picklable."""
+
+    padding: int = 4
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, c, h, w = x.shape
+        p = self.padding
+        offsets = torch.randint(0, 2 * p + 1, (n, 2), generator=generator)
+        flips = torch.rand(n, generator=generator) < 0.5
+        device = x.device
+        offsets, flips = offsets.to(device), flips.to(device)
+        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        across = torch.arange(w, device=device)
+        rows = offsets[:, :1] + torch.arange(h, device=device)  # n x h
+        cols = offsets[:, 1:] + torch.where(flips[:, None], w - 1 - across, across)  # n x w
+        images = torch.arange(n, device=device).view(n, 1, 1, 1)
+        channels = torch.arange(c, device=device).view(1, c, 1, 1)
+        return padded[images, channels, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+
+
 def _arrays(obj: Any, src: _Source, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 ``N x C x H x W`` images and int64 labels of one split (``Normalise`` makes model
     input of them batch by batch).
@@ -460,7 +488,9 @@ def register_datasets(register: Callable[[Any], None]) -> None:
         DatasetSpec(
             name="cifar10",
             load=_strict_loader(_CIFAR10),
-            description="CIFAR-10 via torchvision (50k train incl. validation, 10k test)",
+            description="CIFAR-10 via torchvision (50k train incl. validation, 10k test); "
+            "training batches augmented by default (random crop, padding 4, and flip)",
+            augment=CropFlip(padding=4),
         )
     )
     register(

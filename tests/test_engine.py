@@ -34,6 +34,7 @@ def test_the_embedded_workers_keep_the_drivers_priority_unless_told(monkeypatch)
             monkeypatch.setenv(engine.WORKER_NICENESS, told)
         with engine.Engine(engine.plan(workers=2, address=None, threads=1)) as ours:
             outcomes = ours.run(units)
+            engine.check_address(ray.get_runtime_context().gcs_address)  # Ray's GCS passes
         assert all(o.ok for o in outcomes.values()), outcomes
         assert {o.pid for o in outcomes.values()} != {os.getpid()}
         assert {o.niceness for o in outcomes.values()} == {driver + added}
@@ -72,12 +73,65 @@ def _descendants(pid: int, table: dict[int, tuple[int, str]]) -> set[int]:
     return found - {pid}
 
 
-AGENTS = ("dashboard/agent.py", "runtime_env/agent/main.py")
+class FakeRay:
+    """``ray`` as ``Engine`` uses it, recording its calls; a Ctrl-C arrives inside ``init`` (or
+    ``shutdown``), as one did while Ray started its raylet and agents."""
+
+    def __init__(self, interrupt: str):
+        self.interrupt, self.calls, self.up = interrupt, [], False
+
+    def is_initialized(self) -> bool:
+        return self.up
+
+    def init(self, **kwargs) -> None:
+        self.calls.append("init")
+        if self.interrupt == "init":
+            signal.raise_signal(signal.SIGINT)
+        self.up = True
+        self.calls.append("init done")
+
+    def cluster_resources(self) -> dict:
+        return {"CPU": 2.0}
+
+    def shutdown(self) -> None:
+        self.calls.append("shutdown")
+        if self.interrupt == "shutdown":
+            signal.raise_signal(signal.SIGINT)
+        self.up = False
+        self.calls.append("shutdown done")
+
+
+@pytest.mark.parametrize("interrupt", ["init", "shutdown"])
+def test_a_ctrl_c_while_ray_starts_or_stops_is_answered_once_it_is_down(monkeypatch, interrupt):
+    """Ctrl-C inside ``ray.init`` or ``ray.shutdown`` is held until Ray is up (then shut down
+    again) or down, then raised: nothing of the embedded instance outlives the driver."""
+    ray = FakeRay(interrupt)
+    monkeypatch.setattr(engine, "import_ray", lambda address: ray)
+    ours = engine.Engine(engine.plan(workers=1, address=None, threads=1))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with ours:
+                assert ray.calls == ["init", "init done"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert ray.calls == ["init", "init done", "shutdown", "shutdown done"]
+    assert not ray.up and not ours.owned
+
+
+# When to press Ctrl-C: as a process whose command holds one of these has started (None: as
+# the sweep's status.json says units run).
+MOMENTS = {
+    "as the raylet starts": ("raylet/raylet ",),
+    "as its agents start": ("dashboard/agent.py", "runtime_env/agent/main.py"),
+    "as units run": None,
+}
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-@pytest.mark.parametrize("moment", ["while Ray starts", "while units run"])
+@pytest.mark.parametrize("moment", ["as the raylet starts", "as its agents start", "as units run"])
 def test_ctrl_c_leaves_no_ray_process_behind(tmp_path, cli_env, moment):
     """A Ctrl-C'd sweep (SIGINT to its process group, as a terminal sends it) shuts its
     embedded Ray down before it exits: within seconds no process that descended from the driver,
@@ -98,7 +152,7 @@ def test_ctrl_c_leaves_no_ray_process_behind(tmp_path, cli_env, moment):
     def watch() -> None:
         while not done.is_set():
             for pid in _descendants(driver.pid, _processes()):
-                seen.setdefault(pid, _cmdline(pid))
+                seen[pid] = _cmdline(pid) or seen.get(pid, "")  # after its exec, if it came
             time.sleep(0.02)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -106,10 +160,10 @@ def test_ctrl_c_leaves_no_ray_process_behind(tmp_path, cli_env, moment):
     try:
         deadline = time.monotonic() + 300  # a hang guard
         while time.monotonic() < deadline and driver.poll() is None:
-            if moment == "while Ray starts":
-                if any(agent in command for command in seen.values() for agent in AGENTS):
-                    break
-            elif _running(tmp_path / "s" / "status.json"):
+            started = MOMENTS[moment]
+            if started is not None and any(m in c for c in seen.values() for m in started):
+                break
+            if started is None and _running(tmp_path / "s" / "status.json"):
                 break
             time.sleep(0.01)
         assert driver.poll() is None, driver.communicate()
@@ -120,7 +174,9 @@ def test_ctrl_c_leaves_no_ray_process_behind(tmp_path, cli_env, moment):
         lines = [line for line in stderr.splitlines() if line.strip()]
         assert driver.returncode == 130 and lines[-1].startswith("Interrupted"), stderr
         assert all(line.startswith("sweep s.toml: ") for line in lines[:-1]), stderr  # its intro
-        sessions = {m for c in seen.values() for m in re.findall(r"session_[\w-]+", c)}
+        # Ray names its session's folder after the driver: session_<date>_<time>_<us>_<pid>.
+        pattern = re.compile(rf"session_[0-9_-]+_{driver.pid}(?![0-9])")
+        sessions = {m for c in seen.values() for m in pattern.findall(c)}
         assert sessions, seen  # Ray was started: its processes name their session
 
         def left() -> list[str]:
