@@ -227,7 +227,8 @@ class ExperimentConfig(BaseModel):
     augment: bool | None = Field(
         default=None,
         description="Training-time data augmentation (CIFAR-10: random crop with 4-pixel "
-        "padding and horizontal flip); unset: the dataset's default (on where it declares one).",
+        "padding and horizontal flip); unset: the model's default, else the dataset's (on where "
+        "it declares one).",
     )
     data_dir: Path = Field(default=Path("data"), description="Dataset folder.")
     download: bool = Field(default=True, description="Download missing data files.")

@@ -114,7 +114,8 @@ def _default_text(name: str, value: Any, plugins: PluginSource) -> str:
     if name == "output_rate":
         return " [default: the model's; rate / 2]"
     if name == "augment":
-        return " [default: the dataset's; cifar10: on, mnist: off]"
+        return " [default: the model's, else the dataset's; cifar10: on, mnist: off; " \
+            "the paper's models (lenet_fc, conv2, ...): off]"
     return ""
 
 

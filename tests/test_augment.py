@@ -140,15 +140,15 @@ def test_cifar10_augments_by_default_mnist_never(plugins) -> None:
 def test_augment_is_recorded_resolved_and_changes_the_run(
     plugins, invoke, tmp_path, monkeypatch
 ) -> None:
-    """A conv2 run on tiny CIFAR-10 files: augmentation on by default and recorded in
-    config.json (and in the folder's name, as another experiment); ``--no-augment`` is the run
-    an earlier version made, under the name it gave."""
+    """ResNet-20 on tiny CIFAR-10 files: augmentation on by default, recorded in config.json
+    (and in the folder's name: another experiment than without); ``--no-augment`` turns it
+    off. The paper's Conv-2 keeps training without it, under the name it always had."""
     root = tmp_path / "cifar"
     write_cifar(root)
     trust_cifar_files(monkeypatch, root)
-    flags = ["--model", "conv2", "--dataset", "cifar10", "--data-dir", root, "--validation-size",
-             "20", "--iterations", "6", "--batch-size", "20", "--eval-every", "3", "--rounds",
-             "1", "--threads", "1", "--quiet"]  # fmt: skip
+    flags = ["--model", "cifar_resnet_20", "--data-dir", root, "--validation-size", "20",
+             "--iterations", "6", "--milestones", "3", "--batch-size", "20", "--eval-every", "3",
+             "--rounds", "1", "--threads", "1", "--quiet"]  # fmt: skip
     assert invoke("run", *flags, "--out", "on").returncode == 0
     assert invoke("run", *flags, "--out", "again").returncode == 0
     assert invoke("run", *flags, "--no-augment", "--out", "off").returncode == 0
@@ -158,10 +158,18 @@ def test_augment_is_recorded_resolved_and_changes_the_run(
     history = {d: pd.read_csv(tmp_path / d / "history.csv") for d in ("on", "again", "off")}
     pd.testing.assert_frame_equal(history["on"], history["again"])  # seeded
     assert not history["on"]["train_loss"].equals(history["off"]["train_loss"])
-    on, off = (resolve(make_config(model="conv2", dataset="cifar10", data_dir=root,
-                                   augment=value), plugins) for value in (None, False))  # fmt: skip
+
+    def resolved(**values):
+        return resolve(make_config(dataset="cifar10", data_dir=root, **values), plugins)
+
+    on, off = (resolved(model="cifar_resnet_20", validation_size=20, batch_size=20, augment=value)
+               for value in (None, False))  # fmt: skip
     assert on.identity()["augment"] is True and "augment" not in off.identity()
     assert on.run_name() != off.run_name()
+    conv2 = resolved(model="conv2", seed=3, scope="global")
+    assert conv2.augment is False  # the paper's models: off unless asked
+    assert conv2.run_name() == "conv2-cifar10-magnitude-global-rewind-s3-2e8b84d2"
+    assert resolved(model="conv2", augment=True).augment is True
 
 
 def test_a_config_file_takes_augment_as_true_or_false(invoke, tmp_path) -> None:

@@ -39,7 +39,7 @@ def openlth_resnet_counts(depth: int, width: int = 16) -> tuple[int, int]:
     weights, bn_channels = 3 * width * 9, width
     f_in = width
     for f_out in (width, 2 * width, 4 * width):
-        for block in range(n):
+        for _ in range(n):
             weights += f_in * f_out * 9 + f_out * f_out * 9
             bn_channels += 2 * f_out
             if f_in != f_out:

@@ -125,7 +125,7 @@ def test_killed_trials_and_controls_resume_to_the_uninterrupted_result(tmp_path,
         comparable(tmp_path / "cut" / "results.csv"),
     )
     pd.testing.assert_frame_equal(a, b)
-    assert sorted(set(a["experiment"])) == ["imp", "prune-random", "reinit-random"]
+    assert sorted(set(a["experiment"])) == ["imp", "random-prune", "reinit"]
     assert sorted(set(a["trial"])) == [0, 1]
 
 

@@ -276,11 +276,11 @@ def test_results_do_not_depend_on_placement_and_the_folder_reports(
     report = invoke("report", "w2", "--by", "experiment")
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "w2" / "report" / "report.md").read_text()
-    assert "- **imp**:" in text and "- **reinit-random**:" in text
+    assert "- **imp**:" in text and "- **reinit**:" in text and "- **random-prune**:" in text
     assert (tmp_path / "w2" / "report" / "accuracy.png").stat().st_size > 1000
     labels = [label for label, _, _ in sweep.report_series(tmp_path / "w2", None)]
-    assert labels == ["scope=layerwise / imp", "scope=layerwise / reinit-random",
-                      "scope=layerwise / prune-random"]  # fmt: skip
+    assert labels == ["scope=layerwise / imp", "scope=layerwise / reinit",
+                      "scope=layerwise / random-prune"]  # fmt: skip
     bad_by = invoke("report", "w2", "--by", "lr")
     assert bad_by.returncode == 2 and "--by lr: not a grid field" in bad_by.stderr
 
