@@ -630,18 +630,10 @@ def loading_libraries() -> Iterator[None]:
     its C++ calls back into Python, it aborts the process with a C++ trace instead of one line.
     A Ctrl-C pressed meanwhile stops the program as soon as the import is done, as the first
     Ctrl-C does (nothing is written before it). Outside ``main`` it changes nothing."""
-    held = signal.getsignal(signal.SIGINT) is _first_ctrl_c  # not: main's is not on, or held
-    if not held or threading.current_thread() is not threading.main_thread():
+    from lottery_core.interrupts import held
+
+    with held(lambda handler: handler is _first_ctrl_c):  # not when main's is off, or held
         yield
-        return
-    pressed: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, _first_ctrl_c)
-    if pressed:
-        _first_ctrl_c(signal.SIGINT, None)
 
 
 def main(argv: list[str] | None = None, restore: bool = True) -> None:

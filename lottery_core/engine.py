@@ -30,9 +30,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -40,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import interrupts
 from .errors import Interrupted, LotteryError
 from .resolution import default_threads
 
@@ -190,18 +189,8 @@ def ctrl_c_held() -> Iterator[None]:
     knew none of them yet, so nothing shut them down), was lost in Ray's code (the sweep then
     ran to its end) or crashed the driver; inside ``ray.shutdown`` it would leave them too.
     Outside the main thread, or with no Python handler on, it changes nothing."""
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+    with interrupts.held():
         yield
-        return
-    pressed: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pressed:
-        previous(signal.SIGINT, None)
 
 
 def import_ray(address: str | None):

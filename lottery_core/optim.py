@@ -48,7 +48,26 @@ def _live(params: list[torch.Tensor]) -> list[int]:
     return [i for i, p in enumerate(params) if p.grad is not None]
 
 
-class Adam:
+class _Functional:
+    """What both optimizers share: their parameters, the keyword options of torch's functional
+    update (``options``), dropping gradients, and a step's parameters that have a gradient."""
+
+    params: list[torch.Tensor]
+    options: dict[str, Any]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _start(self, lr: float | None) -> tuple[list[int], list[torch.Tensor]]:
+        """Set ``lr`` (else keep the last one) and list the parameters this step updates."""
+        if lr is not None:
+            self.options["lr"] = lr
+        live = _live(self.params)
+        return live, [self.params[i] for i in live]
+
+
+class Adam(_Functional):
     """``torch.optim.Adam(params, lr, weight_decay=weight_decay, fused=True)`` (or
     ``foreach=True`` with ``fused`` off)."""
 
@@ -90,17 +109,10 @@ class Adam:
         }
         self.options = {k: v for k, v in options.items() if k in _ADAM_ACCEPTED}
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
-
     @torch.no_grad()
     def step(self, lr: float | None = None) -> None:
         """One update from each parameter's ``grad``, at ``lr`` (else the last one given)."""
-        if lr is not None:
-            self.options["lr"] = lr
-        live = _live(self.params)
-        params = [self.params[i] for i in live]
+        live, params = self._start(lr)
         adam(
             params,
             [p.grad for p in params if p.grad is not None],
@@ -112,7 +124,7 @@ class Adam:
         )
 
 
-class SGD:
+class SGD(_Functional):
     """``torch.optim.SGD(params, lr, momentum, weight_decay=weight_decay, nesterov=nesterov,
     fused=True)`` (or ``foreach=True`` with ``fused`` off); dampening 0."""
 
@@ -147,17 +159,10 @@ class SGD:
         }
         self.options = {k: v for k, v in options.items() if k in _SGD_ACCEPTED}
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
-
     @torch.no_grad()
     def step(self, lr: float | None = None) -> None:
         """One update from each parameter's ``grad``, at ``lr`` (else the last one given)."""
-        if lr is not None:
-            self.options["lr"] = lr
-        live = _live(self.params)
-        params = [self.params[i] for i in live]
+        live, params = self._start(lr)
         buffers = [self.momentum_buffers[i] for i in live] if self.momentum != 0 else []
         sgd(params, [p.grad for p in params if p.grad is not None], buffers, **self.options)
         for i, buffer in zip(live if self.momentum != 0 else [], buffers, strict=True):
