@@ -206,6 +206,13 @@ class ExperimentConfig(BaseModel):
         default=0,
         description="Late rewinding: reset survivors to iteration k, not 0 (or 1ep, 500it).",
     )
+    retrain: Literal["weights", "lr", "finetune"] = Field(
+        default="weights",
+        description="How a pruned round retrains (Renda et al. 2020), for T - k iterations (k: "
+        "--rewind-iter): weights: from what --reinit gives (rewind: θk), the schedule replayed "
+        "from k; lr: from the trained weights, the schedule replayed from k; finetune: from the "
+        "trained weights at the schedule's final rate. lr and finetune set --reinit none.",
+    )
     seed: int = Field(default=0, ge=0, description="Seed of init, data order, pruning, reinit.")
     split_seed: int = Field(default=0, ge=0, description="Seed of the validation hold-out.")
     validation_size: int = Field(
@@ -390,7 +397,10 @@ RECIPE_FIELDS = (
 # ``ScheduleSpec.settings``); another set away from its default is an error.
 OPTIMIZER_SETTINGS = ("momentum", "nesterov", "weight_decay")
 SCHEDULE_SETTINGS = ("milestones", "gamma")
-ADDED_LATER = ("prune_at", "init_steps", *RECIPE_FIELDS, "augment")
+ADDED_LATER = ("prune_at", "init_steps", *RECIPE_FIELDS, "augment", "retrain")
+# The reinit policy ``--retrain lr`` and ``--retrain finetune`` train with (the trained weights,
+# kept), set by ``resolution.resolve``; another given with them is an error.
+KEEP_TRAINED = "none"
 
 
 def default_of(name: str) -> Any:
@@ -407,10 +417,10 @@ def at_default(name: str, value: Any) -> bool:
 
 def hashed_config(config: dict[str, Any]) -> dict[str, Any]:
     """What ``checkpoint.run_identity`` hashes of a ``config.json``'s config: the identity
-    fields, the recipe's only when set away from their defaults, so a run recorded before they
-    existed (and the same command again) keeps its identity."""
+    fields, the recipe's (and ``retrain``) only when set away from their defaults, so a run
+    recorded before they existed (and the same command again) keeps its identity."""
     values = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
-    for name in (*RECIPE_FIELDS, "augment"):
+    for name in (*RECIPE_FIELDS, "augment", "retrain"):
         if name in values and at_default(name, values[name]):
             values.pop(name)
     return values

@@ -200,7 +200,11 @@ class Experiment:
         reinit_round(step, state, round_index)
 
     def settings(self, round_index: int) -> TrainSettings:
+        """How round ``round_index`` trains. A pruned round trains from iteration k (the rewind
+        point) to T, replaying the schedule (``--retrain weights`` and ``lr``), or at the
+        schedule's final rate throughout (``--retrain finetune``)."""
         c = self.config
+        finetune = round_index > 0 and c.retrain == "finetune"
         return TrainSettings(
             iterations=c.iterations,
             batch_size=c.batch_size,
@@ -208,7 +212,7 @@ class Experiment:
             eval_every=c.eval_every,
             start_iteration=c.rewind_iter if round_index > 0 else 0,
             test_every_eval=c.test_every_eval,
-            recipe=recipe_of(c, self.plugins),
+            recipe=recipe_of(c, self.plugins, hold=c.iterations - 1 if finetune else None),
             augment=self.plugins.datasets.get(c.dataset).augment if c.augment else None,
         )
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from . import guards
 from .config import (
+    KEEP_TRAINED,
     LAYERWISE_ONLY,
     MODEL_FILLED,
     MODEL_RECIPE,
@@ -59,10 +60,13 @@ def resolve(config: ExperimentConfig, plugins: Plugins) -> ResolvedConfig:
     model = plugins.models.get(config.model)
     plugins.strategies.get(config.prune)
     plugins.reinits.get(config.reinit)
+    _check_retrain(config)
     for name in config.branches:
         plugins.branches.get(name)
     defaults = model.defaults
     values = config.model_dump()
+    if config.retrain != "weights":
+        values["reinit"] = KEEP_TRAINED  # the trained weights are kept (``_check_retrain``)
     from_model = _fill_recipe(values, config, defaults)
     recipe = ExperimentConfig.model_construct(**values)  # the recipe as it will run
     _check_settings(recipe, plugins.optimizers, recipe.optimizer, OPTIMIZER_SETTINGS)
@@ -98,6 +102,25 @@ def resolve(config: ExperimentConfig, plugins: Plugins) -> ResolvedConfig:
         )
     _check_recipe(resolved, plugins, from_model)
     return resolved
+
+
+def _check_retrain(config: ExperimentConfig) -> None:
+    """``--retrain lr`` and ``--retrain finetune`` (Renda et al. 2020) retrain the trained
+    weights, so they set ``--reinit none``: another policy given with them, or pruning at θ0
+    (nothing trained to keep), is refused in one line."""
+    if config.retrain == "weights":
+        return
+    if "reinit" in config.model_fields_set and config.reinit != KEEP_TRAINED:
+        raise LotteryError(
+            f"invalid config: --retrain {config.retrain} keeps the trained weights, so it "
+            f"cannot be combined with --reinit {config.reinit}; drop --reinit (it means "
+            f"--reinit {KEEP_TRAINED}), or use --retrain weights"
+        )
+    if config.prune_at == "init":
+        raise LotteryError(
+            f"invalid config: --retrain {config.retrain} keeps the trained weights, and "
+            "--prune-at init trains from θ0; use --retrain weights"
+        )
 
 
 def _fill_recipe(values: dict[str, Any], config: ExperimentConfig, defaults: Any) -> set[str]:

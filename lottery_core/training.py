@@ -51,11 +51,15 @@ class Recipe:
     config: ResolvedConfig  # what the plugins read: momentum, milestones, warmup, iterations
     optimizer_who: str = "optimizer"
     schedule_who: str = "schedule"
+    hold: int | None = None  # every step at this iteration's factor (fine-tuning: the last)
 
     def factor(self, iteration: int) -> float:
         """The multiple of ``lr`` for the step from ``iteration`` to ``iteration + 1``: linear
         warmup (the ``warmup``-th step is the first at the full rate; no step at 0) times the
-        schedule's factor, which must be a finite number of at least 0."""
+        schedule's factor, which must be a finite number of at least 0. With ``hold`` set,
+        every step's factor is that iteration's (``--retrain finetune``: the final rate)."""
+        if self.hold is not None:
+            iteration = self.hold
         config = self.config
         warmup = min(1.0, (iteration + 1) / config.warmup) if config.warmup else 1.0
         try:
@@ -76,14 +80,15 @@ class Recipe:
         return warmup * float(value)
 
 
-def recipe_of(config: ResolvedConfig, plugins: Plugins) -> Recipe:
-    """The config's optimizer and schedule, from the plugins."""
+def recipe_of(config: ResolvedConfig, plugins: Plugins, hold: int | None = None) -> Recipe:
+    """The config's optimizer and schedule, from the plugins; ``hold``: ``Recipe.hold``."""
     return Recipe(
         plugins.optimizers.get(config.optimizer),
         plugins.schedules.get(config.schedule),
         config,
         plugins.optimizers.who(config.optimizer),
         plugins.schedules.who(config.schedule),
+        hold,
     )
 
 
