@@ -538,3 +538,13 @@ def test_the_printed_resume_command_is_quoted_for_the_shell(tmp_path):
                                  "--workers", "2", "--address", address]  # fmt: skip
     subprocess.run(["bash", "-c", f"python() {{ :; }}; {line}"], cwd=tmp_path, check=True)
     assert not (tmp_path / "HINT_PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    "file", sorted((ROOT / "examples" / "sweeps").glob("*.toml")), ids=lambda p: p.stem
+)
+def test_every_example_sweep_file_reads(file):
+    """The sweep files the README and the results' READMEs name are valid sweep files (their
+    plugin names are checked when they run: some name the example package's strategies)."""
+    found = read_sweep(file)
+    assert found.trials >= 1 and found.base["dataset"]
