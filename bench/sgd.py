@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data import with_small_eval
-from bench.steps import BATCH, bare_copy, interleave, median, num_threads, paired_ratio
+from bench.steps import BATCH, bare_copy, bare_runner, interleave, median, num_threads, paired_ratio
 from lottery_core.config import make_config
 from lottery_core.experiment import Experiment
 from lottery_core.loading import load_data
@@ -82,27 +82,16 @@ def runners(steps: int, prunings: int) -> tuple[dict, float]:
     optimizer = torch.optim.SGD(bare.parameters(), lr=config.lr, momentum=0.9,
                                 weight_decay=1e-4, fused=True)  # fmt: skip
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0)
-    x, y, n = data.images(data.train_x), data.train_y, data.train_x.shape[0]
-    generator = torch.Generator().manual_seed(0)
+
+    def step(xb: torch.Tensor, yb: torch.Tensor) -> None:
+        loss = F.cross_entropy(bare(xb), yb)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
 
     def bare_loop(threads: int):
-        def run(count: int = steps) -> float:
-            with num_threads(threads):
-                start = time.perf_counter()
-                done = 0
-                while done < count:
-                    order = torch.randperm(n, generator=generator)
-                    for i in range(min(n // BATCH, count - done)):
-                        index = order[i * BATCH : (i + 1) * BATCH]
-                        loss = F.cross_entropy(bare(x[index]), y[index])
-                        optimizer.zero_grad()
-                        loss.backward()
-                        optimizer.step()
-                        schedule.step()
-                        done += 1
-                return (time.perf_counter() - start) / count
-
-        return run
+        return bare_runner(bare, data, steps, config.lr, threads, step)
 
     return {"ours": ours, "bare 1 thread": bare_loop(1), "bare 2 threads": bare_loop(2)}, remaining
 

@@ -189,11 +189,16 @@ def _stepper(model: nn.Module, lr: float) -> Callable[[torch.Tensor, torch.Tenso
 
 
 def bare_runner(
-    model: nn.Module, data: DatasetSplits, steps: int, lr: float, threads: int
+    model: nn.Module,
+    data: DatasetSplits,
+    steps: int,
+    lr: float,
+    threads: int,
+    step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> Runner:
     """The textbook loop over in-memory float tensors (normalised once, up front): a
-    permutation per epoch, index, Adam step."""
-    step = _stepper(model, lr)
+    permutation per epoch, index, ``step`` (default: the fused Adam step, ``_stepper``)."""
+    step = step or _stepper(model, lr)
     x, y, n = data.images(data.train_x), data.train_y, data.train_x.shape[0]
     generator = torch.Generator().manual_seed(0)
 

@@ -226,7 +226,7 @@ def _holds_group(resolved: ResolvedConfig, trials: int, controls: bool):
     def holds(path: Path) -> runs.Found | None:
         if rundir.kind(path) != "group":
             return None
-        meta = group_runs.read_group_config(path)
+        meta = rundir.read_group_meta(path)
         if meta["group"].get("trials") != trials or bool(meta["group"]["controls"]) != controls:
             return None
         if list(meta["config"].get("branches") or []) != kinds:

@@ -620,10 +620,9 @@ def branch_unit(
     chosen = validate_options(branch_kind, plugins.branches.who(kind), options)
     branch = BranchSet(Path(trunk), kind, chosen, seed)
     branch.write()
-    try:  # in the driver's folder ``cwd`` (``engine.call``): a relative data_dir is the driver's
-        train_network(branch, round_index, trial, plugins, _DATA)
-    finally:
-        write_table(branch.folder)  # the driver writes it again after every unit
+    # in the driver's folder ``cwd`` (``engine.call``): a relative data_dir is the driver's; the
+    # set's results.csv is the driver's to write, after every unit (no two workers race on it)
+    train_network(branch, round_index, trial, plugins, _DATA)
     return rows(branch.network(round_index, trial))
 
 

@@ -84,14 +84,14 @@ def continue_group(
 
 def group_threads(out: Path) -> int:
     """The threads a group's runs were resolved with (``--workers`` keeps them on resume)."""
-    return config_of(group_runs.read_group_config(out)).threads
+    return config_of(rundir.read_group_meta(out)).threads
 
 
 def _continue(
     out: Path, progress: bool, plugins: Plugins, data: DatasetSplits | None
 ) -> GroupResult:
     """The serial executor: every run of every trial, one after another."""
-    meta = group_runs.read_group_config(out)
+    meta = rundir.read_group_meta(out)
     config = config_of(meta, f"{out}/{paths.CONFIG}")
     if data is None:
         data = load_data(config, plugins)
@@ -106,7 +106,7 @@ def _continue(
 
 def rounds_left(out: Path) -> int:
     """Rounds the group's runs still have to train (a control network is one)."""
-    rounds = config_of(group_runs.read_group_config(out)).rounds
+    rounds = config_of(rundir.read_group_meta(out)).rounds
     left = 0
     for run in group_runs.all_runs(out, out):
         path = Path(out) / run
@@ -181,7 +181,7 @@ def write_tables(root: Path) -> None:
             frame["experiment"] = folder.parent.name
             frame["trial"] = paths.trial_number(folder)
             frames.append(frame)
-    meta = group_runs.read_group_config(root)
+    meta = rundir.read_group_meta(root)
     for kind in group_runs.branch_kinds(meta):
         for trunk in paths.trial_dirs(root, group_runs.MAIN):
             trial = paths.trial_number(trunk)

@@ -85,15 +85,6 @@ def write_group_config(out: Path, config: ResolvedConfig, trials: int, controls:
     (Path(out) / paths.RUNS).mkdir(exist_ok=True)
 
 
-def read_group_config(out: Path) -> dict[str, Any]:
-    """A group folder's ``config.json`` (``rundir.read_meta``), checked to be a group's."""
-    meta = rundir.read_meta(out)
-    group = meta.get("group")
-    if not isinstance(group, dict) or not {"trials", "controls"} <= set(group):
-        raise LotteryError(f"{str(out)!r} is not a lottery trials/controls folder")
-    return meta
-
-
 # -- one run brought further ---------------------------------------------------------------
 
 
@@ -109,7 +100,7 @@ def advance(
     """Bring one experiment of one trial further: the IMP run, or (once it has finished) every
     network of one control."""
     out = Path(out)
-    meta = meta or read_group_config(out)
+    meta = meta or rundir.read_group_meta(out)
     config = config_of(meta, f"{out}/{paths.CONFIG}")
     trial_config = config.model_copy(update={"seed": seeds.trial_seed(config.seed, trial)})
     if experiment == MAIN:
@@ -164,28 +155,23 @@ def advance_unit(out: str, trial: int, experiment: str, cwd: str) -> int:
     from .plugins import get_plugins
 
     plugins = get_plugins()
-    meta = read_group_config(Path(out))
+    meta = rundir.read_group_meta(Path(out))
     config = config_of(meta, f"{out}/{paths.CONFIG}")
     data = branches.data_for(config, plugins, _DATA)
     advance(Path(out), trial, experiment, plugins, data=data, meta=meta)
     return rows(paths.trial_dir(Path(out), experiment, trial))
 
 
-def relative(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` (a unit's and a status line's name for a run)."""
-    return paths.relative(path, root)
-
-
 def units(out: Path, root: Path) -> list[Unit]:
     """The units a group folder still needs, named by run folder relative to ``root``: each
     trial's IMP run, then (after it) every control network still to train."""
     out = Path(out).absolute()
-    meta = read_group_config(out)
+    meta = rundir.read_group_meta(out)
     config = config_of(meta, f"{out}/{paths.CONFIG}")
     found: list[Unit] = []
     for trial in range(meta["group"]["trials"]):
         main_path = paths.trial_dir(out, MAIN, trial)
-        main_run = relative(main_path, root)
+        main_run = paths.relative(main_path, root)
         after: tuple[str, ...] = ()
         left = config.rounds - rows(main_path)
         if left > 0:
@@ -206,14 +192,14 @@ def _counter(path: Path) -> Callable[[], int]:
 def all_runs(out: Path, root: Path) -> list[str]:
     """Every run folder a group folder will hold (each control network one), relative to
     ``root``."""
-    meta = read_group_config(out)
+    meta = rundir.read_group_meta(out)
     rounds = config_of(meta).rounds
     found = []
     for trial in range(meta["group"]["trials"]):
-        found.append(relative(paths.trial_dir(out, MAIN, trial), root))
+        found.append(paths.relative(paths.trial_dir(out, MAIN, trial), root))
         for kind in branch_kinds(meta):
             plan = control_plan(out, trial, kind, rounds)
-            found += [relative(plan.branch.network(r, t), root) for r, t in plan.networks()]
+            found += [paths.relative(plan.branch.network(r, t), root) for r, t in plan.networks()]
     return found
 
 
@@ -225,7 +211,7 @@ def needed_rows(run: Path) -> int | None:
 
 def finished_runs(out: Path, root: Path) -> list[str]:
     """The run folders of a group that have trained all their rounds, relative to ``root``."""
-    rounds = config_of(read_group_config(out)).rounds
+    rounds = config_of(rundir.read_group_meta(out)).rounds
     return [
         run
         for run in all_runs(out, root)
@@ -244,7 +230,7 @@ def series_folders(out: Path) -> list[tuple[str, list[Path]]]:
         trials = paths.trial_dirs(out, name)
         if trials:
             found.append((name, trials))
-    meta = read_group_config(out)
+    meta = rundir.read_group_meta(out)
     for kind in branch_kinds(meta):
         sets = []
         for trunk in paths.trial_dirs(out, MAIN):

@@ -111,6 +111,15 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
+def read_group_meta(path: Path) -> dict[str, Any]:
+    """A trials/controls folder's ``config.json`` (``read_meta``), checked to be a group's."""
+    meta = read_meta(path)
+    group = meta.get("group")
+    if not isinstance(group, dict) or not {"trials", "controls"} <= set(group):
+        raise LotteryError(f"{str(path)!r} is not a lottery trials/controls folder")
+    return meta
+
+
 def default_run_dir(name: str, root: Path = RESULTS_ROOT) -> Path:
     """``root/name``, or ``root/name-2``, ``-3``... if that run already exists."""
     candidate, suffix = root / name, 2

@@ -419,19 +419,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _group_meta(out: Path) -> dict[str, Any]:
-    meta = rundir.read_meta(out)
-    group = meta.get("group")
-    if not isinstance(group, dict) or not {"trials", "controls"} <= set(group):
-        raise LotteryError(f"{str(out)!r} is not a lottery trials/controls folder")
-    return meta
-
-
 def _extend_group(out: Path, rounds: int) -> Extension:
     """``extend`` on a trials/controls folder: every IMP run verified, then its
     ``config.json``, then its runs (``sync_group``)."""
     with rundir.locked(out):
-        meta = _group_meta(out)
+        meta = rundir.read_group_meta(out)
         before = config_of(meta, f"{out}/{paths.CONFIG}").rounds
         if rounds < before:
             raise LotteryError(
@@ -457,7 +449,7 @@ def sync_group(out: Path) -> None:
     ``config.json`` records the extension (a stop between the folder's ``config.json`` and its
     runs' is mended by the next resume)."""
     with rundir.locked(out):
-        _sync(Path(out), _group_meta(out))
+        _sync(Path(out), rundir.read_group_meta(out))
 
 
 def _sync(out: Path, meta: dict[str, Any]) -> None:

@@ -250,7 +250,7 @@ def _prepare_points(folder: Path, points: list[Point], sweep: Sweep) -> list[Pat
             path.mkdir(exist_ok=True)
             group_runs.write_group_config(path, point.config, sweep.trials, sweep.controls)
         else:
-            saved = config_of(group_runs.read_group_config(path))
+            saved = config_of(rundir.read_group_meta(path))
             if saved.identity() != point.config.identity():
                 raise LotteryError(
                     f"{str(path)!r} holds another config than its grid point computes (an "

@@ -138,7 +138,7 @@ class _Board:
         self.failures: dict[str, str] = {}
 
     def cell(self, run_dir: Path, rounds: int) -> str:
-        run = group_runs.relative(run_dir, self.folder)
+        run = paths.relative(run_dir, self.folder)
         done = group_runs.rows(run_dir)
         info = self.failed.get(run)
         if rounds and done >= rounds:
@@ -183,7 +183,7 @@ def _driver_lines(driver: dict[str, Any], alive: bool) -> list[str]:
 def _rounds_of(point_dir: Path, sweep: Sweep, values: dict, plugins: Plugins) -> int:
     """A point's rounds: its group's config, or (a point not started) its config resolved."""
     try:
-        return config_of(group_runs.read_group_config(point_dir)).rounds
+        return config_of(rundir.read_group_meta(point_dir)).rounds
     except LotteryError:
         try:
             return resolve(make_config(**{**sweep.base, **values}), plugins).rounds

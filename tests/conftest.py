@@ -45,6 +45,62 @@ def sample_data(plugins):
     return load_data(resolve(make_config(**TINY), plugins), plugins)
 
 
+def run_into(folder: Path, budget: dict, data=None, **overrides) -> Path:
+    """A real run of ``budget`` (with ``overrides``) into ``folder``, on one thread (tiny models
+    only lose time to threads); torch's thread count is given back afterwards."""
+    import torch
+
+    from lottery_core import runs
+    from lottery_core.experiment import Experiment
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        experiment = Experiment(make_config(**{**budget, **overrides}), data=data)
+        runs.start(experiment, folder, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return folder
+
+
+def pruned_lenet():
+    """A seeded LeNet-300-100 whose first layer is half pruned (``prune.random_unstructured``):
+    the model optimizer tests compare updates on."""
+    import torch
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(784, 300), torch.nn.ReLU(),
+                                torch.nn.Linear(300, 10))  # fmt: skip
+    prune.random_unstructured(model[0], "weight", amount=0.5)
+    return model
+
+
+@pytest.fixture
+def entry_point_package(tmp_path, monkeypatch):
+    """``make(name, module, source)``: a package installed for real in a private site folder,
+    module ``module`` holding ``source``, declared as plugin ``name`` in the ``lottery``
+    entry-point group; the process-wide plugins are reloaded with it (and without it after)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    made = []
+
+    def make(name: str, module: str, source: str) -> None:
+        (site / f"{module}.py").write_text(source)
+        info = site / f"{module}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(f"[lottery]\n{name} = {module}\n")
+        made.append(module)
+        get_plugins.cache_clear()
+
+    yield make
+    for module in made:
+        sys.modules.pop(module, None)
+    get_plugins.cache_clear()
+
+
 @dataclass
 class CliResult:
     returncode: int

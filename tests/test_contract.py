@@ -18,7 +18,6 @@ import torch
 
 from lottery_core import paths
 from lottery_core.errors import PluginError
-from lottery_core.plugins import get_plugins
 
 SMALL = ["--dataset", "mnist-sample", "--iterations", "50", "--eval-every", "50", "--quiet",
          "--threads", "1"]  # fmt: skip
@@ -32,28 +31,15 @@ from lottery_core import (DatasetSpec, DatasetSplits, LotteryError, ModelSpec, P
 
 
 @pytest.fixture
-def install(tmp_path, monkeypatch):
-    """``install(name, source)``: a package whose module is ``source``, found through a real
-    ``lottery`` entry point; the process-wide plugins are reloaded with it."""
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    installed = []
+def install(entry_point_package):
+    """``install(name, source)``: a package whose module ``contract_<name>`` is ``source``
+    (after ``HEADER``), found through a real ``lottery`` entry point; the process-wide plugins
+    are reloaded with it."""
 
     def make(name: str, source: str) -> None:
-        module = f"contract_{name}"
-        (site / f"{module}.py").write_text(HEADER + textwrap.dedent(source))
-        info = site / f"{module}-0.1.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
-        (info / "entry_points.txt").write_text(f"[lottery]\n{name} = {module}\n")
-        installed.append(module)
-        get_plugins.cache_clear()
+        entry_point_package(name, f"contract_{name}", HEADER + textwrap.dedent(source))
 
-    yield make
-    for module in installed:
-        sys.modules.pop(module, None)
-    get_plugins.cache_clear()
+    return make
 
 
 def assert_plugin_error(result, *fragments):

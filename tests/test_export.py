@@ -23,30 +23,21 @@ from lottery_core.export import export_ticket, load_ticket
 from lottery_core.plugins import get_plugins
 from lottery_core.seeds import derive_seeds
 
+from .conftest import run_into
+
 BUDGET = dict(dataset="mnist-sample", rounds=3, iterations=100, eval_every=25, seed=3, threads=1)
-
-
-def run_into(folder: Path, data, **overrides) -> Path:
-    """A real run into ``folder``, on one thread (tiny models only lose time to threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        experiment = Experiment(make_config(**{**BUDGET, **overrides}), data=data)
-        runs.start(experiment, folder, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    return folder
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, sample_data) -> Path:
-    return run_into(tmp_path_factory.mktemp("fc") / "run", sample_data)
+    return run_into(tmp_path_factory.mktemp("fc") / "run", BUDGET, sample_data)
 
 
 @pytest.fixture(scope="module")
 def conv_run(tmp_path_factory, sample_data) -> Path:
     return run_into(
         tmp_path_factory.mktemp("conv") / "run",
+        BUDGET,
         sample_data,
         model="lenet_conv",
         rounds=2,

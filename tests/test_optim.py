@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-from torch.nn.utils import prune
 
 from lottery_core import checkpoint, masks, optim, runs
 from lottery_core.config import (
@@ -28,17 +27,9 @@ from lottery_core.resolution import resolve
 from lottery_core.specs import OptimizerSpec, ScheduleSpec
 from lottery_core.training import Recipe, train_round
 
-from .conftest import TINY
+from .conftest import TINY, pruned_lenet
 
 PER_EPOCH = 3500 // 60  # the sample's training split at batch 60: 58 whole batches
-
-
-def pruned_lenet() -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(784, 300), torch.nn.ReLU(),
-                                torch.nn.Linear(300, 10))  # fmt: skip
-    prune.random_unstructured(model[0], "weight", amount=0.5)
-    return model
 
 
 def warmup_step(it: int) -> float:

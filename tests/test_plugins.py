@@ -406,28 +406,14 @@ def local(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def package(tmp_path, monkeypatch):
+def package(entry_point_package):
     """``package(name, source)``: an installed package (a real ``lottery`` entry point) whose
     module ``pkg_<name>`` is ``source``; the process-wide plugins are reloaded with it."""
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    made = []
 
     def make(name: str, source: str) -> None:
-        module = f"pkg_{name}"
-        (site / f"{module}.py").write_text(textwrap.dedent(source))
-        info = site / f"{module}-0.1.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
-        (info / "entry_points.txt").write_text(f"[lottery]\n{name} = {module}\n")
-        made.append(module)
-        get_plugins.cache_clear()
+        entry_point_package(name, f"pkg_{name}", textwrap.dedent(source))
 
-    yield make
-    for module in made:
-        sys.modules.pop(module, None)
-    get_plugins.cache_clear()
+    return make
 
 
 def test_a_package_registering_magnitude_leaves_the_readmes_main_job_working(

@@ -23,11 +23,10 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
 
-from lottery_core import files, runs
+from lottery_core import files
 from lottery_core.api import run_trials
 from lottery_core.config import make_config
 from lottery_core.errors import LotteryError, WriteFailed
-from lottery_core.experiment import Experiment
 from lottery_core.group_runs import write_group_config
 from lottery_core.report import (
     load_series,
@@ -42,23 +41,14 @@ from lottery_core.report_inputs import Series, read_trial
 from lottery_core.resolution import resolve
 from lottery_core.tables import aggregate
 
+from .conftest import run_into
+
 BUDGET = dict(dataset="mnist-sample", rounds=3, iterations=100, eval_every=25, threads=1)
 LAYOUT = {
     "imp": ({}, 2),
     "reinit-random": ({"reinit": "random"}, 2),
     "prune-random": ({"prune": "random"}, 1),
 }
-
-
-def run_into(folder: Path, data, **overrides) -> None:
-    """A real run into ``folder``, on one thread (tiny models only lose time to threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        config = make_config(**{**BUDGET, **overrides})
-        runs.start(Experiment(config, data=data), folder, progress=False)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +58,8 @@ def group(tmp_path_factory, sample_data, plugins) -> Path:
     write_group_config(root, resolve(make_config(**BUDGET), plugins), trials=2, controls=False)
     for name, (change, trials) in LAYOUT.items():
         for trial in range(trials):
-            run_into(root / "runs" / name / f"trial_{trial}", sample_data, seed=trial, **change)
+            run_into(root / "runs" / name / f"trial_{trial}", BUDGET, sample_data, seed=trial,
+                     **change)
     return root
 
 

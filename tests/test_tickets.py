@@ -14,10 +14,9 @@ import torch
 from torch.nn.utils import prune
 
 import lottery_core
-from lottery_core import masks, runs
-from lottery_core.config import config_of, make_config
+from lottery_core import masks
+from lottery_core.config import config_of
 from lottery_core.errors import LotteryError
-from lottery_core.experiment import Experiment
 from lottery_core.export import export_ticket, load_ticket
 from lottery_core.loading import load_data
 from lottery_core.rundir import read_meta
@@ -31,24 +30,14 @@ from lottery_core.tickets import (
 )
 from lottery_core.training import EVAL_CHUNK
 from lottery_core.training import evaluate as run_evaluate
-from tests.conftest import TINY
+from tests.conftest import TINY, run_into
 
 BUDGET = dict(TINY, rounds=2, seed=3, threads=1)
 
 
-def run_into(folder: Path, data=None, **overrides) -> Path:
-    threads = torch.get_num_threads()
-    try:
-        experiment = Experiment(make_config(**{**BUDGET, **overrides}), data=data)
-        runs.start(experiment, folder, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, sample_data) -> Path:
-    return run_into(tmp_path_factory.mktemp("tickets") / "run", sample_data)
+    return run_into(tmp_path_factory.mktemp("tickets") / "run", BUDGET, sample_data)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +45,7 @@ def other_split(tmp_path_factory) -> Path:
     """A run on another validation split (its own seed and size): loads its own data."""
     return run_into(
         tmp_path_factory.mktemp("split") / "run",
+        BUDGET,
         rounds=1,
         iterations=20,
         eval_every=10,

@@ -187,18 +187,11 @@ def test_importing_the_package_s_light_modules_loads_no_torch():
 def test_adam_is_torch_adam_bit_for_bit(fused):
     """lottery_core.optim.Adam makes torch.optim.Adam's update exactly, on a pruned LeNet's
     weight_orig/bias parameters, step after step."""
-    from torch.nn.utils import prune
-
     from lottery_core.optim import Adam
 
-    def net() -> torch.nn.Module:
-        torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(784, 300), torch.nn.ReLU(),
-                                    torch.nn.Linear(300, 10))  # fmt: skip
-        prune.random_unstructured(model[0], "weight", amount=0.5)
-        return model
+    from .conftest import pruned_lenet
 
-    ours, theirs = net(), net()
+    ours, theirs = pruned_lenet(), pruned_lenet()
     mine = Adam(list(ours.parameters()), 1.2e-3, fused=fused)
     kind = {"fused": True} if fused else {"foreach": True}
     reference = torch.optim.Adam(theirs.parameters(), lr=1.2e-3, **kind)
