@@ -41,7 +41,6 @@ from .experiment import Experiment
 from .parallel import execute
 from .plugins import Plugins
 from .pruning import Pruner, prune_round
-from .records import run_record
 from .specs import BranchContext, BranchKind, BranchStart, DatasetSplits, PruningStrategy, Tensors
 from .state import RunState
 
@@ -427,7 +426,7 @@ def train_network(
               "trunk_identity": checkpoint.run_identity(trunk.meta)}  # fmt: skip
     experiment = BranchExperiment(config, plugins, data_for(config, plugins, cache), begin,
                                   round_index, context.initial)  # fmt: skip
-    meta = run_record(experiment)  # the run's record, with the branch's and its plugin
+    meta = runs.run_record(experiment)  # the run's record, with the branch's and its plugin
     meta["plugins"] = {**meta["plugins"], "branch": plugins.branches.sources[branch.kind]}
     meta["branch"] = record
     if (path / paths.CHECKPOINT).exists():  # trained, stopped before its tables: write them

@@ -8,7 +8,7 @@ experiment. The loop does no file I/O: ``after_round`` (the run folder's writer,
 ``rundir``) is called once a round has trained, while the model still holds its trained
 weights, so what a checkpoint holds is what the next round's pruning reads.
 
-The loop and nothing else: what ``config.json`` records is ``records.run_record``'s, what is
+The loop and nothing else: what ``config.json`` records is ``runs.run_record``'s, what is
 checked before a run's folder exists ``preflight``'s, and the words a failed run ends with
 (``--lr``, ``--batch-size``) ``runs``'s.
 """

@@ -4,7 +4,7 @@ the versions that ran it. Shared by the round loop, the run folder and the reade
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -13,7 +13,6 @@ from .specs import RunInfo
 
 if TYPE_CHECKING:
     from .config import ExperimentConfig
-    from .experiment import Experiment
     from .plugins import Plugins
 
 RESULT_COLUMNS = ["round", "remaining", "ES", "val", "test"]
@@ -73,25 +72,4 @@ def plugin_sources(config: ExperimentConfig, plugins: Plugins) -> dict[str, str]
         "model": plugins.models.sources[config.model],
         "prune": plugins.strategies.sources[config.prune],
         "reinit": plugins.reinits.sources[config.reinit],
-    }
-
-
-def run_record(experiment: Experiment) -> dict[str, Any]:
-    """What ``config.json`` records: the resolved config, the seeds, the data (where it came
-    from, its sizes and shapes), the device, the versions and the plugins."""
-    data = experiment.data
-    return {
-        "config": experiment.config.model_dump(mode="json"),
-        "seeds": experiment.seeds,
-        "data_source": data.source,
-        "data_sizes": {
-            "train": int(data.train_x.shape[0]),
-            "val": int(data.val_x.shape[0]),
-            "test": int(data.test_x.shape[0]),
-        },
-        "input_shape": list(data.input_shape),
-        "num_classes": data.num_classes,
-        "device": str(experiment.device),
-        "versions": versions(),
-        "plugins": plugin_sources(experiment.config, experiment.plugins),
     }

@@ -29,7 +29,7 @@ from .config import config_of
 from .errors import Interrupted, LotteryError, RunFailed, WriteFailed, command
 from .experiment import Experiment, ExperimentResult
 from .plugins import Plugins
-from .records import identify, plugin_sources, results_frame, run_record
+from .records import identify, plugin_sources, results_frame, versions
 from .specs import DatasetSplits
 from .state import RunState
 from .training import NonFiniteLoss
@@ -46,7 +46,7 @@ def start(
 ) -> ExperimentResult:
     """Run ``experiment`` in the new folder ``path``; ``state`` (with the model restored) makes
     it a branch of another run: its rounds so far are written at once, then it continues.
-    ``meta``: what ``config.json`` records (default ``records.run_record``)."""
+    ``meta``: what ``config.json`` records (default ``run_record``)."""
     path = Path(path)
     preflight.validate(experiment)
     existed = path.exists()
@@ -70,6 +70,27 @@ def start(
             _remove_own(path, existed)
             raise
         return _run(experiment, folder, state, progress, stop_after, after_round, existed, True)
+
+
+def run_record(experiment: Experiment) -> dict[str, Any]:
+    """What ``config.json`` records: the resolved config, the seeds, the data (where it came
+    from, its sizes and shapes), the device, the versions and the plugins."""
+    data = experiment.data
+    return {
+        "config": experiment.config.model_dump(mode="json"),
+        "seeds": experiment.seeds,
+        "data_source": data.source,
+        "data_sizes": {
+            "train": int(data.train_x.shape[0]),
+            "val": int(data.val_x.shape[0]),
+            "test": int(data.test_x.shape[0]),
+        },
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "device": str(experiment.device),
+        "versions": versions(),
+        "plugins": plugin_sources(experiment.config, experiment.plugins),
+    }
 
 
 def restart(
