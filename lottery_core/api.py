@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from . import branches, group_runs, paths, rundir, runs
-from .branches import BranchResult
+from . import branch_runs, branches, group_runs, paths, rundir, runs
+from .branch_runs import BranchResult
 from .config import ExperimentConfig, ResolvedConfig, check_trials, config_of, make_config
 from .engine import plan
 from .errors import LotteryError, command
@@ -18,6 +18,7 @@ from .group import GroupResult, continue_group, group_threads, run_group
 from .plugins import Plugins, get_plugins
 from .progress import reporting
 from .resolution import resolve
+from .stability import StabilityResult
 
 
 def _with_overrides(config: ExperimentConfig | None, overrides: dict[str, Any]) -> ExperimentConfig:
@@ -270,27 +271,75 @@ def run_branch(
     run_dir: Path | str,
     *,
     rounds: Sequence[int] | str | None = None,
-    trials: int = 1,
+    trials: int | None = None,
     seed: int = 0,
     workers: int | None = None,
     progress: bool = True,
     plugins: Plugins | None = None,
     log: bool = False,
+    batched: bool | None = None,
     **options: Any,
 ) -> BranchResult:
     """Run branch ``kind`` (``reinit``, ``random-prune``, ``shuffle``, ``sign-reinit``,
     ``invert``, ``retrain`` or a plugin's) on ``rounds`` of the finished run in ``run_dir``
-    (default: every pruned round it finished), ``trials`` networks a round; keyword
+    (default: every pruned round it finished), ``trials`` networks a round (default: 1, or
+    the kind's least: ``stability`` compares 2); keyword
     ``options`` are the kind's. The networks land in ``run_dir/branches/<kind>-<hash>/``; the
     same call again continues it. ``workers``: that many networks at once, on Ray. ``log``:
-    print each network's row as it finishes."""
+    print each network's row as it finishes. ``batched``: train the networks as one batched
+    model (default: as the run's config says)."""
     plugins = plugins or get_plugins()
-    plan_ = branches.plan_branch(kind, Path(run_dir), rounds, options, plugins, trials, seed)
+    plan_ = branches.plan_branch(kind, Path(run_dir), rounds, options, plugins, trials, seed,
+                                 batched)  # fmt: skip
     with reporting(lines=log) as report:
         if workers is None:
             left = [n for n in plan_.networks() if not branches.rows(plan_.branch.network(*n))]
             with report.expect(len(left)):  # the estimate: every network still to train
-                table = branches.run_serial(plan_, plugins, progress=progress)
+                table = branch_runs.run_serial(plan_, plugins, progress=progress)
         else:
-            table = branches.run_parallel(plan_, plugins, plan(workers, None, None), progress)
-    return branches.result_of(plan_, table)
+            table = branch_runs.run_parallel(plan_, plugins, plan(workers, None, None),
+                                             progress)
+    return branch_runs.result_of(plan_, table)
+
+
+def run_stability(
+    run_dir: Path | str,
+    *,
+    k: str | int | Sequence[str | int] = "0,100,500,2000",
+    control: str | Sequence[str] = "none",
+    copies: int = 2,
+    alphas: int = 30,
+    rounds: Sequence[int] | str | None = None,
+    between_rounds: bool = False,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+    plugins: Plugins | None = None,
+    log: bool = False,
+    batched: bool | None = None,
+) -> StabilityResult:
+    """Frankle et al. (2020)'s instability analysis of the finished run in ``run_dir``: for
+    each of ``rounds`` (default: every round it finished, the dense round 0 included), each k
+    and each ``control`` (``none``: the ticket; ``reinit``, ``random-prune``), ``copies``
+    networks from round r's subnetwork at iteration k, trained with different data orders, and
+    the linear path between them at ``alphas`` points. ``between_rounds``: also the barrier
+    between successive rounds' trained networks (a run with ``keep_trained``). The rows land in
+    ``run_dir/stability.csv``; the same call again continues it. ``batched``: each k x control's
+    copies train as one batched model (default: as the run's config says)."""
+    from . import stability
+
+    plugins = plugins or get_plugins()
+    plans = stability.plan_stability(Path(run_dir), plugins, k, control, copies, alphas, rounds,
+                                     seed, batched)  # fmt: skip
+    between = None
+    with reporting(lines=log) as report:
+        if workers is None:
+            left = [(p, n) for p in plans for n in p.networks()
+                    if not branches.rows(p.branch.network(*n))]  # fmt: skip
+            with report.expect(len(left)):
+                table = stability.run_stability(plans, plugins, None, progress)
+        else:
+            table = stability.run_stability(plans, plugins, plan(workers, None, None), progress)
+        if between_rounds:
+            between = stability.between_rounds(Path(run_dir), plugins, alphas)
+    return StabilityResult(table, between, Path(run_dir))

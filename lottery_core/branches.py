@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +34,22 @@ import torch
 from pydantic import BaseModel, ValidationError
 
 from . import checkpoint, files, guards, masks, paths, rundir, runs, seeds
-from .config import ResolvedConfig, config_of
-from .engine import Engine, Event, Plan, Unit
-from .errors import LotteryError, PluginError, RunFailed, Stopped
+from .config import ResolvedConfig, config_of, parse_steps, to_iterations
+from .errors import LotteryError, PluginError
 from .experiment import Experiment
-from .parallel import execute
 from .plugins import Plugins
 from .pruning import Pruner, prune_round
-from .specs import BranchContext, BranchKind, BranchStart, DatasetSplits, PruningStrategy, Tensors
+from .specs import (
+    BranchContext,
+    BranchKind,
+    BranchStart,
+    DatasetSplits,
+    PruningStrategy,
+    Tensors,
+)  # fmt: skip
 from .state import RunState
+from .training import TrainSettings, train_round
 
-BRANCH_UNIT = "lottery_core.branches:branch_unit"  # what a parallel unit runs in its worker
 # Config fields a branch may train with instead of the trunk's (ticket transfer, other
 # training settings); anything else would make it another experiment, not a branch of this one.
 TRAINING_FIELDS = frozenset(
@@ -148,6 +153,7 @@ class BranchSet:
     kind: str
     options: BaseModel
     seed: int
+    batched: bool | None = None  # train the networks as one batched model; None: the trunk's
 
     @property
     def folder(self) -> Path:
@@ -230,6 +236,13 @@ class BranchExperiment(Experiment):
         state.initial_buffers = state.rewind_buffers = self.buffer_snapshot()  # a fresh model's
         return state
 
+    def settings(self, round_index: int) -> TrainSettings:
+        """The trunk's protocol for round r, from the iteration the kind chose if it did."""
+        settings = super().settings(round_index)
+        if self.begin.start_iteration is None:
+            return settings
+        return replace(settings, start_iteration=self.begin.start_iteration)
+
     def prune(self, state: RunState, round_index: int) -> None:
         """Nothing: the branch's masks were set by its kind (``start``)."""
 
@@ -286,6 +299,13 @@ def _context(
     def fresh(generator: torch.Generator) -> Tensors:
         return {k: v.detach().cpu() for k, v in helper.fresh_parameters(generator).items()}
 
+    def iterations_of(value: int | str) -> int:
+        per_epoch = data.train_x.shape[0] // trunk.config.batch_size
+        try:
+            return to_iterations(parse_steps(value), per_epoch)
+        except ValueError as exc:
+            raise LotteryError(f"steps {value!r}: {exc}") from None
+
     return BranchContext(
         round_index=round_index,
         trial=trial,
@@ -301,7 +321,65 @@ def _context(
         ),
         fresh_parameters=fresh,
         repruned=_reprune(trunk, plugins, data, round_index),
+        round_generator=seeds.branch_generator(
+            trunk.config.seed, branch.seed, branch.kind, round_index, 0
+        ),
+        iterations_of=iterations_of,
+        weights_at=_replay(trunk, plugins, data),
     )
+
+
+_REPLAYED: dict[tuple, Tensors] = {}  # the dense weights at k this process replayed last
+
+
+def _replay(trunk: Trunk, plugins: Plugins, data: DatasetSplits
+            ) -> Callable[[int, Tensors | None], Tensors]:  # fmt: skip
+    """``BranchContext.weights_at`` for this trunk: round 0's training replayed from θ0 (or a
+    given start) for k iterations, with the trunk's data order, recipe and augmentation."""
+    body = trunk.body
+
+    def weights_at(k: int, start: Tensors | None = None) -> Tensors:
+        config = trunk.config
+        if not 0 <= k < config.iterations:
+            raise LotteryError(
+                f"iteration {k} is not within the trunk's training (0 to "
+                f"{config.iterations - 1})"
+            )
+        if start is None and k == 0:
+            return {n: v.clone() for n, v in body["initial_state"].items()}
+        if start is None and k == config.rewind_iter:  # the trunk's own θk, as it saved it
+            return {n: v.clone() for n, v in body["rewind_state"].items()}
+        if k == 0:
+            return {n: v.detach().cpu().clone() for n, v in (start or {}).items()}
+        key = (str(trunk.path.absolute()), checkpoint.run_identity(trunk.meta), k,
+               None if start is None else _digest(start))  # fmt: skip
+        if key not in _REPLAYED:
+            experiment = Experiment(config, plugins=plugins, data=data)
+            experiment.start()
+            assert experiment.model is not None
+            if start is not None:
+                with torch.no_grad():
+                    for name, parameter in experiment.parameters().items():
+                        parameter.copy_(start[name].to(parameter.device))
+            settings = replace(experiment.settings(0), iterations=k, eval_every=k)
+            train_round(experiment.model, experiment.data, settings,
+                        data_seed=experiment.seeds["data_order"])  # fmt: skip
+            _REPLAYED.clear()
+            _REPLAYED[key] = {n: v.detach().cpu() for n, v in experiment.snapshot().items()}
+        return {n: v.clone() for n, v in _REPLAYED[key].items()}
+
+    return weights_at
+
+
+def _digest(tensors: Tensors) -> str:
+    """A short fingerprint of a state's values (which start a replay began from)."""
+    import hashlib
+
+    sha = hashlib.sha256()
+    for name in sorted(tensors):
+        sha.update(name.encode())
+        sha.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()[:16]
 
 
 def check_start(who: str, got: Any, context: BranchContext) -> BranchStart:
@@ -345,10 +423,22 @@ def check_start(who: str, got: Any, context: BranchContext) -> BranchStart:
             f"{who} changes {', '.join(foreign)}; a branch may change only training settings "
             f"({', '.join(sorted(TRAINING_FIELDS))})"
         )
+    start_at = got.start_iteration
+    if start_at is not None:
+        budget: Any = changes.get("iterations") or context.config.iterations
+        iterations = int(str(budget))
+        if isinstance(start_at, bool) or not isinstance(start_at, int) or not (
+            0 <= start_at < iterations
+        ):
+            raise PluginError(
+                f"{who}: start_iteration {start_at!r} is not an iteration of the training "
+                f"(0 to {iterations - 1})"
+            )
     return BranchStart(
         {k: v.bool().cpu() for k, v in new_masks.items()},
         {k: v.detach().cpu().clone() for k, v in given.items()},
         changes,
+        start_at,
     )
 
 
@@ -361,6 +451,8 @@ def network_config(
     seed = seeds.branch_data_seed(trunk.config.seed, branch.seed, branch.kind, round_index, trial)
     values = {**trunk.config.model_dump(), **changes, "rounds": round_index + 1, "out": None,
               "seed": seed, "branches": []}  # fmt: skip
+    if branch.batched is not None:
+        values["batched"] = branch.batched
     try:
         config = ResolvedConfig(**values)
     except ValidationError as exc:
@@ -389,7 +481,7 @@ def data_for(config: ResolvedConfig, plugins: Plugins, cache: dict[tuple, Datase
     return cache[key]
 
 
-def _begin(
+def begin_network(
     branch: BranchSet, round_index: int, trial: int, plugins: Plugins,
     cache: dict[tuple, DatasetSplits],
 ) -> tuple[Trunk, BranchContext, BranchStart, ResolvedConfig]:  # fmt: skip
@@ -421,14 +513,10 @@ def train_network(
     done = path / paths.RESULTS
     if done.exists() and (path / paths.CHECKPOINT).exists():
         return pd.read_csv(done)
-    trunk, context, begin, config = _begin(branch, round_index, trial, plugins, cache)
-    record = {**branch.record(), "round": round_index, "trial": trial,
-              "trunk_identity": checkpoint.run_identity(trunk.meta)}  # fmt: skip
+    trunk, context, begin, config = begin_network(branch, round_index, trial, plugins, cache)
     experiment = BranchExperiment(config, plugins, data_for(config, plugins, cache), begin,
                                   round_index, context.initial)  # fmt: skip
-    meta = runs.run_record(experiment)  # the run's record, with the branch's and its plugin
-    meta["plugins"] = {**meta["plugins"], "branch": plugins.branches.sources[branch.kind]}
-    meta["branch"] = record
+    meta = network_meta(branch, trunk, experiment, round_index, trial)
     if (path / paths.CHECKPOINT).exists():  # trained, stopped before its tables: write them
         runs.resume(path, plugins=plugins, progress=False, data=experiment.data, complete_ok=True)
     elif rundir.kind(path) == "run":  # stopped while training: only its config.json is there
@@ -436,6 +524,19 @@ def train_network(
     else:
         runs.start(experiment, path, progress=progress, meta=meta)
     return pd.read_csv(done)
+
+
+def network_meta(
+    branch: BranchSet, trunk: Trunk, experiment: Experiment, round_index: int, trial: int
+) -> dict[str, Any]:
+    """A branch network's ``config.json`` record: the run's, with the branch's and its
+    plugin's."""
+    meta = runs.run_record(experiment)
+    plugins = experiment.plugins
+    meta["plugins"] = {**meta["plugins"], "branch": plugins.branches.sources[branch.kind]}
+    meta["branch"] = {**branch.record(), "round": round_index, "trial": trial,
+                      "trunk_identity": checkpoint.run_identity(trunk.meta)}  # fmt: skip
+    return meta
 
 
 def write_table(folder: Path) -> pd.DataFrame:
@@ -475,16 +576,23 @@ def plan_branch(
     rounds: Sequence[int] | str | None,
     options: dict[str, Any] | BaseModel | None,
     plugins: Plugins,
-    trials: int = 1,
+    trials: int | None = None,
     seed: int = 0,
+    batched: bool | None = None,
 ) -> BranchPlan:
     """Everything checked before anything is written: the kind, its options, the trunk's files,
-    every round finished by the trunk, the trials."""
+    every round finished by the trunk, the trials (``None``: the kind's least, 1 for most);
+    ``batched``: train the networks as one batched model (``None``: as the trunk's config)."""
     kind = plugins.branches.get(kind_name)
     who = plugins.branches.who(kind_name)
     chosen = validate_options(kind, who, options or {})
-    if trials < 1:
-        raise LotteryError(f"--trials must be at least 1 (got {trials})")
+    if trials is None:
+        trials = max(1, kind.min_trials)
+    if trials < max(1, kind.min_trials):
+        raise LotteryError(
+            f"--trials must be at least {max(1, kind.min_trials)} (got {trials})"
+            + (f": branch {kind_name!r} compares its trials" if kind.min_trials > 1 else "")
+        )
     if seed < 0:
         raise LotteryError(f"--branch-seed must be 0 or more (got {seed})")
     trunk = open_trunk(Path(trunk_dir))
@@ -502,7 +610,7 @@ def plan_branch(
             f"{str(trunk.path)!r} has finished rounds 0-{trunk.done - 1}; round {late[0]} "
             f"is not finished (of {trunk.config.rounds}), so it cannot be branched from"
         )
-    return BranchPlan(BranchSet(trunk.path, kind_name, chosen, seed), wanted, trials)
+    return BranchPlan(BranchSet(trunk.path, kind_name, chosen, seed, batched), wanted, trials)
 
 
 def preflight(plan: BranchPlan, plugins: Plugins, cache: dict[tuple, DatasetSplits]) -> None:
@@ -511,58 +619,8 @@ def preflight(plan: BranchPlan, plugins: Plugins, cache: dict[tuple, DatasetSpli
     trained`` without kept weights, a dataset that does not fit) is one line and no folder."""
     for round_index, trial in plan.networks():
         if not rows(plan.branch.network(round_index, trial)):
-            _begin(plan.branch, round_index, trial, plugins, cache)
+            begin_network(plan.branch, round_index, trial, plugins, cache)
             return
-
-
-def run_serial(
-    plan: BranchPlan,
-    plugins: Plugins,
-    progress: bool = True,
-    cache: dict[tuple, DatasetSplits] | None = None,
-) -> pd.DataFrame:
-    """Every network of ``plan`` in this process, one after another (``cache``: data sets
-    already loaded, by ``loading.data_key``)."""
-    cache = {} if cache is None else cache
-    preflight(plan, plugins, cache)
-    plan.branch.write()
-    try:
-        for round_index, trial in plan.networks():
-            train_network(plan.branch, round_index, trial, plugins, cache, progress=progress)
-    finally:
-        write_table(plan.branch.folder)
-    return table_of(plan)
-
-
-def run_parallel(
-    plan: BranchPlan, plugins: Plugins, engine_plan: Plan, progress: bool = True
-) -> pd.DataFrame:
-    """Every network of ``plan`` as a unit on Ray; ``RunFailed`` lists the failures."""
-    preflight(plan, plugins, {})
-    plan.branch.write()
-    folder = plan.branch.folder
-    device = rundir.read_meta(plan.branch.trunk)["config"].get("device", "auto")
-    todo = units(plan, folder, gpu=device != "cpu")
-    failures: dict[str, str] = {}
-    if todo:
-
-        def on_event(event: Event) -> None:
-            if event.outcome is not None and event.unit is not None:
-                write_table(folder)
-                if not event.outcome.ok and event.outcome.error != "cancelled":
-                    failures[event.unit.run] = event.outcome.error
-
-        with Engine(engine_plan) as engine:
-            outcomes = execute(engine, todo, on_event, progress)
-        write_table(folder)
-        if outcomes is None:
-            raise Stopped(f"\nInterrupted: finished networks are saved in {folder}; run the "
-                          "same command again to continue")  # fmt: skip
-    if failures:
-        listed = "; ".join(f"{run}: {error}" for run, error in failures.items())
-        raise RunFailed(f"{len(failures)} network(s) failed: {listed}; run the same command "
-                        "again to continue")  # fmt: skip
-    return table_of(plan)
 
 
 def table_of(plan: BranchPlan) -> pd.DataFrame:
@@ -579,64 +637,3 @@ def table_of(plan: BranchPlan) -> pd.DataFrame:
 def rows(path: Path) -> int:
     """1 once a network has finished (its ``results.csv`` is written), else 0."""
     return int((Path(path) / paths.RESULTS).exists())
-
-
-def units(plan: BranchPlan, root: Path, after: tuple[str, ...] = (), gpu: bool = True
-          ) -> list[Unit]:  # fmt: skip
-    """A unit per network still to train, named by its folder relative to ``root``; ``after``:
-    the units that must finish first (a group's trunk); ``gpu``: may ask for a GPU share."""
-    branch = plan.branch
-    found = []
-    for round_index, trial in plan.networks():
-        path = branch.network(round_index, trial)
-        if rows(path):
-            continue
-        name = paths.relative(path, root)
-        kwargs = {"trunk": str(Path(branch.trunk).absolute()), "kind": branch.kind,
-                  "options": branch.options.model_dump(mode="json"), "seed": branch.seed,
-                  "round_index": round_index, "trial": trial, "cwd": str(Path.cwd())}  # fmt: skip
-        found.append(Unit(name, name, BRANCH_UNIT, kwargs, after, 1, _counter(path), gpu))
-    return found
-
-
-def _counter(path: Path) -> Callable[[], int]:
-    return lambda: rows(path)
-
-
-_DATA: dict[tuple, DatasetSplits] = {}  # a worker's data set, kept across its units
-
-
-def branch_unit(
-    trunk: str, kind: str, options: dict[str, Any], seed: int, round_index: int, trial: int,
-    cwd: str,
-) -> int:  # fmt: skip
-    """One network in a Ray worker (a process of its own: it finds the installed plugins
-    itself), in the driver's folder ``cwd``."""
-    from .plugins import get_plugins
-
-    plugins = get_plugins()
-    branch_kind = plugins.branches.get(kind)
-    chosen = validate_options(branch_kind, plugins.branches.who(kind), options)
-    branch = BranchSet(Path(trunk), kind, chosen, seed)
-    branch.write()
-    # in the driver's folder ``cwd`` (``engine.call``): a relative data_dir is the driver's; the
-    # set's results.csv is the driver's to write, after every unit (no two workers race on it)
-    train_network(branch, round_index, trial, plugins, _DATA)
-    return rows(branch.network(round_index, trial))
-
-
-@dataclass
-class BranchResult:
-    """What ``run_branch`` returns: the networks' rows, the trunk's rows, the set's folder."""
-
-    results: pd.DataFrame
-    trunk: pd.DataFrame
-    folder: Path
-    data_source: str = ""
-
-
-def result_of(plan: BranchPlan, table: pd.DataFrame) -> BranchResult:
-    trunk = plan.branch.trunk
-    meta = rundir.read_meta(trunk)
-    return BranchResult(table, pd.read_csv(trunk / paths.RESULTS), plan.branch.folder,
-                        str(meta.get("data_source", "")))  # fmt: skip

@@ -456,8 +456,9 @@ class BranchCommand(click.Command):
 def branch_command(name: str, description: str) -> click.Command:
     """``branch NAME RUN_DIR [--rounds ...] [options]``."""
 
-    def callback(run_dir: Path, rounds: str | None, trials: int, branch_seed: int,
-                 workers: int | None, quiet: bool, **options: Any) -> None:  # fmt: skip
+    def callback(run_dir: Path, rounds: str | None, trials: int | None, branch_seed: int,
+                 workers: int | None, quiet: bool, batched: bool | None,
+                 **options: Any) -> None:  # fmt: skip
         with loading_libraries():
             from lottery_core.api import run_branch
 
@@ -465,13 +466,14 @@ def branch_command(name: str, description: str) -> click.Command:
             fail(f"--workers must be at least 1 (got {workers})")
         from lottery_core.config import check_trials
 
-        check_trials(trials, "--trials")
+        if trials is not None:
+            check_trials(trials, "--trials")
         from lottery_core.progress import reporting
 
         with reporting(lines=True) as report:  # each network's row as it finishes
             result = run_branch(
                 name, run_dir, rounds=rounds, trials=trials, seed=branch_seed, workers=workers,
-                progress=not quiet, plugins=plugins(), **options,
+                progress=not quiet, plugins=plugins(), batched=batched, **options,
             )  # fmt: skip
             print_branch(result, report.data_shown)
 
@@ -479,20 +481,27 @@ def branch_command(name: str, description: str) -> click.Command:
         click.Argument(["run_dir"], type=click.Path(path_type=Path)),
         click.Option(["--rounds"], help="Trunk rounds to branch from, e.g. 1,3-8 [default: "
                      "every pruned round the trunk finished]."),  # fmt: skip
-        click.Option(["--trials"], type=int, default=1, show_default=True,
-                     help="Networks per round (the branch's own seeds)."),  # fmt: skip
+        click.Option(["--trials"], type=int,
+                     help="Networks per round (the branch's own seeds) [default: 1, or the "
+                     "kind's least: stability compares 2 copies]."),  # fmt: skip
         click.Option(["--branch-seed"], type=int, default=0, show_default=True,
                      help="Seed of the branch's own random stream (recorded)."),  # fmt: skip
         click.Option(["--workers"], type=int,
                      help="Train this many networks at once on Ray workers."),  # fmt: skip
         click.Option(["--quiet"], is_flag=True,
                      help="No progress bar (each network's row is printed all the same)."),
+        click.Option(["--batched/--no-batched"], default=None,
+                     help="Train the networks as one batched model [default: as the run's "
+                     "config]."),  # fmt: skip
     ]
     return BranchCommand(
         name, callback=callback, params=params,
         help=f"Branch {name}: {description}." if description else None,
         short_help=description or None,
     )  # fmt: skip
+
+
+ANALYSIS_SHOWN = 40  # an analysis table longer than this is named, not printed
 
 
 def print_branch(result: Any, data_shown: str | None = None) -> None:
@@ -502,6 +511,12 @@ def print_branch(result: Any, data_shown: str | None = None) -> None:
     if result.data_source != data_shown:
         click.echo(f"data: {result.data_source}")
     click.echo(branch_table(result.results, result.trunk))
+    for name, table in result.analysis.items():
+        if len(table) <= ANALYSIS_SHOWN:
+            click.echo(f"{name}:")
+            click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        else:
+            click.echo(f"{name}: {len(table)} rows in {result.folder / (name + '.csv')}")
     click.echo(f"branch written to {result.folder}")
 
 
@@ -516,6 +531,77 @@ def branch() -> None:
     more. The networks land in RUN_DIR/branches/<kind>-<hash>/; run the same command again to
     continue it.
     """
+
+
+@cli.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--k", "k", default="0,100,500,2000", show_default=True,
+              help="Iterations the copies start from, comma-separated (500, 500it, 2ep).")
+@click.option("--control", default="none", show_default=True,
+              help="Subnetworks to test, comma-separated: none (the ticket), reinit, "
+              "random-prune.")
+@click.option("--copies", type=int, default=2, show_default=True,
+              help="Networks trained from each start, with different data orders.")
+@click.option("--alphas", type=int, default=30, show_default=True,
+              help="Evenly spaced points on each linear path.")
+@click.option("--rounds", help="Rounds of the run, e.g. 0,3-8 [default: every round it "
+              "finished].")
+@click.option("--between-rounds", is_flag=True,
+              help="Also the barrier between successive rounds' trained networks (a run with "
+              "--keep-trained).")
+@click.option("--branch-seed", type=int, default=0, show_default=True,
+              help="Seed of the copies' own random streams (recorded).")
+@click.option("--workers", type=int, help="Train this many networks at once on Ray workers.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--batched/--no-batched", default=None,
+              help="Train each k x control's copies as one batched model [default: as the "
+              "run's config].")
+def stability(run_dir: Path, k: str, control: str, copies: int, alphas: int,
+              rounds: str | None, between_rounds: bool, branch_seed: int, workers: int | None,
+              quiet: bool, batched: bool | None) -> None:  # fmt: skip
+    """Instability analysis (Frankle et al. 2020) of a finished run.
+
+    \b
+      lottery stability RUN_DIR [--k 0,100,500,2000] [--control none,reinit,random-prune]
+                                [--copies 2] [--rounds 0,3,7] [--between-rounds] [--workers N]
+    From each round's subnetwork at iteration k, --copies networks trained with different
+    data orders; the error along the linear path between them (test and training data); the
+    barrier (highest error minus the ends' mean: stable under 2 points) and whether the
+    subnetwork matches the dense network (within 0.2 points). Rows: RUN_DIR/stability.csv;
+    run the same command again to continue it.
+    """
+    if workers is not None and workers < 1:
+        fail(f"--workers must be at least 1 (got {workers})")
+    if alphas < 2:
+        fail(f"--alphas must be at least 2 (got {alphas})")
+    with loading_libraries():
+        from lottery_core.api import run_stability
+        from lottery_core.progress import reporting
+    with reporting(lines=True):
+        result = run_stability(
+            run_dir, k=k, control=control, copies=copies, alphas=alphas, rounds=rounds,
+            between_rounds=between_rounds, seed=branch_seed, workers=workers,
+            progress=not quiet, plugins=plugins(), batched=batched,
+        )  # fmt: skip
+    print_stability(result)
+
+
+def print_stability(result: Any) -> None:
+    """Mean test barrier by subnetwork and k, the verdict in words, the between-rounds rows."""
+    from lottery_core import stability as analysis
+
+    table = analysis.pivot(result.table)
+    if not table.empty:
+        click.echo("test barrier (points of error; stable < 2), mean over pairs, by k:")
+        click.echo(table.to_string(float_format=lambda v: f"{v:.2f}"))
+        for line in analysis.verdict(result.table):
+            click.echo(line)
+    if result.between is not None:
+        click.echo("between successive rounds:")
+        shown = result.between[["round", "next_round", "remaining", "test_barrier",
+                                 "train_barrier", "distance"]]  # fmt: skip
+        click.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    click.echo(f"tables written to {result.trunk}")
 
 
 class SweepGroup(click.Group):

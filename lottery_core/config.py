@@ -256,6 +256,12 @@ class ExperimentConfig(BaseModel):
         description="Keep every round's trained weights (trained/round_<r>.pt; LeNet-300-100: "
         "about 1 MiB a round) for export --trained and branches that start from them.",
     )
+    batched: bool = Field(
+        default=False,
+        description="Train a branch set's networks (controls, branches, stability copies) as "
+        "one batched model (lottery_core.batched): on the CPU each is its single run bit for "
+        "bit for LeNet-300-100, to float rounding for conv nets.",
+    )
 
     @field_validator("branches", mode="before")
     @classmethod
@@ -382,7 +388,7 @@ def config_of(meta: dict[str, Any], where: str = "config.json") -> ResolvedConfi
 # only records how the step fields were written; their iteration counts count).
 NOT_IDENTITY = {
     "out", "device", "data_dir", "download", "threads", "thread_rule", "keep_trained",
-    "branches", "steps",
+    "branches", "steps", "batched",
 }  # fmt: skip
 # Fields earlier versions recorded and this one ignores when it reads a config.json: the
 # controls were config swaps before they became branches (``group_runs.CONTROLS``).

@@ -65,6 +65,18 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+@dataclass
+class Trained:
+    """A round trained elsewhere, for ``Experiment.train`` to record as its own: the trained
+    parameters (keyed like ``named_parameters()``), the round's outcome, the parameters at the
+    rewind point (round 0 with late rewinding) and the network's share of the wall time."""
+
+    parameters: dict[str, torch.Tensor]
+    outcome: RoundOutcome
+    snapshot: dict[str, torch.Tensor] | None = None
+    seconds: float = 0.0
+
+
 class Experiment:
     """One IMP experiment: a resolved config, its plugins, its data and its model.
 
@@ -93,6 +105,7 @@ class Experiment:
         self.layers: list[masks.PrunableLayer] = []
         self.threads: ThreadRule | None = None
         self.run_info = RunInfo()  # which run the lifecycle hooks are told about (``run``)
+        self.given: dict[int, Trained] = {}  # rounds a batched unit trained: train() records them
 
     @property
     def data(self) -> DatasetSplits:
@@ -252,16 +265,22 @@ class Experiment:
             return extra
 
         started = time.perf_counter()
-        outcome = train_round(
-            self.model,
-            self.data,
-            settings,
-            data_seed=self.seeds["data_order"],
-            on_evaluation=on_evaluation,
-            on_iteration=on_iteration if rewind_at else None,
-            progress=progress.advance,
-            threads=self.threads,
-        )
+        given = self.given.pop(round_index, None)
+        if given is None:
+            outcome = train_round(
+                self.model,
+                self.data,
+                settings,
+                data_seed=self.seeds["data_order"],
+                on_evaluation=on_evaluation,
+                on_iteration=on_iteration if rewind_at else None,
+                progress=progress.advance,
+                threads=self.threads,
+            )
+        else:
+            outcome = self.absorb(given, state, rewind_at, on_evaluation)
+            progress.advance(settings.iterations - settings.start_iteration)
+            started -= given.seconds
         record = self.record(round_index, remaining, outcome, settings, started)
         for extra in notify(
             "on_round_end", round_index=round_index, record=dict(record), model=self.model
@@ -274,6 +293,29 @@ class Experiment:
         state.masks[round_index] = {k: v.bool().cpu() for k, v in trained_with.items()}
         state.next_round = round_index + 1
         return record
+
+    @torch.no_grad()
+    def absorb(
+        self,
+        given: Trained,
+        state: RunState,
+        rewind_at: int,
+        on_evaluation: Callable[[dict], dict],
+    ) -> RoundOutcome:
+        """A round trained elsewhere (``given``, by a batched unit) as if trained here: its
+        parameters into the model, its rewind snapshot into ``state``, each history row through
+        the ``on_evaluation`` hooks (their columns added, after the fact)."""
+        for name, parameter in self.parameters().items():
+            parameter.copy_(given.parameters[name].to(parameter.device))
+        for layer in self.layers:
+            masks.refresh_weight(layer)
+        if rewind_at and given.snapshot is not None:  # None: the round began past it
+            state.rewind_state = {k: v.to(self.device).clone() for k, v in given.snapshot.items()}
+            state.rewind_buffers = self.buffer_snapshot()
+        outcome = given.outcome
+        for row in outcome.history:
+            row.update(on_evaluation(row) or {})
+        return outcome
 
     def record(
         self,

@@ -12,7 +12,7 @@ round 0 the mask is the dense one, so a control's round 0 is the trunk's own den
 
 Bringing one run further (``advance``) is the unit of the serial executor (``group``); the
 parallel one sends the trunk's ``advance_unit`` and each control network's
-``branches.branch_unit`` to Ray workers (``engine``), ordered by ``units``.
+``branch_runs.branch_unit`` to Ray workers (``engine``), ordered by ``units``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import branches, files, paths, rundir, runs, seeds
+from . import branch_runs, branches, files, paths, rundir, runs, seeds
 from .config import ResolvedConfig, config_of
 from .engine import Unit
 from .errors import LotteryError
@@ -50,11 +50,12 @@ def series(meta: dict[str, Any]) -> list[str]:
 def control_set(out: Path, trial: int, kind: str, plugins: Plugins | None = None
                 ) -> branches.BranchSet:  # fmt: skip
     """Trial ``trial``'s branch ``kind`` (default options, seed 0): a branch set of its IMP
-    run."""
+    run, batched as the group's config says (known before its IMP runs exist)."""
     plugins = plugins or get_plugins()
     options = branches.validate_options(plugins.branches.get(kind), plugins.branches.who(kind),
                                         {})  # fmt: skip
-    return branches.BranchSet(paths.trial_dir(out, MAIN, trial), kind, options, 0)
+    batched = bool(rundir.read_group_meta(out)["config"].get("batched", False))
+    return branches.BranchSet(paths.trial_dir(out, MAIN, trial), kind, options, 0, batched)
 
 
 def control_plan(out: Path, trial: int, kind: str, rounds: int, plugins: Plugins | None = None
@@ -116,7 +117,7 @@ def advance(
         cache[data_key(trial_config)] = data
     plan = control_plan(out, trial, experiment, config.rounds, plugins)
     if plan.rounds:
-        branches.run_serial(plan, plugins, progress=progress, cache=cache)
+        branch_runs.run_serial(plan, plugins, progress=progress, cache=cache)
 
 
 def _run_or_resume(
@@ -181,7 +182,7 @@ def units(out: Path, root: Path) -> list[Unit]:
             after = (main_run,)
         for kind in branch_kinds(meta):
             plan = control_plan(out, trial, kind, config.rounds)
-            found += branches.units(plan, root, after, config.device != "cpu")
+            found += branch_runs.units(plan, root, after, config.device != "cpu")
     return found
 
 

@@ -121,7 +121,7 @@ class ProgressLine:
 
 def run_folder(unit: Unit) -> Path | None:
     """The run folder a unit brings further, from its arguments: a group's run
-    (``group_runs.advance_unit``) or a branch network (``branches.branch_unit``)."""
+    (``group_runs.advance_unit``) or a branch network (``branch_runs.branch_unit``)."""
     k = unit.kwargs
     try:
         if {"out", "trial", "experiment"} <= k.keys():

@@ -40,6 +40,8 @@ _TRIAL = re.compile(rf"{TRIAL_PREFIX}(\d+)")
 # -- branches of a run: <run>/branches/<kind>-<hash>/round_<r>/trial_<t>/, each a run folder
 BRANCHES = "branches"
 BRANCH = "branch.json"  # a branch set's kind, options, seed stream and trunk
+ANALYSIS = "analysis.json"  # a branch round's analysis: the tables its kind wrote, from what
+BETWEEN_ROUNDS = "between_rounds.csv"  # a run's barriers between successive rounds' networks
 ROUND_PREFIX = "round_"
 _ROUND = re.compile(rf"{ROUND_PREFIX}(\d+)")
 _BRANCH_SET = re.compile(r"(.+)-([0-9a-f]{8})")
@@ -116,6 +118,27 @@ def branch_kind_of(branch_set_dir: Path) -> str:
 def branch_dir(branch_set_dir: Path, round_index: int, trial: int) -> Path:
     """``<set>/round_<r>/trial_<t>``: one branch network, an ordinary run folder."""
     return Path(branch_set_dir) / f"{ROUND_PREFIX}{round_index}" / f"{TRIAL_PREFIX}{trial}"
+
+
+def branch_round(branch_set_dir: Path, round_index: int) -> Path:
+    """``<set>/round_<r>``: round r's networks, and its analysis tables (``<name>.csv``)."""
+    return Path(branch_set_dir) / f"{ROUND_PREFIX}{round_index}"
+
+
+def round_number(folder: Path) -> int | None:
+    """The ``r`` of a ``round_<r>`` folder name, or ``None`` for any other name."""
+    match = _ROUND.fullmatch(Path(folder).name)
+    return int(match.group(1)) if match else None
+
+
+def analysis_rounds(branch_set_dir: Path) -> list[Path]:
+    """A branch set's round folders that hold an analysis, by round."""
+    found = []
+    for folder in Path(branch_set_dir).glob(f"{ROUND_PREFIX}*"):
+        match = _ROUND.fullmatch(folder.name)
+        if match and (folder / ANALYSIS).exists():
+            found.append((int(match.group(1)), folder))
+    return [folder for _, folder in sorted(found)]
 
 
 def branch_of(folder: Path) -> tuple[Path, int, int] | None:

@@ -8,6 +8,12 @@ early-stopping iteration against weights remaining, validation curves per round)
 What a report reads, and what it refuses to give a verdict over, is ``report_inputs``.
 Rounds flagged ``diverged`` or ``chance`` (``divergence``) are named in the verdict, and a dense
 round so flagged gives no verdict at all.
+
+A run folder with an instability analysis (``lottery stability``: ``stability.csv``,
+``between_rounds.csv``) adds its section: the mean test barrier by subnetwork and k, how many
+pairs are stable and matching, ``stability.verdict`` in words, and its figures (the error along
+the linear path, the barrier against k and against weights remaining, the barrier between
+successive rounds). A report of a run without one is as before.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ import pandas as pd
 from . import divergence, files, paths
 from .config import ExperimentConfig
 from .errors import LotteryError
-from .report_inputs import Series, describe, load_series
+from .report_inputs import STABILITY_PATH, Series, Stability, describe, load_series, load_stability
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap, LogNorm
     from matplotlib.figure import Figure
 
 FIGURES = {  # each figure's file name, less the format's suffix, and its title
@@ -248,9 +255,10 @@ def markdown(
     tolerance: float,
     fmt: str = "png",
     styles: list[Style] | None = None,
+    analyses: list[Stability] | None = None,
 ) -> str:
-    """``report.md``: the verdict first, then what backs it (setup, rounds, layers, figures
-    in ``fmt``)."""
+    """``report.md``: the verdict first, then what backs it (setup, rounds, layers, the
+    instability ``analyses`` where there are any, figures in ``fmt``)."""
     styles = styles if styles is not None else series_styles(series)
     lines = ["# Lottery ticket report", ""]
     lines += data_lines(series) + [""]
@@ -278,6 +286,7 @@ def markdown(
     lines += ["## Per layer: weights remaining", ""]
     for item in series:
         lines += [f"### {item.label}", ""] + layer_table(item) + [""]
+    lines += stability_lines(analyses or [], fmt)
     lines += ["## Figures", ""]
     for stem, title in FIGURES.items():  # a PDF is a link: Markdown viewers show no PDF inline
         lines += [f"{'' if fmt == 'pdf' else '!'}[{title}]({stem}.{fmt})", ""]
@@ -574,10 +583,8 @@ def validation_figure(series: list[Series], styles: list[Style] | None = None) -
     """Validation accuracy per iteration, one curve per round coloured by weights remaining;
     one panel per series (its first trial)."""
     from matplotlib import colormaps
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+    from matplotlib.ticker import MaxNLocator
 
     styles = styles if styles is not None else series_styles(series)
     columns = min(3, len(series))
@@ -585,7 +592,7 @@ def validation_figure(series: list[Series], styles: list[Style] | None = None) -
     fig = Figure(figsize=(4.6 * columns + 1, 3.6 * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False, sharey=True)
     remaining = [v for s in series for v in s.trials[0].results["remaining"]]
-    norm = LogNorm(min(remaining) * 0.9999, max(remaining) * 1.0001)
+    norm = remaining_norm(remaining)
     cmap = colormaps["viridis"]
     for ax, item, style in zip(axes.flat, series, styles, strict=False):
         trial = item.trials[0]
@@ -609,14 +616,381 @@ def validation_figure(series: list[Series], styles: list[Style] | None = None) -
         ax.set_ylabel("validation accuracy (%)")
     for ax in list(axes.flat)[len(series) :]:
         ax.set_visible(False)
+    remaining_colorbar(fig, axes, norm, cmap, remaining)
+    return fig
+
+
+def remaining_norm(values: list[float]) -> LogNorm:
+    """Colours by weights remaining (a log scale, as the x axes), spanning ``values``."""
+    from matplotlib.colors import LogNorm
+
+    return LogNorm(min(values) * 0.9999, max(values) * 1.0001)
+
+
+def remaining_colorbar(fig: Figure, axes: Any, norm: LogNorm, cmap: Colormap,
+                       values: list[float]) -> None:  # fmt: skip
+    """The colour bar of curves coloured by weights remaining, beside ``axes``, labelled at
+    the remaining percentages of ``values`` that fit (``remaining_ticks``)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.9)
     bar.set_label("weights remaining (%)")
     length = fig.get_figheight() * 72 * 0.9 * 0.75
-    ticks = remaining_ticks(remaining, length, _tick_size(vertical=True), vertical=True)
+    ticks = remaining_ticks(values, length, _tick_size(vertical=True), vertical=True)
     bar.ax.yaxis.set_major_locator(FixedLocator(ticks))
     bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: pct(v)))
     bar.ax.yaxis.set_minor_locator(NullLocator())
+
+
+# -- the instability analysis ----------------------------------------------------------------
+
+STABILITY_FIGURES = {  # each figure's file name, less the format's suffix, and its title
+    "stability_path": "Test error along the linear path between two copies",
+    "stability_barrier": "Test barrier between copies, against k and against weights remaining",
+    "between_rounds": "Barrier between the trained networks of successive rounds",
+}
+CONTROLS = ("none", "reinit", "random-prune")  # the ticket first, then the paper's controls
+CONTROL_STYLES = {"none": ("-", "o"), "reinit": (":", "^"), "random-prune": ("--", "s")}
+
+
+def control_name(control: str) -> str:
+    """A subnetwork of the analysis by the report's names: the ticket as IMP, a control as the
+    paper calls it."""
+    return IMP if control == "none" else NAMES.get(control, control)
+
+
+def _controls(values: Any) -> list[str]:
+    """The controls among ``values``, the ticket first, then the paper's order."""
+    found = list(dict.fromkeys(str(v) for v in values))
+    rank = {c: i for i, c in enumerate(CONTROLS)}
+    return sorted(found, key=lambda c: (rank.get(c, len(CONTROLS)), c))
+
+
+def _control_style(control: str) -> tuple[str, str]:
+    """A control's line style and marker: the ticket solid, the controls dashed or dotted."""
+    return CONTROL_STYLES.get(control, ("-.", "D"))
+
+
+def _by(frame: pd.DataFrame, column: str) -> list[tuple[int, pd.DataFrame]]:
+    """``frame``'s rows by the whole number in ``column`` (a round, a k), ascending."""
+    values = frame[column].to_numpy(int)
+    return [(int(v), frame[values == v]) for v in sorted(set(values.tolist()))]
+
+
+def _test_path(analysis: Stability) -> pd.DataFrame:
+    """The points of an analysis' paths on the test set, of the rounds ``stability.csv``
+    gives the weights remaining of (the curves' colours)."""
+    path = analysis.path
+    if path.empty or analysis.table.empty:
+        return path.iloc[0:0]
+    known = set(analysis.table["round"])
+    return path[(path["split"] == "test") & path["round"].isin(known)]
+
+
+def _remaining_of(analysis: Stability) -> dict[int, float]:
+    """Weights remaining at each round of the analysis' ``stability.csv``."""
+    table = analysis.table
+    return {int(r): float(v) for r, v in zip(table["round"], table["remaining"], strict=True)}
+
+
+def stability_stems(analyses: list[Stability]) -> list[str]:
+    """The figures of the instability analysis the analyses have rows for, in
+    ``STABILITY_FIGURES``' order."""
+    have = {
+        "stability_path": any(not _test_path(a).empty for a in analyses),
+        "stability_barrier": any(not a.table.empty for a in analyses),
+        "between_rounds": any(not a.between.empty for a in analyses),
+    }
+    return [stem for stem in STABILITY_FIGURES if have[stem]]
+
+
+def _threshold(ax: Axes) -> Any:
+    """The stability threshold (``connectivity.STABLE_BELOW``) as a dotted line."""
+    from .connectivity import STABLE_BELOW
+
+    return ax.axhline(STABLE_BELOW, color=REFERENCE, ls=":", lw=1.1, zorder=2,
+                      label=f"stable below {STABLE_BELOW:g} points")  # fmt: skip
+
+
+def _barrier_limits(ax: Axes, values: list[float]) -> None:
+    """Zero to above the highest barrier, the stability threshold always in view."""
+    from .connectivity import STABLE_BELOW
+
+    finite = [v for v in values if np.isfinite(v)]
+    top = max([STABLE_BELOW * 1.25, *(v * 1.08 for v in finite)])
+    ax.set_ylim(min([0.0, *(v * 1.08 for v in finite)]), top)
+
+
+def path_figure(analyses: list[Stability]) -> Figure:
+    """Test error along the linear path from one copy (α = 0) to the other (α = 1), mean over
+    the pairs: one panel per subnetwork (the ticket, each control) and k, one curve per round
+    coloured by weights remaining."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    rows = []  # (name, control, points, remaining by round)
+    with_path = [a for a in analyses if not _test_path(a).empty]
+    for analysis in with_path:
+        test = _test_path(analysis)
+        remaining = _remaining_of(analysis)
+        prefix = f"{analysis.label}\n" if len(with_path) > 1 else ""
+        for control in _controls(test["control"]):
+            rows.append((prefix + control_name(control), control,
+                         test[test["control"] == control], remaining))  # fmt: skip
+    ks = sorted({int(k) for _, _, points, _ in rows for k in points["k"]})
+    values = list(dict.fromkeys(remaining[int(r)] for *_, points, remaining in rows
+                                for r in points["round"]))  # fmt: skip
+    norm = remaining_norm(values)
+    cmap = colormaps["viridis"]
+    fig = Figure(figsize=(3.2 * len(ks) + 1.6, 2.7 * len(rows) + 0.9), layout="constrained")
+    axes = fig.subplots(len(rows), len(ks), squeeze=False, sharex=True, sharey=True)
+    for row, (name, control, points, remaining) in enumerate(rows):
+        color = PALETTE[FIXED.get(control_name(control), 7)]
+        for column, k in enumerate(ks):
+            ax = axes[row, column]
+            part = points[points["k"] == k]
+            if part.empty:
+                ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
+            for round_index, curve in _by(part, "round"):
+                mean = curve.groupby("alpha")["error"].mean()
+                ax.plot(mean.index, mean.to_numpy(), lw=1.3,
+                        color=cmap(norm(remaining[round_index])))  # fmt: skip
+            ax.set_title(f"k = {k}", fontsize=9)
+            ax.grid(True, alpha=0.3)
+        axes[row, 0].set_ylabel(f"{_text(name)}\ntest error (%)", color=color, fontsize=9)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("α (copy 1 → copy 2)")
+    remaining_colorbar(fig, axes, norm, cmap, values)
+    fig.suptitle(STABILITY_FIGURES["stability_path"] + ", mean over pairs; one curve per round",
+                 fontsize=10)  # fmt: skip
     return fig
+
+
+def barrier_figure(analyses: list[Stability]) -> Figure:
+    """The test barrier (mean over pairs) against k, one line per round coloured by weights
+    remaining, and against weights remaining, one line per k; the ticket solid, the controls
+    dashed or dotted; a line at the stability threshold. One row per analysis."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    found = [a for a in analyses if not a.table.empty]
+    every_k = sorted({int(k) for a in found for k in a.table["k"]})
+    k_colors = colormaps["plasma"](np.linspace(0.0, 0.8, max(len(every_k), 2)))
+    k_color = {k: k_colors[i] for i, k in enumerate(every_k)}
+    values = [float(v) for a in found for v in a.table["remaining"]]
+    norm = remaining_norm(values)
+    cmap = colormaps["viridis"]
+    fig = Figure(figsize=(11.5, 4.2 * len(found) + 1.0), layout="constrained")
+    axes = fig.subplots(len(found), 2, squeeze=False)
+    controls: list[str] = []
+    for (left, right), analysis in zip(axes, found, strict=True):
+        groups = analysis.table.groupby(["control", "round", "k"], as_index=False)
+        means = groups.agg(barrier=("test_barrier", "mean"), remaining=("remaining", "first"))
+        ks = sorted(int(k) for k in means["k"].unique())
+        position = {k: i for i, k in enumerate(ks)}
+        for control in _controls(means["control"]):
+            controls.append(control)
+            ls, marker = _control_style(control)
+            part = means[means["control"] == control]
+            for _, line in _by(part, "round"):
+                line = line.sort_values("k")
+                left.plot([position[int(k)] for k in line["k"]], line["barrier"], ls=ls,
+                          marker=marker, ms=4, lw=1.4,
+                          color=cmap(norm(float(line["remaining"].iloc[0]))))  # fmt: skip
+            for k, line in _by(part, "k"):
+                line = line.sort_values("round")
+                right.plot(line["remaining"], line["barrier"], ls=ls, marker=marker, ms=4,
+                           lw=1.4, color=k_color[k])  # fmt: skip
+        left.set_xticks(range(len(ks)), [str(k) for k in ks])
+        left.set_xlim(-0.4, len(ks) - 0.6)
+        left.set_xlabel("k: the iteration the copies start from")
+        left.grid(True, alpha=0.3)
+        style_remaining_axis(right, list(means["remaining"]), fig.get_figwidth() * 72 * 0.4)
+        for ax in (left, right):
+            threshold = _threshold(ax)
+            _barrier_limits(ax, list(means["barrier"]))
+            ax.set_ylabel("test barrier (points of error)")
+        who = f"{_text(analysis.label)}\n" if len(found) > 1 else ""
+        left.set_title(f"{who}against k, one line per round", fontsize=9)
+        right.set_title(f"{who}against weights remaining, one line per k", fontsize=9)
+    remaining_colorbar(fig, axes[:, 0], norm, cmap, values)
+    handles: list[Any] = []
+    for control in dict.fromkeys(controls):
+        ls, marker = _control_style(control)
+        handles.append(Line2D([], [], color=REFERENCE, ls=ls, marker=marker, ms=4, lw=1.4,
+                              label=_text(control_name(control))))  # fmt: skip
+    handles += [Line2D([], [], color=k_color[k], lw=2, label=f"k = {k}") for k in every_k]
+    handles.append(threshold)
+    fig.legend(handles=handles, labels=[h.get_label() for h in handles],
+               loc="outside lower center", ncols=min(len(handles), 4), fontsize=8,
+               frameon=False)  # fmt: skip
+    fig.suptitle(STABILITY_FIGURES["stability_barrier"] + " (mean over pairs)", fontsize=10)
+    return fig
+
+
+def between_figure(analyses: list[Stability]) -> Figure:
+    """Paul et al. (2023): the barrier between the trained networks of rounds r and r+1, on the
+    test set and the training subset, at round r+1's weights remaining."""
+    from matplotlib.figure import Figure
+
+    found = [a for a in analyses if not a.between.empty]
+    fig = Figure(figsize=(7.5, 5.2), layout="constrained")
+    ax = fig.add_subplot()
+    values: list[float] = []
+    barriers: list[float] = []
+    handles: list[Any] = []
+    for index, analysis in enumerate(found):
+        color = PALETTE[index % len(PALETTE)]
+        rows = analysis.between.sort_values("round")
+        x = rows["next_remaining"].to_numpy(float)
+        values += list(x)
+        who = f"{analysis.label}: " if len(found) > 1 else ""
+        for column, split, ls, marker in (
+            ("test_barrier", "test set", "-", "o"),
+            ("train_barrier", "training subset", "--", "s"),
+        ):
+            if column not in rows:
+                continue
+            y = pd.to_numeric(rows[column], errors="coerce").to_numpy(float)
+            if not np.isfinite(y).any():
+                continue
+            barriers += list(y)
+            (line,) = ax.plot(x, y, color=color, ls=ls, marker=marker, ms=4, lw=1.6,
+                              label=_text(f"{who}{split}"))  # fmt: skip
+            handles.append(line)
+    style_remaining_axis(ax, values, length=fig.get_figwidth() * 72 * 0.8)
+    ax.set_xlabel("weights remaining of round r+1 (%)")
+    ax.set_ylabel("barrier between rounds r and r+1 (points of error)")
+    handles.append(_threshold(ax))
+    _barrier_limits(ax, barriers)
+    ax.set_title(STABILITY_FIGURES["between_rounds"] + " (Paul et al. 2023)", fontsize=10)
+    longest = max(len(h.get_label()) for h in handles)
+    columns = 3 if longest <= 28 else (2 if longest <= 50 else 1)
+    fig.legend(handles=handles, labels=[h.get_label() for h in handles],
+               loc="outside lower center", ncols=min(len(handles), columns), fontsize=8,
+               frameon=False)  # fmt: skip
+    return fig
+
+
+STABILITY_DRAW = {"stability_path": path_figure, "stability_barrier": barrier_figure,
+                  "between_rounds": between_figure}  # fmt: skip
+
+
+def pivot_lines(rows: pd.DataFrame) -> list[str]:
+    """``stability.pivot`` as a table: the mean test barrier by subnetwork and k."""
+    from .stability import pivot
+
+    means = pivot(rows)
+    remaining = _remaining_of_rows(rows)
+    ks = list(means.columns)
+    found = []
+    for control in _controls(means.index.get_level_values("control")):
+        part = means.xs(control, level="control").sort_index()
+        rounds = part.index.get_level_values("round").to_numpy(int).tolist()
+        for round_index, cells in zip(rounds, part.to_numpy(float), strict=True):
+            found.append([control_name(control), str(round_index),
+                          pct(remaining.get((control, round_index), math.nan)),
+                          *(num(float(v)) for v in cells)])  # fmt: skip
+    return table(["subnetwork", "round", "remaining %", *(f"k = {k}" for k in ks)], found)
+
+
+def _remaining_of_rows(rows: pd.DataFrame) -> dict[tuple[str, int], float]:
+    """Weights remaining of each subnetwork and round of ``stability.csv``, unrounded."""
+    found: dict[tuple[str, int], float] = {}
+    for c, r, v in zip(rows["control"], rows["round"], rows["remaining"], strict=True):
+        found.setdefault((str(c), int(r)), float(v))
+    return found
+
+
+def count_lines(rows: pd.DataFrame) -> list[str]:
+    """Per subnetwork: pairs of copies, and how many are stable and matching."""
+    found = []
+    for control in _controls(rows["control"]):
+        part = rows[rows["control"] == control]
+        found.append([control_name(control), str(len(part)), str(int(part["stable"].sum())),
+                      str(int(part["matching"].sum()))])  # fmt: skip
+    if len(found) > 1:
+        found.append(["all", str(len(rows)), str(int(rows["stable"].sum())),
+                      str(int(rows["matching"].sum()))])  # fmt: skip
+    return table(["subnetwork", "pairs", "stable", "matching"], found)
+
+
+def between_lines(rows: pd.DataFrame) -> list[str]:
+    """The barriers between successive rounds, and how many are under the threshold."""
+    from .connectivity import STABLE_BELOW
+
+    rows = rows.sort_values("round")
+    for column in ("train_barrier", "distance"):  # shown where the table has them
+        numbers = pd.to_numeric(rows[column], errors="coerce") if column in rows else math.nan
+        rows = rows.assign(**{column: numbers})
+    found = []
+    for _, row in rows.iterrows():
+        found.append([f"{int(row['round'])} → {int(row['next_round'])}",
+                      f"{pct(row['remaining'])} → {pct(row['next_remaining'])}",
+                      num(row["test_barrier"]), num(row["train_barrier"]),
+                      num(row["distance"])])  # fmt: skip
+    stable = int((rows["test_barrier"] < STABLE_BELOW).sum())
+    header = ["rounds", "remaining %", "test barrier", "train barrier", "distance"]
+    return table(header, found) + [
+        "",
+        f"Under {STABLE_BELOW:g} points (linearly connected) between {stable} of {len(rows)} "
+        "pairs of successive rounds.",
+    ]
+
+
+def stability_lines(analyses: list[Stability], fmt: str = "png") -> list[str]:
+    """The instability section of ``report.md`` (nothing without an analysis): what was
+    measured, the mean test barrier by subnetwork and k (``stability.pivot``), the counts of
+    stable and matching pairs, ``stability.verdict`` in words, the barriers between successive
+    rounds, and the figures."""
+    if not analyses:
+        return []
+    from .connectivity import MATCHING_WITHIN, STABLE_BELOW
+    from .stability import verdict
+
+    lines = [
+        "## Instability analysis",
+        "",
+        "Frankle et al. (2020): copies of a round's subnetwork, started from iteration k of "
+        "the dense network's training (its weights there, under the round's mask) and trained "
+        "to the end with different data orders. The *test barrier* is the highest test error "
+        "on the straight path between two copies minus the mean of the two ends' errors, in "
+        f"points; a pair is *stable* when it is under {STABLE_BELOW:g} points, and *matching* "
+        f"when the copies' mean final test accuracy is within {MATCHING_WITHIN:g} points of "
+        "the dense network's. Controls: random reinit (the round's mask, fresh weights trained "
+        "to k) and random pruning (a random mask of the same sizes).",
+        "",
+    ]
+    several = len(analyses) > 1
+    heading = "####" if several else "###"
+    for analysis in analyses:
+        if several:
+            lines += [f"### {analysis.label}", ""]
+        rows = analysis.table
+        if not rows.empty:
+            lines += ["Mean test barrier over the pairs of copies (points of error), by "
+                      "subnetwork and k:", ""]  # fmt: skip
+            lines += pivot_lines(rows) + [""]
+            lines += ["Pairs of copies, over every round and k:", ""] + count_lines(rows) + [""]
+            lines += [f"The least k tried from which each subnetwork is stable (barrier under "
+                      f"{STABLE_BELOW:g} points there and at every larger k):", ""]  # fmt: skip
+            lines += [f"- {line}" for line in verdict(rows)] + [""]
+        if not analysis.between.empty:
+            lines += [
+                f"{heading} Between successive rounds",
+                "",
+                "Paul et al. (2023): the barrier on the straight path between the trained "
+                "networks of rounds r and r+1 (each under its own mask).",
+                "",
+            ]
+            lines += between_lines(analysis.between) + [""]
+        if not rows.empty and _test_path(analysis).empty:
+            lines += [f"No {STABILITY_PATH} beside it: no figure of the path.", ""]
+    for stem in stability_stems(analyses):  # a PDF is a link, as in the Figures section
+        lines += [f"{'' if fmt == 'pdf' else '!'}[{STABILITY_FIGURES[stem]}]({stem}.{fmt})", ""]
+    return lines
 
 
 def _sha256(path: Path) -> str:
@@ -629,8 +1003,14 @@ def figure_files(fmt: str) -> tuple[str, ...]:
     return tuple(f"{stem}.{fmt}" for stem in FIGURES)
 
 
+def stability_files(fmt: str, stems: list[str] | None = None) -> tuple[str, ...]:
+    """The instability figures' file names in format ``fmt`` (``stems``: those drawn; all)."""
+    return tuple(f"{stem}.{fmt}" for stem in (STABILITY_FIGURES if stems is None else stems))
+
+
 # Every name a report may write: a later report in another format replaces an earlier one's.
-OWN_NAMES = (*(name for fmt in FORMATS for name in figure_files(fmt)), MARKDOWN)
+OWN_NAMES = (*(name for fmt in FORMATS for name in figure_files(fmt) + stability_files(fmt)),
+             MARKDOWN)  # fmt: skip
 
 
 def check_out(out_dir: Path) -> dict[str, str | None]:
@@ -734,7 +1114,9 @@ def write_report(
 
     ``out_dir`` defaults to ``<first run dir>/report/``; returns the path of ``report.md``.
     Files: ``report.md``, ``accuracy.<fmt>``, ``early_stop.<fmt>``, ``validation.<fmt>``
-    (``fmt``: png, pdf or svg) and ``.report.json`` (what was written). ``out_dir`` must be new,
+    (``fmt``: png, pdf or svg) and ``.report.json`` (what was written); for a run with an
+    instability analysis also ``stability_path.<fmt>``, ``stability_barrier.<fmt>`` and
+    ``between_rounds.<fmt>``, those it has rows for (``stability_stems``). ``out_dir`` must be new,
     empty, or hold only an earlier report's files unchanged: a user's files are never
     overwritten (``check_out``); an earlier report's figures in another format are removed.
     ``labels``: one legend name per folder of ``run_dirs`` (``series_styles``), also the
@@ -752,12 +1134,15 @@ def write_report(
     if labels is not None:  # the user's names, in the text as in the figures
         for item, style in zip(series, styles, strict=True):
             item.label = style.name
+    analyses = load_stability(series)
+    stems = stability_stems(analyses)
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
     earlier = check_out(out_dir)
     for stray in files.own_temp_files(out_dir, (*OWN_NAMES, MANIFEST)):
         stray.unlink(missing_ok=True)  # a killed report's, provably
     figures = dict(zip(FIGURES, figure_files(fmt), strict=True))
-    names = (*figures.values(), MARKDOWN)
+    extra = dict(zip(stems, stability_files(fmt, stems), strict=True))
+    names = (*figures.values(), *extra.values(), MARKDOWN)
     stale = {name: sha for name, sha in earlier.items() if name not in names}
     _write_manifest(out_dir, names, done=False, kept=stale)
     for name in stale:  # an earlier report's, unchanged (check_out): this report replaces it
@@ -768,7 +1153,9 @@ def write_report(
     early = metric_figure(series, "ES", "early-stopping iteration", FIGURES["early_stop"], styles)
     save_figure(early, out_dir / figures["early_stop"], fmt)
     save_figure(validation_figure(series, styles), out_dir / figures["validation"], fmt)
+    for stem, name in extra.items():
+        save_figure(STABILITY_DRAW[stem](analyses), out_dir / name, fmt)
     path = out_dir / MARKDOWN
-    files.write_text(path, markdown(series, notes, tolerance, fmt, styles))
+    files.write_text(path, markdown(series, notes, tolerance, fmt, styles, analyses))
     _write_manifest(out_dir, names, done=True)
     return path

@@ -10,6 +10,11 @@ A report never gives a verdict over tables it cannot trust: where a run folder h
 the checkpoint must verify (checksum, identity, ``config.json``) and every table beside it must
 say what it says (``rundir.check_tables``); without one, the tables must parse, list each round
 from 0 once, and have a number in every key column. Anything else is one line naming the file.
+
+A run folder's instability analysis (``lottery stability``: ``stability.csv``, the points of its
+paths in ``stability_path.csv``, and ``between_rounds.csv``) is read beside it
+(``load_stability``) and checked alike; its ``stability`` branch sets are that analysis, not
+series of the figures.
 """
 
 from __future__ import annotations
@@ -27,6 +32,12 @@ from .errors import LotteryError
 from .tables import METRICS, aggregate
 
 MAIN_EXPERIMENT = paths.MAIN
+# ``lottery stability``'s tables in a run folder (``stability.TABLE``, its path points, and Paul
+# et al.'s barriers between successive rounds), and the kind of its branch sets.
+STABILITY = "stability.csv"
+STABILITY_PATH = "stability_path.csv"
+BETWEEN_ROUNDS = paths.BETWEEN_ROUNDS
+STABILITY_KIND = "stability"
 
 
 @dataclass
@@ -121,7 +132,28 @@ KEY_COLUMNS = {
         ("round", "layer", "kind", "remaining_pct", "target_pct"),
         ("round", "remaining_pct"),
     ),
+    STABILITY: (
+        ("round", "remaining", "k", "control", "pair", "test_barrier", "stable", "matching"),
+        ("round", "remaining", "k", "test_barrier"),
+    ),
+    STABILITY_PATH: (
+        ("round", "k", "control", "pair", "split", "alpha", "error"),
+        ("round", "k", "alpha", "error"),
+    ),
+    BETWEEN_ROUNDS: (
+        ("round", "next_round", "remaining", "next_remaining", "test_barrier"),
+        ("round", "next_round", "remaining", "next_remaining", "test_barrier"),
+    ),
 }
+
+
+def _damaged(path: Path, column: str, row: int, value: Any, what: str) -> LotteryError:
+    """One line: ``path``'s ``column`` holds no ``what`` at ``row`` (0-based)."""
+    shown = repr(value) if isinstance(value, str) else str(value)
+    return LotteryError(
+        f"{str(path)!r} has no {what} in column {column} (row {row + 1}: {shown}): the table "
+        "is damaged; no report over it"
+    )
 
 
 def check_table(frame: pd.DataFrame, path: Path, first: int = 0) -> pd.DataFrame:
@@ -141,12 +173,7 @@ def check_table(frame: pd.DataFrame, path: Path, first: int = 0) -> pd.DataFrame
         bad = ~np.isfinite(values.to_numpy())
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            value = frame[column].iloc[row]
-            shown = repr(value) if isinstance(value, str) else str(value)
-            raise LotteryError(
-                f"{str(path)!r} has no number in column {column} (row {row + 1}: {shown}): "
-                "the table is damaged; no report over it"
-            )
+            raise _damaged(path, column, row, frame[column].iloc[row], "number")
         frame[column] = values
     if path.name == rundir.RESULTS:
         rounds = frame["round"]
@@ -169,6 +196,98 @@ def check_table(frame: pd.DataFrame, path: Path, first: int = 0) -> pd.DataFrame
                 "no verdict over a gap"
             )
     return frame
+
+
+def _whole(frame: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:
+    """``columns`` of ``frame`` (numbers already) as whole numbers; else one line."""
+    for column in columns:
+        values = frame[column]
+        bad = np.flatnonzero((values != values.round()).to_numpy())
+        if bad.size:
+            raise _damaged(path, column, int(bad[0]), values.iloc[bad[0]], "whole number")
+        frame[column] = values.astype(int)
+
+
+_TRUTH = {"true": True, "false": False}
+
+
+def _truth(value: Any) -> bool | None:
+    """A ``True``/``False`` cell as pandas or a hand edit leaves it; ``None`` for anything else."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    return _TRUTH.get(value.strip().lower()) if isinstance(value, str) else None
+
+
+def check_stability(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """One of ``lottery stability``'s tables if it is whole (``check_table``'s columns and
+    numbers; rounds and k whole numbers, ``stable`` and ``matching`` true or false, a name in
+    each of ``control`` and ``split``); else one line naming the file."""
+    frame = check_table(frame, path)
+    if frame.empty:
+        return frame
+    _whole(frame, path, tuple(c for c in ("round", "next_round", "k") if c in frame))
+    for column in ("stable", "matching"):
+        if column in frame:
+            truth = [_truth(v) for v in frame[column]]
+            if None in truth:
+                row = truth.index(None)
+                raise _damaged(path, column, row, frame[column].iloc[row], "True or False")
+            frame[column] = truth
+    for column in ("control", "split"):
+        if column in frame:
+            names = frame[column]
+            bad = [i for i, v in enumerate(names) if not isinstance(v, str) or not v.strip()]
+            if bad:
+                raise _damaged(path, column, bad[0], names.iloc[bad[0]], "name")
+    return frame
+
+
+@dataclass
+class Stability:
+    """A run folder's instability analysis (``lottery stability``): the rows of its
+    ``stability.csv``, the points of its paths, the barriers between successive rounds; each
+    empty where the run has no such file. ``label``: the run's name in the report."""
+
+    label: str
+    folder: Path
+    table: pd.DataFrame
+    path: pd.DataFrame
+    between: pd.DataFrame
+
+    @property
+    def empty(self) -> bool:
+        return self.table.empty and self.between.empty
+
+
+def read_stability(folder: Path, label: str) -> Stability | None:
+    """``folder``'s instability analysis, ``None`` where it has none; one line naming the file
+    for a table that cannot be read or is damaged."""
+    folder = Path(folder)
+    names = (STABILITY, STABILITY_PATH, BETWEEN_ROUNDS)
+    if not any((folder / name).exists() for name in names):
+        return None
+    tables = [check_stability(_read_csv(folder / name, required=False), folder / name)
+              for name in names]  # fmt: skip
+    found = Stability(label, folder, *tables)
+    return None if found.empty else found
+
+
+def load_stability(series: list[Series]) -> list[Stability]:
+    """The instability analyses of the run folders among ``series``' trials (a branch set's
+    networks have none), in the order of the series, each once."""
+    found: list[Stability] = []
+    seen: set[Path] = set()
+    for item in series:
+        for trial, name in zip(item.trials, item.trial_names(), strict=True):
+            folder = trial.folder.resolve()
+            if (trial.folder / paths.BRANCH).is_file() or folder in seen:
+                continue
+            seen.add(folder)
+            label = item.label if len(item.trials) == 1 else f"{item.label}, {name}"
+            analysis = read_stability(trial.folder, label)
+            if analysis is not None:
+                found.append(analysis)
+    return found
 
 
 def read_trial(folder: Path) -> Trial:
@@ -213,8 +332,9 @@ def branch_trials(folder: Path) -> list[int]:
 
 def read_branch_set(folder: Path, trial: int = 0) -> Trial:
     """Trial ``trial`` of a branch set as one trial of a curve: its trunk's dense round as
-    round 0, then that trial's network at each round, every network's files verified like a
-    run's. Its ``meta`` is the trunk's, with the set's ``branch.json``."""
+    round 0 (unless the set branched from round 0 too: then its own network's), then that
+    trial's network at each round, every network's files verified like a run's. Its ``meta``
+    is the trunk's, with the set's ``branch.json``."""
     folder = Path(folder)
     trunk = read_trial(folder.parent.parent)
     networks = [n for n in paths.branch_dirs(folder) if paths.trial_number(n) == trial]
@@ -230,8 +350,11 @@ def read_branch_set(folder: Path, trial: int = 0) -> Trial:
     def dense(frame: pd.DataFrame) -> pd.DataFrame:
         return frame[frame["round"] == 0] if "round" in frame else frame
 
+    own_dense = any(bool((t.results["round"] == 0).any()) for t in trials)
+
     def joined(part: str) -> pd.DataFrame:
-        frames = [dense(getattr(trunk, part)), *(getattr(t, part) for t in trials)]
+        frames = [*([] if own_dense else [dense(getattr(trunk, part))]),
+                  *(getattr(t, part) for t in trials)]  # fmt: skip
         return pd.concat(frames, ignore_index=True).sort_values("round", ignore_index=True)
 
     try:
@@ -335,7 +458,11 @@ def load_series(folders: list[Path], by: list[str] | None = None) -> tuple[list[
             words = describe(trial.meta.get("config", {}))
             label = f"{folder.name} ({words})" if several else words
             series.append(Series(label, folder, None, [trial], source, "run", words))
+            analysis = 0
             for branch_set in paths.branch_sets(folder):  # its branches, beside it
+                if paths.branch_kind_of(branch_set) == STABILITY_KIND:
+                    analysis += 1  # the instability analysis' copies: its section, not series
+                    continue
                 try:
                     found = [read_branch_set(branch_set, t) for t in branch_trials(branch_set)]
                 except Unfinished as exc:
@@ -344,6 +471,9 @@ def load_series(folders: list[Path], by: list[str] | None = None) -> tuple[list[
                 name = branch_label(branch_set)
                 series.append(Series(f"{folder.name} / {name}" if several else name,
                                      branch_set, name, found, source, "branch", name))  # fmt: skip
+            if analysis:
+                notes.append(f"{folder.name}: its {analysis} {STABILITY_KIND} branch set(s) "
+                             "are the instability analysis, not series")  # fmt: skip
     if by and not any(rundir.kind(f) == "sweep" for f in map(Path, folders)):
         raise LotteryError("--by chooses the series of a sweep folder; none was given")
     seen: dict[str, int] = {}

@@ -104,6 +104,12 @@ def _branch_entropy(
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
+def subset_generator(trunk_seed: int) -> torch.Generator:
+    """The generator of the fixed training subset a branch analysis evaluates on: the trunk's
+    alone, so every round, set and copy of a run is evaluated on the same examples."""
+    return torch.Generator().manual_seed(_branch_entropy(trunk_seed, 0, "subset", 0, 0, 0x5B5E7))
+
+
 def branch_data_seed(
     trunk_seed: int, branch_seed: int, kind: str, round_index: int, trial: int
 ) -> int:

@@ -353,6 +353,13 @@ class BranchContext:
     - ``repruned(transform)``: for a trunk that prunes at initialisation, round r's masks
       computed again by the trunk's strategy with every step's scores passed through
       ``transform`` (``{layer: scores} -> {layer: scores}``); one line for any other trunk.
+    - ``round_generator``: seeded like ``generator`` but without the trial, so every trial of
+      round r draws the same (copies that must differ only in their data order);
+    - ``iterations_of(steps)``: a step count (``500``, ``"500it"``, ``"2ep"``) in iterations
+      of the trunk's training split at its batch size;
+    - ``weights_at(k, start=None)``: the dense network's parameters at iteration k, replayed
+      from ``start`` (θ0 when ``None``; unpruned, keyed like ``initial``) with the trunk's data
+      order and recipe: the trunk's own θk bit for bit when k is its rewind point.
     """
 
     round_index: int
@@ -367,6 +374,9 @@ class BranchContext:
     generator: torch.Generator
     fresh_parameters: Callable[[torch.Generator], Tensors]
     repruned: Callable[[Callable[[Tensors], Tensors]], Tensors]
+    round_generator: torch.Generator
+    iterations_of: Callable[[int | str], int]
+    weights_at: Callable[[int, Tensors | None], Tensors]
 
 
 @dataclass
@@ -374,11 +384,41 @@ class BranchStart:
     """Where a branch's one network starts: ``masks`` (by layer name, binary, each layer's
     weight shape), ``parameters`` (keyed like ``BranchContext.initial``: every parameter, of
     its shape and dtype, finite where it survives) and ``changes``, config fields the network
-    trains with instead of the trunk's (training fields only: ``branches.TRAINING_FIELDS``)."""
+    trains with instead of the trunk's (training fields only: ``branches.TRAINING_FIELDS``).
+    ``start_iteration``: where in the schedule the network's training starts (it trains from
+    there to the last iteration, the schedule replayed from there: weights from iteration k);
+    ``None``, the trunk's round r's (its rewind point, 0 for round 0)."""
 
     masks: Tensors
     parameters: Tensors
     changes: dict[str, Any] = field(default_factory=dict)
+    start_iteration: int | None = None
+
+
+@dataclass
+class AnalysisContext:
+    """Round r of a branch set once all its networks (trials) are trained, for a kind that
+    analyses them together (``BranchKind.analyse``). Networks are given as *functions*: a
+    state of the unpruned model (``model.state_dict()``'s keys: ``<layer>.weight`` with its
+    pruned entries zero, biases, BatchNorm's buffers), so two networks with different masks
+    can be compared or interpolated directly.
+
+    - ``round_index``: r; ``options``: the branch's validated options; ``config``: the trunk's;
+    - ``states``: each trial's trained network, in trial order; ``rows``: each trial's row of
+      ``results.csv`` (``test``, ``final_test``, ``ES``, ...); ``trunk_rows``: the trunk's rows
+      (round 0 is the dense network);
+    - ``evaluate(states, split)``: ``(mean loss, accuracy %)`` of each state on ``"test"`` or on
+      ``"train"`` (a fixed subset of the training split, the same for every round), computed
+      in batched forwards (``lottery_core.batched_eval``).
+    """
+
+    round_index: int
+    options: Any
+    config: ResolvedConfig
+    states: list[Tensors]
+    rows: list[dict[str, Any]]
+    trunk_rows: list[dict[str, Any]]
+    evaluate: Callable[[list[Tensors], str], list[tuple[float, float]]]
 
 
 class NoOptions(BaseModel):
@@ -395,13 +435,19 @@ class BranchKind:
     changed training settings; the core trains that network for one round with the trunk's
     protocol and records it as a run folder inside the trunk's. ``options`` is a pydantic model
     of the kind's settings: its fields become the flags of ``lottery branch KIND`` and are
-    recorded (and hashed into the branch's folder name).
+    recorded (and hashed into the branch's folder name). ``analyse(ctx: AnalysisContext)``,
+    optional, is called for each round once all its trials are trained and returns tables by
+    name (``{"stability": [row, ...]}``); each is written as ``<name>.csv`` in the round's
+    folder, the set's and (every set's rows together) the trunk's.
+    ``min_trials``: the fewest trials the kind needs (2 for one that compares them).
     """
 
     name: str
     start: Callable[[BranchContext], BranchStart]
     options: type[BaseModel] = NoOptions
     description: str = ""
+    analyse: Callable[[AnalysisContext], dict[str, list[dict[str, Any]]]] | None = None
+    min_trials: int = 1
 
 
 @dataclass(frozen=True)

@@ -247,7 +247,7 @@ def train_round(
             index = order[step * batch : (step + 1) * batch]
             stored = torch.index_select(data.train_x, 0, index)
             if augment is not None:
-                stored = _augmented(augment, stored, data_seed, iteration)
+                stored = augmented(augment, stored, data_seed, iteration)
             x = data.images(stored)
             y = torch.index_select(data.train_y, 0, index)
             loss = F.cross_entropy(model(x), y)
@@ -274,7 +274,7 @@ def train_round(
     return round_log.finish()
 
 
-def _augmented(
+def augmented(
     augment: Augment, stored: torch.Tensor, data_seed: int, iteration: int
 ) -> torch.Tensor:
     """One training batch through the dataset's augmentation, checked: a batch of the same

@@ -35,6 +35,7 @@ PLUGIN_CONTRACTS = (
     "lottery_core/errors.py",
     "lottery_core/seeds.py",
     "lottery_core/optim.py",
+    "lottery_core/connectivity.py",
 )
 LAZY_EXPORTS = "_EXPORTS"
 
@@ -198,7 +199,7 @@ def plugin_imports(root: Path) -> list[str]:
             if target.startswith(f"{CORE}/") and target not in PLUGIN_CONTRACTS:
                 problems.append(
                     f"{path}:{line} imports {target}; a built-in plugin imports only "
-                    f"lottery_core's hookspecs, specs, errors, seeds and optim"
+                    f"lottery_core's hookspecs, specs, errors, seeds, optim and connectivity"
                 )
     return problems
 
@@ -365,7 +366,7 @@ def test_the_checker_names_plugin_imports_past_the_contracts(tmp_path):
     )
     assert plugin_imports(tmp_path) == [
         "plugins/pruning.py:2 imports lottery_core/masks.py; a built-in plugin imports only "
-        "lottery_core's hookspecs, specs, errors, seeds and optim"
+        "lottery_core's hookspecs, specs, errors, seeds, optim and connectivity"
     ]
     assert core_imports_of_plugins(tmp_path) == [
         "lottery_core/masks.py:1 imports plugins/pruning.py; nothing in the core imports them"
