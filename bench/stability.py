@@ -49,14 +49,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=5000)
+    parser.add_argument("--model", default="lenet_fc", help="an MNIST-shaped model (lenet_conv)")
+    parser.add_argument("--no-training", action="store_true", help="the path alone")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     args = parser.parse_args(argv)
     iterations = 20 if args.quick else args.iterations
     repeats = 1 if args.quick else args.repeats
     plugins = get_plugins()
     dataset = "mnist" if (ROOT / "data" / "MNIST" / "raw").is_dir() else "mnist-sample"
-    config = resolve(make_config(dataset=dataset, download=False, iterations=iterations,
-                                 eval_every=iterations, device="cpu"), plugins)  # fmt: skip
+    config = resolve(make_config(dataset=dataset, model=args.model, download=False,
+                                 iterations=iterations, eval_every=iterations, device="cpu"),
+                     plugins)  # fmt: skip
     data = load_data(config, plugins)
     experiment = Experiment(config, plugins=plugins, data=data)
     experiment.start()
@@ -97,12 +100,15 @@ def main(argv: list[str] | None = None) -> None:
         rows["batched"].append(b)
         rows["single"].append(s)
         rows["ratio"].append(s / b)
-    train = median([training() for _ in range(1 if args.quick else 2)])
     path_time = median(rows["batched"])
-    print(f"machine: {machine()}; data: {dataset}; {len(points)} points x 2 splits of {n}")
+    print(f"machine: {machine()}; model: {args.model}; data: {dataset}; {len(points)} points "
+          f"x 2 splits of {n}")  # fmt: skip
     print(f"path, batched:             {path_time:8.2f} s")
     print(f"path, one at a time:       {median(rows['single']):8.2f} s")
     print(f"one at a time / batched:   {median(rows['ratio']):8.2f}x  (median of per-repeat)")
+    if args.no_training:
+        return
+    train = median([training() for _ in range(1 if args.quick else 2)])
     print(f"one copy's training:       {train:8.2f} s  ({iterations} iterations, batch "
           f"{config.batch_size}, with its evaluations)")  # fmt: skip
     point = 2 * train + path_time

@@ -14,7 +14,7 @@ _EXPORTS = {
     "run_branch": "api",
     "run_experiment": "api",
     "run_trials": "api",
-    "BranchResult": "branches",
+    "BranchResult": "branch_runs",
     "ExperimentConfig": "config",
     "make_config": "config",
     "LotteryError": "errors",

@@ -306,7 +306,7 @@ def run_stability(
     run_dir: Path | str,
     *,
     k: str | int | Sequence[str | int] = "0,100,500,2000",
-    control: str | Sequence[str] = "none",
+    control: str | Sequence[str] | None = None,
     copies: int = 2,
     alphas: int = 30,
     rounds: Sequence[int] | str | None = None,
@@ -320,7 +320,7 @@ def run_stability(
 ) -> StabilityResult:
     """Frankle et al. (2020)'s instability analysis of the finished run in ``run_dir``: for
     each of ``rounds`` (default: every round it finished, the dense round 0 included), each k
-    and each ``control`` (``none``: the ticket; ``reinit``, ``random-prune``), ``copies``
+    and each ``control`` (default: the ticket itself; ``reinit``, ``random-prune``), ``copies``
     networks from round r's subnetwork at iteration k, trained with different data orders, and
     the linear path between them at ``alphas`` points. ``between_rounds``: also the barrier
     between successive rounds' trained networks (a run with ``keep_trained``). The rows land in

@@ -537,9 +537,8 @@ def branch() -> None:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--k", "k", default="0,100,500,2000", show_default=True,
               help="Iterations the copies start from, comma-separated (500, 500it, 2ep).")
-@click.option("--control", default="none", show_default=True,
-              help="Subnetworks to test, comma-separated: none (the ticket), reinit, "
-              "random-prune.")
+@click.option("--control", help="Subnetworks to test, comma-separated: none (the ticket), "
+              "reinit, random-prune [default: the ticket].")
 @click.option("--copies", type=int, default=2, show_default=True,
               help="Networks trained from each start, with different data orders.")
 @click.option("--alphas", type=int, default=30, show_default=True,
@@ -556,7 +555,7 @@ def branch() -> None:
 @click.option("--batched/--no-batched", default=None,
               help="Train each k x control's copies as one batched model [default: as the "
               "run's config].")
-def stability(run_dir: Path, k: str, control: str, copies: int, alphas: int,
+def stability(run_dir: Path, k: str, control: str | None, copies: int, alphas: int,
               rounds: str | None, between_rounds: bool, branch_seed: int, workers: int | None,
               quiet: bool, batched: bool | None) -> None:  # fmt: skip
     """Instability analysis (Frankle et al. 2020) of a finished run.

@@ -650,26 +650,31 @@ STABILITY_FIGURES = {  # each figure's file name, less the format's suffix, and 
     "stability_barrier": "Test barrier between copies, against k and against weights remaining",
     "between_rounds": "Barrier between the trained networks of successive rounds",
 }
-CONTROLS = ("none", "reinit", "random-prune")  # the ticket first, then the paper's controls
-CONTROL_STYLES = {"none": ("-", "o"), "reinit": (":", "^"), "random-prune": ("--", "s")}
+CONTROL_STYLES = {"reinit": (":", "^"), "random-prune": ("--", "s")}  # the ticket: ("-", "o")
 
 
 def control_name(control: str) -> str:
     """A subnetwork of the analysis by the report's names: the ticket as IMP, a control as the
     paper calls it."""
-    return IMP if control == "none" else NAMES.get(control, control)
+    from .stability import is_ticket
+
+    return IMP if is_ticket(control) else NAMES.get(control, control)
 
 
 def _controls(values: Any) -> list[str]:
     """The controls among ``values``, the ticket first, then the paper's order."""
     found = list(dict.fromkeys(str(v) for v in values))
-    rank = {c: i for i, c in enumerate(CONTROLS)}
-    return sorted(found, key=lambda c: (rank.get(c, len(CONTROLS)), c))
+    from .stability import CONTROL_KINDS, is_ticket
+
+    rank = {c: i + 1 for i, c in enumerate(CONTROL_KINDS)}
+    return sorted(found, key=lambda c: (0 if is_ticket(c) else rank.get(c, len(rank) + 1), c))
 
 
 def _control_style(control: str) -> tuple[str, str]:
     """A control's line style and marker: the ticket solid, the controls dashed or dotted."""
-    return CONTROL_STYLES.get(control, ("-.", "D"))
+    from .stability import is_ticket
+
+    return ("-", "o") if is_ticket(control) else CONTROL_STYLES.get(control, ("-.", "D"))
 
 
 def _by(frame: pd.DataFrame, column: str) -> list[tuple[int, pd.DataFrame]]:

@@ -28,6 +28,8 @@ from .errors import LotteryError
 from .plugins import Plugins
 
 KIND = "stability"
+# the paper's controls as the stability kind names them; any other ``control`` is the ticket
+CONTROL_KINDS = ("reinit", "random-prune")
 TABLE = "stability"  # the analysis table the kind writes (and its path points: ``_path``)
 DEFAULT_K = "0,100,500,2000"
 
@@ -40,6 +42,11 @@ class StabilityResult:
     table: pd.DataFrame
     between: pd.DataFrame | None
     trunk: Path
+
+
+def is_ticket(control: str) -> bool:
+    """Whether a ``stability.csv`` row's ``control`` is the ticket itself, not a control."""
+    return control not in CONTROL_KINDS
 
 
 def parse_list(text: str | int | Sequence[str | int], flag: str) -> list[str]:
@@ -58,24 +65,29 @@ def plan_stability(
     run_dir: Path,
     plugins: Plugins,
     k: str | int | Sequence[str | int] = DEFAULT_K,
-    controls: str | Sequence[str] = "none",
+    controls: str | Sequence[str] | None = None,
     copies: int = 2,
     alphas: int = connectivity.ALPHAS,
     rounds: Sequence[int] | str | None = None,
     seed: int = 0,
     batched: bool | None = None,
 ) -> list[BranchPlan]:
-    """A ``stability`` branch plan for every k x control, each checked before anything is
-    written (``rounds``: default every round the run finished, the dense round 0 included)."""
+    """A ``stability`` branch plan for every k x control (``controls`` ``None``: the ticket
+    alone, the kind's default), each checked before anything is written (``rounds``: default
+    every round the run finished, the dense round 0 included)."""
     if copies < 2:
         raise LotteryError(f"--copies must be at least 2 (got {copies}): the analysis compares "
                            "copies")  # fmt: skip
     if rounds is None:
         rounds = list(range(open_trunk(Path(run_dir)).done))
     plans = []
-    for control in parse_list(controls, "--control"):
+    chosen: list[str | None] = [None] if controls is None else [
+        *parse_list(controls, "--control")]  # fmt: skip
+    for control in chosen:
         for step in parse_list(k, "--k"):
-            options = {"k": step, "control": control, "alphas": alphas}
+            options: dict = {"k": step, "alphas": alphas}
+            if control is not None:
+                options["control"] = control
             plans.append(plan_branch(KIND, Path(run_dir), rounds, options, plugins, copies, seed,
                                      batched))  # fmt: skip
     return plans
@@ -162,7 +174,7 @@ def verdict(table: pd.DataFrame) -> list[str]:
     lines: list[str] = []
     if table.empty:
         return lines
-    label = {"none": "IMP", "reinit": "random reinit", "random-prune": "random pruning"}
+    label = {"reinit": "random reinit", "random-prune": "random pruning"}
     grouped = table.groupby(["control", "round"], sort=True)
     for (control, round_index), rows in grouped:
         by_k = rows.groupby("k").agg(barrier=("test_barrier", "mean"),
@@ -174,7 +186,8 @@ def verdict(table: pd.DataFrame) -> list[str]:
                 stable_from = ks[index]
                 break
         remaining = float(rows["remaining"].iloc[0])
-        who = f"{label.get(str(control), control)} round {round_index} ({remaining:.1f}%)"
+        name = "IMP" if is_ticket(str(control)) else label.get(str(control), str(control))
+        who = f"{name} round {round_index} ({remaining:.1f}%)"
         if stable_from is None:
             lines.append(f"{who}: not stable at any k tried ({', '.join(map(str, ks))}); "
                          f"barrier {by_k['barrier'].iloc[-1]:.2f} at k={ks[-1]}")  # fmt: skip

@@ -70,8 +70,9 @@ def test_the_core_never_names_a_built_in_plugin():
         if path.name == "config.py":
             continue
         text = path.read_text()
-        for name in names:
-            assert not re.search(rf"""["']{name}["']""", text), f"{path.name} names {name!r}"
+        for name in names:  # torch's own keyword values (reduction="none") are not plugins
+            found = re.search(rf"""(?<!reduction=)["']{name}["']""", text)
+            assert not found, f"{path.name} names {name!r}"
 
 
 class ProbeAlwaysWins:
