@@ -292,14 +292,24 @@ def run_branch(
     plan_ = branches.plan_branch(kind, Path(run_dir), rounds, options, plugins, trials, seed,
                                  batched)  # fmt: skip
     with reporting(lines=log) as report:
-        if workers is None:
-            left = [n for n in plan_.networks() if not branches.rows(plan_.branch.network(*n))]
-            with report.expect(len(left)):  # the estimate: every network still to train
-                table = branch_runs.run_serial(plan_, plugins, progress=progress)
-        else:
-            table = branch_runs.run_parallel(plan_, plugins, plan(workers, None, None),
-                                             progress)
-    return branch_runs.result_of(plan_, table)
+        _train_plans([plan_], plugins, workers, progress, report)
+    return branch_runs.result_of(plan_, branches.table_of(plan_))
+
+
+def _train_plans(
+    plans: list[branches.BranchPlan], plugins: Plugins, workers: int | None, progress: bool,
+    report: Any,
+) -> None:  # fmt: skip
+    """The plans' networks trained and analysed: here, one after another under the estimate of
+    every network still to train, or with ``workers`` on Ray."""
+    if workers is not None:
+        branch_runs.run_plans(plans, plugins, plan(workers, None, None), progress)
+        return
+    left = [n for p in plans for n in p.networks() if not branches.rows(p.branch.network(*n))]
+    cache: dict = {}
+    with report.expect(len(left)):
+        for plan_ in plans:
+            branch_runs.run_serial(plan_, plugins, progress=progress, cache=cache)
 
 
 def run_stability(
@@ -333,13 +343,8 @@ def run_stability(
                                      seed, batched)  # fmt: skip
     between = None
     with reporting(lines=log) as report:
-        if workers is None:
-            left = [(p, n) for p in plans for n in p.networks()
-                    if not branches.rows(p.branch.network(*n))]  # fmt: skip
-            with report.expect(len(left)):
-                table = stability.run_stability(plans, plugins, None, progress)
-        else:
-            table = stability.run_stability(plans, plugins, plan(workers, None, None), progress)
+        _train_plans(plans, plugins, workers, progress, report)
+        table = stability.table_of(plans)
         if between_rounds:
             between = stability.between_rounds(Path(run_dir), plugins, alphas)
     return StabilityResult(table, between, Path(run_dir))

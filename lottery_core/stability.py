@@ -21,9 +21,7 @@ import pandas as pd
 
 from . import connectivity, files, paths
 from .branch_analysis import Evaluator, trunk_table
-from .branch_runs import run_plans, run_serial
 from .branches import BranchPlan, data_for, open_trunk, plan_branch
-from .engine import Plan
 from .errors import LotteryError
 from .plugins import Plugins
 
@@ -93,20 +91,8 @@ def plan_stability(
     return plans
 
 
-def run_stability(
-    plans: Sequence[BranchPlan],
-    plugins: Plugins,
-    engine_plan: Plan | None = None,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Train every plan's copies (serially, or on Ray with ``engine_plan``) and analyse them;
-    returns the plans' rows of the run's ``stability.csv``."""
-    if engine_plan is None:
-        cache: dict = {}
-        for plan in plans:
-            run_serial(plan, plugins, progress=progress, cache=cache)
-    else:
-        run_plans(plans, plugins, engine_plan, progress)
+def table_of(plans: Sequence[BranchPlan]) -> pd.DataFrame:
+    """The plans' rows of their runs' ``stability.csv`` (which may hold other sets' too)."""
     trunks = {Path(plan.branch.trunk) for plan in plans}
     frames = [trunk_table(trunk, TABLE) for trunk in sorted(trunks)]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
