@@ -90,14 +90,19 @@ class ProgressLine:
             report.write(f"{name} failed: {outcome.error}")
 
     def print_rows(self, unit: Unit, start: int, stop: int, event: Event, report: Report) -> None:
+        networks = network_folders(unit)
         folder = run_folder(unit)
-        name = (run_name(folder) if folder is not None else None) or unit.run
         records = _records(folder, start, stop)
         for index in range(start, stop):
             self.printed += 1
             total = max(event.rounds_total, self.printed)
             eta = estimate(self.printed, total, event.elapsed)
-            record = records[index - start] if index - start < len(records) else {}
+            if networks:  # a batched unit: its index-th network's one row, from its own folder
+                folder = networks[index] if index < len(networks) else None
+                record = (_records(folder, 0, 1) or [{}])[0]
+            else:
+                record = records[index - start] if index - start < len(records) else {}
+            name = (run_name(folder) if folder is not None else None) or unit.run
             report.show(self.printed, total, event.elapsed, eta, name, record)
 
     def clear(self) -> None:
@@ -132,6 +137,19 @@ def run_folder(unit: Unit) -> Path | None:
     except (TypeError, ValueError):
         return None
     return None
+
+
+def network_folders(unit: Unit) -> list[Path]:
+    """The networks of a batched branch unit (``branch_runs.units``), in the order it trains
+    them; empty for any other unit."""
+    k = unit.kwargs
+    if "networks" not in k or not {"trunk", "kind", "options", "seed"} <= k.keys():
+        return []
+    try:
+        branch_set = paths.branch_set(Path(k["trunk"]), k["kind"], k["options"], k["seed"])
+        return [paths.branch_dir(branch_set, int(r), int(t)) for r, t in k["networks"]]
+    except (TypeError, ValueError):
+        return []
 
 
 def _records(folder: Path | None, start: int, stop: int) -> list[dict[str, Any]]:

@@ -79,6 +79,20 @@ def test_batched_stability_copies_on_ray_match(trunk, tmp_path, plugins):
         pd.testing.assert_frame_equal(one[name], two[name], check_exact=True)
 
 
+def test_a_batched_unit_prints_each_networks_row(trunk, tmp_path, invoke):
+    """On Ray, one unit trains a set's networks together; the driver still prints each
+    network's row, named by its run."""
+    own = copy_of(trunk, tmp_path / "run")
+    done = invoke("branch", "reinit", own, "--rounds", "1-2", "--trials", "2", "--batched",
+                  "--workers", "2", "--quiet")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if "reinit trial" in line]
+    assert len(rows) == 4, done.stdout
+    table = pd.read_csv(next(own.glob("branches/reinit-*")) / paths.RESULTS)
+    for line, test in zip(rows, table.sort_values(["round", "trial"])["test"], strict=True):
+        assert f"{test:.2f}" in line
+
+
 def test_a_groups_controls_batched_match(tmp_path, plugins):
     """``run --controls --batched``: the trunks as ever, the controls batched, the group's
     tables the same as without batching."""
