@@ -32,8 +32,9 @@ from .conftest import ROOT
 # One thread a run everywhere: on a busy 2-core machine two threads a run are several times
 # slower (results do not depend on it: tests/test_training.py).
 TINY = {"dataset": "mnist-sample", "iterations": 100, "eval_every": 50, "rounds": 2, "threads": 1}
-# Long enough to be stopped mid-run: six rounds, two trials.
-LONGER = {**TINY, "rounds": 6}
+# Long enough to be stopped mid-run, even where a busy machine delays the Ctrl-C: eight rounds
+# of 300 iterations, two trials.
+LONGER = {**TINY, "rounds": 8, "iterations": 300}
 TIME_COLUMNS = ["time_s"]
 
 
