@@ -106,11 +106,13 @@ def check_tables(who: str, got: Any) -> dict[str, list[dict[str, Any]]]:
 
 
 def analyse_round(
-    plan: BranchPlan, round_index: int, plugins: Plugins, cache: dict[tuple, DatasetSplits]
-) -> bool:
+    plan: BranchPlan, round_index: int, plugins: Plugins, cache: dict[tuple, DatasetSplits],
+    evaluators: dict[Path, Evaluator] | None = None,
+) -> bool:  # fmt: skip
     """Round r's analysis, if the kind has one and all the plan's trials of r are trained:
     the kind's tables written in ``<set>/round_<r>/`` with ``analysis.json`` (what they were
-    computed from, so running again skips it). True when the round has its analysis."""
+    computed from, so running again skips it, reading no checkpoint). ``evaluators``: the
+    trunk's evaluator, kept across rounds. True when the round has its analysis."""
     branch = plan.branch
     kind = plugins.branches.get(branch.kind)
     if kind.analyse is None:
@@ -118,8 +120,8 @@ def analyse_round(
     networks = [branch.network(round_index, t) for t in range(plan.trials)]
     if not all(rows(n) for n in networks):
         return False
-    found = [network_state(n) for n in networks]
-    source = {"trials": plan.trials, "networks": [identity for _, _, identity in found]}
+    identities = [checkpoint.run_identity(rundir.read_meta(n)) for n in networks]
+    source = {"trials": plan.trials, "networks": identities}
     folder = paths.branch_round(branch.folder, round_index)
     marker = folder / paths.ANALYSIS
     if marker.exists():
@@ -128,8 +130,12 @@ def analyse_round(
                 return True
         except (OSError, ValueError):
             pass  # unreadable: compute it again
+    found = [network_state(n) for n in networks]
     trunk = open_trunk(branch.trunk)
-    evaluator = Evaluator(trunk.config, plugins, data_for(trunk.config, plugins, cache))
+    evaluators = {} if evaluators is None else evaluators
+    if trunk.path not in evaluators:
+        evaluators[trunk.path] = Evaluator(trunk.config, plugins,
+                                           data_for(trunk.config, plugins, cache))  # fmt: skip
     context = AnalysisContext(
         round_index=round_index,
         options=branch.options,
@@ -138,7 +144,7 @@ def analyse_round(
         rows=[row for _, row, _ in found],
         trunk_rows=[{str(k): v for k, v in row.items()}
                     for row in pd.read_csv(trunk.path / paths.RESULTS).to_dict("records")],
-        evaluate=evaluator,
+        evaluate=evaluators[trunk.path],
     )
     who = plugins.branches.who(branch.kind)
     got = guards.call(who, f"analysing round {round_index}", kind.analyse, context)
@@ -188,7 +194,8 @@ def analyse(plan: BranchPlan, plugins: Plugins, cache: dict[tuple, DatasetSplits
     analyses), and the set's and trunk's tables written."""
     if plugins.branches.get(plan.branch.kind).analyse is None:
         return
+    evaluators: dict[Path, Evaluator] = {}
     for round_index in plan.rounds:
-        analyse_round(plan, round_index, plugins, cache)
+        analyse_round(plan, round_index, plugins, cache, evaluators)
     write_analysis(plan.branch.folder)
 
