@@ -82,7 +82,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -93,6 +94,7 @@ from torch.nn.utils import prune
 
 from . import guards, masks, optim
 from .specs import DatasetSplits
+from .threads import use_threads
 from .training import (
     EVAL_CHUNK,
     NonFiniteLoss,
@@ -765,6 +767,20 @@ def train_members(
         )
         for i, outcome in enumerate(outcomes)
     ]
+
+
+@contextmanager
+def training_threads(device: torch.device) -> Iterator[None]:
+    """One intra-op thread for a batched model on the CPU, the count before restored after:
+    a batched step is one large step, and two threads measured ~25x slower than one on a busy
+    2-core CPU (``bench/runs/batched-*``)."""
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        use_threads(1)
+    try:
+        yield
+    finally:
+        use_threads(before)
 
 
 def unsupported(model: nn.Module, settings: TrainSettings) -> str | None:

@@ -49,7 +49,7 @@ def run_serial(
     plan.branch.write()
     try:
         if batched(plan):
-            train_batched(plan.branch, plan.networks(), plugins, cache)
+            train_batched([(plan.branch, plan.networks())], plugins, cache)
         for round_index, trial in plan.networks():  # all, or those a batched model could not
             train_network(plan.branch, round_index, trial, plugins, cache, progress=progress)
     finally:
@@ -176,7 +176,7 @@ def branch_unit(
     # set's results.csv is the driver's to write, after every unit (no two workers race on it)
     if networks is not None:
         pairs = [(int(r), int(t)) for r, t in networks]
-        train_batched(branch, pairs, plugins, _DATA)
+        train_batched([(branch, pairs)], plugins, _DATA)
         for r, t in pairs:  # any a batched model could not train
             train_network(branch, r, t, plugins, _DATA)
         return sum(rows(branch.network(r, t)) for r, t in pairs)

@@ -258,9 +258,10 @@ class ExperimentConfig(BaseModel):
     )
     batched: bool = Field(
         default=False,
-        description="Train a branch set's networks (controls, branches, stability copies) as "
-        "one batched model (lottery_core.batched): on the CPU each is its single run bit for "
-        "bit for LeNet-300-100, to float rounding for conv nets.",
+        description="Train networks of one protocol as one batched model (lottery_core."
+        "batched): a group's IMP trials round by round in lockstep, its controls across trials, "
+        "a branch set's networks; on the CPU each is its single run bit for bit for "
+        "LeNet-300-100, to float rounding for conv nets.",
     )
 
     @field_validator("branches", mode="before")

@@ -15,6 +15,7 @@ checked before a run's folder exists ``preflight``'s, and the words a failed run
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,6 +107,8 @@ class Experiment:
         self.threads: ThreadRule | None = None
         self.run_info = RunInfo()  # which run the lifecycle hooks are told about (``run``)
         self.given: dict[int, Trained] = {}  # rounds a batched unit trained: train() records them
+        # trains a round elsewhere when asked (a group's trials in lockstep); None: train it here
+        self.round_trainer: Callable[[Experiment, int], Trained | None] | None = None
 
     @property
     def data(self) -> DatasetSplits:
@@ -229,6 +232,16 @@ class Experiment:
             augment=self.plugins.datasets.get(c.dataset).augment if c.augment else None,
         )
 
+    def batch_key(self, round_index: int) -> str:
+        """What networks trained as one batched model must share (``batched``): the config but
+        its seed (so the data, the recipe and the budget) and its rounds (how many rounds a run
+        has does not change how one trains: a branch network's config ends at its round), the
+        round's starting iteration and whether it is the first (late rewinding's snapshot, the
+        pruned rounds' recipe)."""
+        config = self.config.model_dump(mode="json", exclude={"seed", "out", "rounds"})
+        start = self.settings(round_index).start_iteration
+        return json.dumps([config, start, round_index > 0], sort_keys=True, default=str)
+
     def train(self, state: RunState, round_index: int, progress: Progress) -> dict:
         """Train one round, record it in ``state`` and return its row of ``results.csv``."""
         assert self.model is not None
@@ -264,8 +277,10 @@ class Experiment:
                 extra.update(result or {})
             return extra
 
-        started = time.perf_counter()
         given = self.given.pop(round_index, None)
+        if given is None and self.round_trainer is not None:
+            given = self.round_trainer(self, round_index)
+        started = time.perf_counter()
         if given is None:
             outcome = train_round(
                 self.model,

@@ -95,8 +95,14 @@ def _continue(
     config = config_of(meta, f"{out}/{paths.CONFIG}")
     if data is None:
         data = load_data(config, plugins)
+    trials = range(meta["group"]["trials"])
     with reporting() as report, report.expect(rounds_left(out)):  # the estimate: all runs'
-        for trial in range(meta["group"]["trials"]):
+        if config.batched:  # the IMP runs in lockstep, then every control network batched
+            group_runs.advance_trials(out, list(trials), plugins, data=data, meta=meta,
+                                      progress=progress)  # fmt: skip
+            write_tables(out)
+            group_runs.train_controls(out, list(trials), plugins, data=data, meta=meta)
+        for trial in trials:
             for name in group_runs.series(meta):
                 group_runs.advance(out, trial, name, plugins, data=data, meta=meta,
                                    progress=progress)  # fmt: skip

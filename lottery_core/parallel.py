@@ -8,6 +8,7 @@ by its run, when the command's report prints rows.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -93,13 +94,17 @@ class ProgressLine:
         networks = network_folders(unit)
         folder = run_folder(unit)
         records = _records(folder, start, stop)
+        lockstep = lockstep_rows(unit)
         for index in range(start, stop):
             self.printed += 1
             total = max(event.rounds_total, self.printed)
             eta = estimate(self.printed, total, event.elapsed)
-            if networks:  # a batched unit: its index-th network's one row, from its own folder
-                folder = networks[index] if index < len(networks) else None
+            if networks:  # a batched unit: the index-th network to finish, its one row
+                done = finished(networks)
+                folder = done[index] if index < len(done) else None
                 record = (_records(folder, 0, 1) or [{}])[0]
+            elif lockstep is not None:  # trials in lockstep: round by round, trial by trial
+                folder, record = lockstep[index] if index < len(lockstep) else (None, {})
             else:
                 record = records[index - start] if index - start < len(records) else {}
             name = (run_name(folder) if folder is not None else None) or unit.run
@@ -140,9 +145,11 @@ def run_folder(unit: Unit) -> Path | None:
 
 
 def network_folders(unit: Unit) -> list[Path]:
-    """The networks of a batched branch unit (``branch_runs.units``), in the order it trains
-    them; empty for any other unit."""
+    """The networks of a batched branch unit (``branch_runs.units``, a group's
+    ``group_runs.controls_unit``), in the order it trains them; empty for any other unit."""
     k = unit.kwargs
+    if isinstance(k.get("folders"), list):  # a group's controls, batched across sets
+        return [Path(folder) for folder in k["folders"]]
     if "networks" not in k or not {"trunk", "kind", "options", "seed"} <= k.keys():
         return []
     try:
@@ -152,7 +159,34 @@ def network_folders(unit: Unit) -> list[Path]:
         return []
 
 
-def _records(folder: Path | None, start: int, stop: int) -> list[dict[str, Any]]:
+def finished(networks: list[Path]) -> list[Path]:
+    """The networks that have their row, in the order they were written."""
+    found = []
+    for folder in networks:
+        try:
+            found.append((os.stat(folder / paths.RESULTS).st_mtime_ns, folder))
+        except OSError:
+            continue
+    return [folder for _, folder in sorted(found, key=lambda f: f[0])]
+
+
+def lockstep_rows(unit: Unit) -> list[tuple[Path, dict[str, Any]]] | None:
+    """The rows of a lockstep unit's runs (``group_runs.advance_trials_unit``), each with its
+    run's folder, in the order they finish: round by round, the trials in order within one;
+    ``None`` for any other unit."""
+    k = unit.kwargs
+    if not {"out", "trials", "experiment"} <= k.keys():
+        return None
+    try:
+        folders = [paths.trial_dir(Path(k["out"]), k["experiment"], int(t)) for t in k["trials"]]
+    except (TypeError, ValueError):
+        return None
+    found = [(int(r.get("round", 0)), i, folder, r) for i, folder in enumerate(folders)
+             for r in _records(folder, 0, None)]  # fmt: skip
+    return [(folder, record) for _, _, folder, record in sorted(found, key=lambda f: f[:2])]
+
+
+def _records(folder: Path | None, start: int, stop: int | None) -> list[dict[str, Any]]:
     """Rows ``start`` to ``stop`` of a run's ``results.csv`` (none if it cannot be read)."""
     if folder is None:
         return []

@@ -27,7 +27,7 @@ import torch
 from . import checkpoint, files, paths, preflight, rundir
 from .config import config_of
 from .errors import Interrupted, LotteryError, RunFailed, WriteFailed, command
-from .experiment import Experiment, ExperimentResult
+from .experiment import Experiment, ExperimentResult, Trained
 from .plugins import Plugins
 from .records import identify, plugin_sources, results_frame, versions
 from .specs import DatasetSplits
@@ -250,10 +250,12 @@ def resume(
     after_round=None,
     complete_ok: bool = False,
     from_previous: bool = False,
+    round_trainer: Callable[[Experiment, int], Trained | None] | None = None,
 ) -> ExperimentResult:
     """Continue the run in ``path`` from its last finished round (verified checkpoint), or with
     ``from_previous`` from the round before it (``checkpoint.prev.pt``), when ``checkpoint.pt``
-    is missing or damaged: that one is moved aside and the tables rewritten to match."""
+    is missing or damaged: that one is moved aside and the tables rewritten to match.
+    ``round_trainer``: the experiment's (``Experiment.round_trainer``: a lockstep's)."""
     path = Path(path)
     if rundir.kind(path) != "run":
         rundir.check_not_held(path)  # a run starting there: name it
@@ -267,6 +269,7 @@ def resume(
         else:
             body = rundir.resume_point(path, meta)
         experiment = Experiment(config_of(meta), plugins=plugins, data=data)
+        experiment.round_trainer = round_trainer
         if body is None:
             kept = {k: meta[k] for k in (rundir.EXTENDED,) if k in meta}
             return restart(experiment, path, progress, after_round, kept)
