@@ -69,8 +69,9 @@ the others: members share no arithmetic. Not supported (``ValueError``): models 
 other than the masks (BatchNorm's running statistics would be stacked state updated in place),
 optimizers other than the built-in ``adam`` and ``sgd`` (a plugin's step may use the closure,
 SAM, or combine tensors, a global norm, which would mix members), and layers with a random
-forward (``vmap`` refuses randomness). The thread count is the caller's: a batched step is one
-large step (``torch.set_num_threads``; the thread rule is not applied here).
+forward (``vmap`` refuses randomness). Threads: the thread rule the caller passes
+(``training_threads``: the run's own rule, adaptive on the CPU), else the caller's count; the
+``bmm`` members' bits do not depend on it.
 
 Speed (``python -m bench.batched``; ``bench/runs/batched-*``): on a shared 2-core EPYC, one
 thread, LeNet-300-100 at 21% remaining, ``bmm`` gives 1.15x the single path's member-steps per
@@ -94,7 +95,7 @@ from torch.nn.utils import prune
 
 from . import guards, masks, optim
 from .specs import DatasetSplits
-from .threads import use_threads
+from .threads import ThreadRule, use_threads
 from .training import (
     EVAL_CHUNK,
     NonFiniteLoss,
@@ -712,6 +713,7 @@ def train_members(
     snapshot_at: int | None = None,
     on_evaluation: Callable[[int, dict], dict | None] | None = None,
     progress: Callable[[int], None] | None = None,
+    threads: ThreadRule | None = None,
 ) -> list[MemberResult]:
     """Train every member from ``settings.start_iteration`` to ``settings.iterations`` as
     ``training.train_round`` trains one network, all of them at once on ``data``'s device.
@@ -720,8 +722,10 @@ def train_members(
     not; it is copied, never changed); ``backend``: ``choose_backend``'s. ``snapshot_at``: keep
     every member's parameters after the step that completes that iteration (late rewinding's
     θk; ``train_round``'s ``on_iteration``). ``on_evaluation(member, row)`` may return extra
-    columns for the member's row; ``progress(k)``: k more steps done (once per evaluation).
-    Returns one ``MemberResult`` per member, in order.
+    columns for the member's row; ``progress(k)``: k more steps done (once per evaluation);
+    ``threads`` (the thread rule, as ``train_round`` takes it) is told of every step and of
+    the work between steps, else the caller's thread count stands. Returns one
+    ``MemberResult`` per member, in order.
     """
     if not members:
         return []
@@ -737,6 +741,8 @@ def train_members(
     snapshot: Tensors | None = None
     window = 0
     iteration = settings.start_iteration
+    if threads is not None:
+        threads.begin()
     while iteration < settings.iterations and not log.failed:
         epoch, offset = divmod(iteration, steps_per_epoch)
         for step in range(offset, steps_per_epoch):
@@ -746,6 +752,8 @@ def train_members(
             (per_example.sum() / batch).backward()  # each member's gradient: its mean's
             updater.step(iteration)
             train_loss.add(per_example.detach().view(count, batch))
+            if threads is not None:
+                threads.step_done()
             window += 1
             iteration += 1
             if iteration == snapshot_at:
@@ -755,6 +763,8 @@ def train_members(
                 if progress is not None:
                     progress(window)
                 window = 0
+                if threads is not None:
+                    threads.pause()
             if iteration >= settings.iterations or log.failed:
                 break
     outcomes = log.finish()
@@ -770,15 +780,16 @@ def train_members(
 
 
 @contextmanager
-def training_threads(device: torch.device) -> Iterator[None]:
-    """One intra-op thread for a batched model on the CPU, the count before restored after:
-    a batched step is one large step, and two threads measured ~25x slower than one on a busy
-    2-core CPU (``bench/runs/batched-*``)."""
+def training_threads(config_threads: int, rule: str, device: torch.device
+                     ) -> Iterator[ThreadRule | None]:  # fmt: skip
+    """The thread rule a batched model trains under (``train_members``' ``threads``), from
+    the config's ``threads`` and ``thread_rule`` as a run makes its own: adaptive on the CPU,
+    so a batched step gets two threads where they pay (an idle machine) and one where they
+    collapse (busy cores); the thread count before is restored after."""
     before = torch.get_num_threads()
-    if device.type == "cpu":
-        use_threads(1)
+    adaptive = rule == "adaptive" and device.type == "cpu"
     try:
-        yield
+        yield ThreadRule(config_threads, adaptive=adaptive) if device.type == "cpu" else None
     finally:
         use_threads(before)
 

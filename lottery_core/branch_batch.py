@@ -93,10 +93,11 @@ def _train_group(group: list[_Pending], plugins: Plugins, cache: dict[tuple, Dat
     rewind_at = experiment.config.rewind_iter if first.round_index == 0 else 0
     if rewind_at <= settings.start_iteration:  # a round begun past it takes no snapshot
         rewind_at = 0
+    config = experiment.config
     started = time.perf_counter()
-    with training_threads(experiment.data.train_x.device):
+    with training_threads(config.threads, config.thread_rule, experiment.device) as rule:
         results = train_members(experiment.model, members, experiment.data, settings,
-                                snapshot_at=rewind_at or None)  # fmt: skip
+                                snapshot_at=rewind_at or None, threads=rule)  # fmt: skip
     share = (time.perf_counter() - started) / len(group)
     for item, result in zip(group, results, strict=True):
         if result.error is not None:  # diverged: the single path writes it as it does alone

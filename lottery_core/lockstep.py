@@ -128,11 +128,12 @@ class Lockstep:
         def check(_steps: int) -> None:
             self._check()
 
+        config = experiment.config
         started = time.perf_counter()
-        with training_threads(experiment.data.train_x.device):
+        with training_threads(config.threads, config.thread_rule, experiment.device) as rule:
             results = train_members(experiment.model, [r.member for r in group],
                                     experiment.data, settings, snapshot_at=rewind_at or None,
-                                    progress=check)  # fmt: skip
+                                    progress=check, threads=rule)  # fmt: skip
         share = (time.perf_counter() - started) / len(group)
         self.batches.append(len(group))
         for request, result in zip(group, results, strict=True):
