@@ -4,10 +4,11 @@ Issue 30 asks what batching buys end to end, not only per step (``bench.batched`
 the same group twice per repeat, each as a fresh ``cli.py run`` process, in alternating order:
 
 - **serial**: ``run --trials N --controls``: every IMP run, then every control network, one
-  after another, on the thread rule's threads (the default);
+  after another;
 - **batched**: the same with ``--batched``: the N IMP runs in lockstep (round r of all of them
-  one batched model), then every control network of every trial as one batched model, on one
-  thread (``batched.training_threads``).
+  one batched model), then every control network of every trial as one batched model.
+
+Both run on the thread rule's threads (the default: adaptive, one or one per core).
 
 It prints each command's wall time, serial / batched for each repeat and their median, and
 checks that the two groups' ``results.csv`` are the same, every column but ``time_s``, bit for
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{args.iterations} iterations"
               + (f", controls ({args.trials * 2 * (args.rounds - 1)} networks)"
                  if args.controls else "")
-              + "; serial on the thread rule's threads, batched on one")  # fmt: skip
+              + "; both on the thread rule's threads")  # fmt: skip
     machine = (f"CPU: {cpu_name()}, {cores} cores; torch {torch.__version__}; load average "
                f"{os.getloadavg()[0]:.2f} before")  # fmt: skip
     print(header, machine, sep="\n", flush=True)
