@@ -308,6 +308,7 @@ def _train_plans(
     left = [n for p in plans for n in p.networks() if not branches.rows(p.branch.network(*n))]
     cache: dict = {}
     with report.expect(len(left)):
+        branch_runs.train_together(plans, plugins, cache)  # batched: across sets, at once
         for plan_ in plans:
             branch_runs.run_serial(plan_, plugins, progress=progress, cache=cache)
 

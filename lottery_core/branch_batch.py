@@ -54,10 +54,11 @@ def train_batched(
     work: Sequence[tuple[BranchSet, Sequence[tuple[int, int]]]],
     plugins: Plugins,
     cache: dict[tuple, DatasetSplits],
-) -> None:
+) -> list[int]:
     """Bring the networks (round, trial) of each branch set in ``work`` to their end: those
     finished skipped, those stopped mid-way finished alone, the rest trained in batched groups
-    of equal settings, across sets (a group's controls: every trial's, both kinds)."""
+    of equal settings, across sets (a group's controls: every trial's, both kinds). Returns
+    the members of each batched model trained."""
     groups: dict[str, list[_Pending]] = {}
     for branch, networks in work:
         for round_index, trial in networks:
@@ -73,12 +74,13 @@ def train_batched(
                                           begin, round_index, context.initial)  # fmt: skip
             item = _Pending(branch, round_index, trial, path, trunk, begin, experiment)
             groups.setdefault(experiment.batch_key(round_index), []).append(item)
-    for group in groups.values():
-        _train_group(group, plugins, cache)
+    return [_train_group(group, plugins, cache) for group in groups.values()]
 
 
 def _train_group(group: list[_Pending], plugins: Plugins, cache: dict[tuple, DatasetSplits]
-                 ) -> None:  # fmt: skip
+                 ) -> int:  # fmt: skip
+    """One batched model of ``group`` (each network then written); its members (0: the
+    model cannot be batched, each trained alone)."""
     first = group[0]
     experiment = first.experiment
     experiment.start()  # the model, as the first network starts
@@ -87,7 +89,7 @@ def _train_group(group: list[_Pending], plugins: Plugins, cache: dict[tuple, Dat
     if unsupported(experiment.model, settings) is not None:
         for item in group:
             train_network(item.branch, item.round_index, item.trial, plugins, cache)
-        return
+        return 0
     members = [Member(item.begin.masks, item.begin.parameters,
                       item.experiment.seeds["data_order"]) for item in group]  # fmt: skip
     rewind_at = experiment.config.rewind_iter if first.round_index == 0 else 0
@@ -108,3 +110,4 @@ def _train_group(group: list[_Pending], plugins: Plugins, cache: dict[tuple, Dat
         )
         meta = network_meta(item.branch, item.trunk, item.experiment, item.round_index, item.trial)
         runs.start(item.experiment, item.path, progress=False, meta=meta)
+    return len(group)

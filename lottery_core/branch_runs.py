@@ -58,6 +58,23 @@ def run_serial(
     return table_of(plan)
 
 
+def train_together(
+    plans: Sequence[BranchPlan], plugins: Plugins, cache: dict[tuple, DatasetSplits]
+) -> list[int]:
+    """The networks of every batched plan (stability's sets: each k x control) trained as
+    batched models across plans, those of equal settings as one, every plan checked before
+    any is written; ``run_serial`` then finds them done and writes each set's tables. Returns
+    the members of each batched model."""
+    together = [plan for plan in plans if batched(plan)]
+    if len(together) < 2:
+        return []
+    for plan in together:
+        preflight(plan, plugins, cache)
+    for plan in together:
+        plan.branch.write()
+    return train_batched([(plan.branch, plan.networks()) for plan in together], plugins, cache)
+
+
 def run_parallel(
     plan: BranchPlan, plugins: Plugins, engine_plan: Plan, progress: bool = True
 ) -> pd.DataFrame:

@@ -13,9 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from lottery_core import batched, paths
+from lottery_core import batched, branch_runs, paths
 from lottery_core.api import run_branch, run_experiment, run_stability, run_trials
+from lottery_core.branches import rows
 from lottery_core.config import make_config
+from lottery_core.stability import plan_stability
 from lottery_core.training import TrainSettings
 
 from .conftest import TINY
@@ -77,6 +79,29 @@ def test_batched_stability_copies_on_ray_match(trunk, tmp_path, plugins):
     assert len(one) == 36  # 12 networks x 3 tables
     for name in one:
         pd.testing.assert_frame_equal(one[name], two[name], check_exact=True)
+
+
+def test_batched_stability_sets_train_together_and_match(trunk, tmp_path, plugins):
+    """In this process, the sets of one k (the copy, the reinit and the random-pruning
+    control) train as one batched model across sets; the tables are the same as one by one."""
+    single = copy_of(trunk, tmp_path / "single")
+    together = copy_of(trunk, tmp_path / "together")
+    kwargs = {"k": "0", "control": "none,reinit", "rounds": "1-2", "alphas": 5,
+              "progress": False, "plugins": plugins}  # fmt: skip
+    first = run_stability(single, batched=False, **kwargs)
+    second = run_stability(together, batched=True, **kwargs)
+    pd.testing.assert_frame_equal(first.table, second.table, check_exact=True)
+    one, two = network_tables(single), network_tables(together)
+    assert len(one) == 24  # 2 sets x 2 rounds x 2 copies x 3 tables
+    for name in one:
+        pd.testing.assert_frame_equal(one[name], two[name], check_exact=True)
+    again = copy_of(trunk, tmp_path / "again")  # what "together" means: one model of 8
+    plans = plan_stability(again, plugins, k="0", controls="none,reinit", rounds="1-2",
+                           alphas=5, batched=True)  # fmt: skip
+    assert branch_runs.train_together(plans, plugins, {}) == [8]
+    assert all(rows(plan.branch.network(r, t)) for plan in plans for r, t in plan.networks())
+    assert branch_runs.train_together(plans, plugins, {}) == []  # all finished: none trained
+
 
 
 def test_a_batched_unit_prints_each_networks_row(trunk, tmp_path, invoke):
