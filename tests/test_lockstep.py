@@ -16,7 +16,7 @@ import torch
 from lottery_core import checkpoint, group_runs, paths, runs, seeds
 from lottery_core.api import run_trials
 from lottery_core.config import make_config
-from lottery_core.errors import Interrupted
+from lottery_core.errors import Interrupted, PluginError
 from lottery_core.experiment import Experiment
 from lottery_core.group import continue_group, run_group
 from lottery_core.hookspecs import hookimpl
@@ -176,3 +176,26 @@ def test_on_ray_the_trials_are_one_unit_and_each_row_is_printed(serial, tmp_path
             tests = [f"{t:.2f}" for t in rows.sort_values("round")["test"]]
             assert len(mine) == len(tests), done.stdout
             assert all(t in line for line, t in zip(mine, tests, strict=True)), done.stdout
+
+
+class Broken:
+    """A lifecycle hook that fails as trial 1's round 1 starts."""
+
+    @hookimpl
+    def on_round_start(self, round_index, run):
+        if round_index == 1 and run.trial == 1:
+            raise ValueError("broken on purpose")
+
+
+def test_a_trial_that_fails_stops_alone_and_the_group_says_why(tmp_path):
+    """The failing trial's error is the group's (one line naming the hook and the plugin);
+    the other trials do not wait for it: they train every round, batched together."""
+    plugins = get_plugins()
+    plugins.manager.register(Broken(), name="broken")
+    config = resolve(make_config(**BUDGET, batched=True), plugins)
+    out = tmp_path / "group"
+    with pytest.raises(PluginError) as failed:
+        run_group(config, out, plugins, trials=TRIALS, progress=False)
+    assert "on_round_start" in str(failed.value) and "broken on purpose" in str(failed.value)
+    done = [runs.rows(paths.trial_dir(out, "imp", t)) for t in range(TRIALS)]
+    assert done == [BUDGET["rounds"], 1, BUDGET["rounds"]]
