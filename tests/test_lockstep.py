@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -141,9 +142,26 @@ class CtrlC:
             signal.raise_signal(signal.SIGINT)
 
 
-def test_a_ctrl_c_keeps_what_each_trial_finished_and_resumes_to_the_same(serial, tmp_path):
+@pytest.fixture
+def with_hook():
+    """Register a hook object on the process's plugins for one test, then unregister it (the
+    plugin manager is shared by every in-process test)."""
     plugins = get_plugins()
-    plugins.manager.register(CtrlC())
+    added: list = []
+
+    def register(hook: object) -> Any:
+        plugins.manager.register(hook)
+        added.append(hook)
+        return plugins
+
+    yield register
+    for hook in added:
+        plugins.manager.unregister(hook)
+
+
+def test_a_ctrl_c_keeps_what_each_trial_finished_and_resumes_to_the_same(serial, tmp_path,
+                                                                           with_hook):  # fmt: skip
+    plugins = with_hook(CtrlC())
     config = resolve(make_config(**BUDGET, batched=True), plugins)
     out = tmp_path / "group"
     with pytest.raises(Interrupted):
@@ -187,15 +205,15 @@ class Broken:
             raise ValueError("broken on purpose")
 
 
-def test_a_trial_that_fails_stops_alone_and_the_group_says_why(tmp_path):
+def test_a_trial_that_fails_stops_alone_and_the_group_says_why(tmp_path, with_hook):
     """The failing trial's error is the group's (one line naming the hook and the plugin);
     the other trials do not wait for it: they train every round, batched together."""
-    plugins = get_plugins()
-    plugins.manager.register(Broken(), name="broken")
+    plugins = with_hook(Broken())
     config = resolve(make_config(**BUDGET, batched=True), plugins)
     out = tmp_path / "group"
     with pytest.raises(PluginError) as failed:
         run_group(config, out, plugins, trials=TRIALS, progress=False)
     assert "on_round_start" in str(failed.value) and "broken on purpose" in str(failed.value)
+    assert "\n" not in str(failed.value)
     done = [runs.rows(paths.trial_dir(out, "imp", t)) for t in range(TRIALS)]
     assert done == [BUDGET["rounds"], 1, BUDGET["rounds"]]
