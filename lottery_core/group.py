@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import branches, files, group_runs, paths, preflight, rundir, runs
+from . import branches, files, group_runs, group_units, paths, preflight, rundir, runs
 from .config import ResolvedConfig, config_of
 from .engine import Engine, Event, Plan
 from .errors import LotteryError, RunFailed, Stopped, command
@@ -133,7 +133,7 @@ def run_parallel(
     resume command."""
     groups = [Path(g) for g in groups]
     root = groups[0]
-    units = [u for g in groups for u in group_runs.units(g, root)]
+    units = [u for g in groups for u in group_units.units(g, root)]
     workers = engine_plan.workers
     again = command("run", "--resume", root, *(["--workers", workers] if workers else []))
     failures: dict[str, str] = {}

@@ -131,7 +131,7 @@ class ProgressLine:
 
 def run_folder(unit: Unit) -> Path | None:
     """The run folder a unit brings further, from its arguments: a group's run
-    (``group_runs.advance_unit``) or a branch network (``branch_runs.branch_unit``)."""
+    (``group_units.advance_unit``) or a branch network (``branch_runs.branch_unit``)."""
     k = unit.kwargs
     try:
         if {"out", "trial", "experiment"} <= k.keys():
@@ -146,7 +146,7 @@ def run_folder(unit: Unit) -> Path | None:
 
 def network_folders(unit: Unit) -> list[Path]:
     """The networks of a batched branch unit (``branch_runs.units``, a group's
-    ``group_runs.controls_unit``), in the order it trains them; empty for any other unit."""
+    ``group_units.controls_unit``), in the order it trains them; empty for any other unit."""
     k = unit.kwargs
     if isinstance(k.get("folders"), list):  # a group's controls, batched across sets
         return [Path(folder) for folder in k["folders"]]
@@ -171,7 +171,7 @@ def finished(networks: list[Path]) -> list[Path]:
 
 
 def lockstep_rows(unit: Unit) -> list[tuple[Path, dict[str, Any]]] | None:
-    """The rows of a lockstep unit's runs (``group_runs.advance_trials_unit``), each with its
+    """The rows of a lockstep unit's runs (``group_units.advance_trials_unit``), each with its
     run's folder, in the order they finish: round by round, the trials in order within one;
     ``None`` for any other unit."""
     k = unit.kwargs

@@ -2,7 +2,7 @@
 executor, the sweep's tables kept current, and a folder any later command resumes.
 
 The sweep file, its grid and its points are ``sweep_file``'s; ``status.json`` and
-``sweep status`` are ``sweep_status``'s. The runs are units of the engine (``group_runs.units``):
+``sweep status`` are ``sweep_status``'s. The runs are units of the engine (``group_units.units``):
 each trial's dense round first (it writes the controls' branches), then the rest of its main run
 and every control at once. Running the same sweep again, or ``--resume DIR``, skips finished
 runs and resumes the others from their last round.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import files, group, group_runs, paths, rundir
+from . import files, group, group_runs, group_units, paths, rundir
 from .config import config_of
 from .engine import Engine, Event, plan
 from .errors import LotteryError, Stopped, command
@@ -152,7 +152,7 @@ class _Drive:
         self.folder, self.sweep, self.engine, self.again = folder, sweep, engine, again
         self.point_dirs = _prepare_points(folder, points, sweep)
         self.names = [(p.name, p.values) for p in points]
-        self.units = [u for p in self.point_dirs for u in group_runs.units(p, folder)]
+        self.units = [u for p in self.point_dirs for u in group_units.units(p, folder)]
         self.every_run = [r for p in self.point_dirs for r in group_runs.all_runs(p, folder)]
         self.status = StatusFile(folder, engine.plan.describe(), again)
 

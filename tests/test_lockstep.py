@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lottery_core import checkpoint, group_runs, paths, runs, seeds
+from lottery_core import checkpoint, group_runs, group_units, paths, runs, seeds
 from lottery_core.api import run_trials
 from lottery_core.config import make_config
 from lottery_core.errors import Interrupted, PluginError
@@ -102,11 +102,11 @@ def test_on_ray_a_batched_group_is_two_units(tmp_path, plugins):
         out.mkdir()
         config = resolve(make_config(**BUDGET, batched=flag), plugins)
         group_runs.write_group_config(out, config, TRIALS, True)
-        counts[flag] = group_runs.units(out, out)
+        counts[flag] = group_units.units(out, out)
     imp, controls = counts[True]
-    assert (imp.target, imp.kwargs["trials"], imp.rounds) == (group_runs.TRIALS_UNIT,
+    assert (imp.target, imp.kwargs["trials"], imp.rounds) == (group_units.TRIALS_UNIT,
                                                               [0, 1, 2], 9)  # fmt: skip
-    assert controls.target == group_runs.CONTROLS_UNIT and controls.after == (imp.key,)
+    assert controls.target == group_units.CONTROLS_UNIT and controls.after == (imp.key,)
     assert len(controls.kwargs["folders"]) == controls.rounds == TRIALS * 2 * 2
     assert len(counts[False]) == TRIALS + TRIALS * 2 * 2
 

@@ -124,7 +124,7 @@ def test_rows_of_parallel_units_name_their_run_even_when_quiet(tmp_path, capsys)
     (no status line) keeps the rows; a failed unit is one line naming its run."""
     group, trunk = group_folder(tmp_path)
     rows = {"main": 0, "control": 0}
-    main = Unit("m", "runs/imp/trial_1", "lottery_core.group_runs:advance_unit",
+    main = Unit("m", "runs/imp/trial_1", "lottery_core.group_units:advance_unit",
                 {"out": str(group), "trial": 1, "experiment": "imp", "cwd": "."},
                 rounds=2, count=lambda: rows["main"])  # fmt: skip
     network = {"trunk": str(trunk), "kind": "reinit", "options": {}, "seed": 0,
@@ -143,7 +143,7 @@ def test_rows_of_parallel_units_name_their_run_even_when_quiet(tmp_path, capsys)
         rows["control"] = 1
         line(event(15.0, [], control, Outcome("c", True)))
         trial_0 = {"out": str(group), "trial": 0, "experiment": "imp", "cwd": "."}
-        other = Unit("o", "runs/imp/trial_0", "lottery_core.group_runs:advance_unit", trial_0)
+        other = Unit("o", "runs/imp/trial_0", "lottery_core.group_units:advance_unit", trial_0)
         line(event(16.0, [], other, Outcome("o", False, "the loss became nan")))
         line.close()
     out = capsys.readouterr()
