@@ -38,6 +38,7 @@ class ProgressLine:
         self.report: Report | None = current()
         self.seen: dict[str, int] = {}  # unit key -> rows of its run printed (or there before)
         self.printed = 0  # rows printed: rounds finished since the start
+        self.run_rows: dict[Path, int] = {}  # a multi-run unit's runs: rows printed or there before
         if self.tty and self.report is not None:
             self.report.overlays.append(self)
 
@@ -79,6 +80,8 @@ class ProgressLine:
             if unit.key not in self.seen:  # first seen as it starts (or, done, by its rounds)
                 ended = unit is event.unit and event.outcome is not None and event.outcome.ok
                 self.seen[unit.key] = max(0, now - unit.rounds) if ended else now
+                for run in lockstep_folders(unit):  # what its runs had before it started
+                    self.run_rows[run] = 0 if ended else len(_records(run, 0, None))
             before = self.seen[unit.key]
             if now > before:
                 self.seen[unit.key] = now
@@ -91,10 +94,13 @@ class ProgressLine:
             report.write(f"{name} failed: {outcome.error}")
 
     def print_rows(self, unit: Unit, start: int, stop: int, event: Event, report: Report) -> None:
+        folders = lockstep_folders(unit)
+        if folders:  # trials in lockstep: each run's rows not yet printed
+            self.print_new_rows(unit, folders, event, report)
+            return
         networks = network_folders(unit)
         folder = run_folder(unit)
         records = _records(folder, start, stop)
-        lockstep = lockstep_rows(unit)
         for index in range(start, stop):
             self.printed += 1
             total = max(event.rounds_total, self.printed)
@@ -103,12 +109,27 @@ class ProgressLine:
                 done = finished(networks)
                 folder = done[index] if index < len(done) else None
                 record = (_records(folder, 0, 1) or [{}])[0]
-            elif lockstep is not None:  # trials in lockstep: round by round, trial by trial
-                folder, record = lockstep[index] if index < len(lockstep) else (None, {})
             else:
                 record = records[index - start] if index - start < len(records) else {}
             name = (run_name(folder) if folder is not None else None) or unit.run
             report.show(self.printed, total, event.elapsed, eta, name, record)
+
+    def print_new_rows(self, unit: Unit, folders: list[Path], event: Event, report: Report
+                       ) -> None:  # fmt: skip
+        """The rows each run of a multi-run unit wrote since the last look, round by round
+        (its runs write theirs in any order, so an index into all of them would repeat one
+        row and skip another)."""
+        found = []
+        for position, folder in enumerate(folders):
+            records = _records(folder, self.run_rows.get(folder, 0), None)
+            self.run_rows[folder] = self.run_rows.get(folder, 0) + len(records)
+            found += [(int(r.get("round", 0)), position, folder, r) for r in records]
+        for _, _, folder, record in sorted(found, key=lambda f: f[:2]):
+            self.printed += 1
+            total = max(event.rounds_total, self.printed)
+            eta = estimate(self.printed, total, event.elapsed)
+            report.show(self.printed, total, event.elapsed, eta, run_name(folder) or unit.run,
+                        record)  # fmt: skip
 
     def clear(self) -> None:
         """Off the terminal's line, for a row to be printed there."""
@@ -170,20 +191,16 @@ def finished(networks: list[Path]) -> list[Path]:
     return [folder for _, folder in sorted(found, key=lambda f: f[0])]
 
 
-def lockstep_rows(unit: Unit) -> list[tuple[Path, dict[str, Any]]] | None:
-    """The rows of a lockstep unit's runs (``group_units.advance_trials_unit``), each with its
-    run's folder, in the order they finish: round by round, the trials in order within one;
-    ``None`` for any other unit."""
+def lockstep_folders(unit: Unit) -> list[Path]:
+    """The run folders of a lockstep unit (``group_units.advance_trials_unit``), in trial
+    order; empty for any other unit."""
     k = unit.kwargs
     if not {"out", "trials", "experiment"} <= k.keys():
-        return None
+        return []
     try:
-        folders = [paths.trial_dir(Path(k["out"]), k["experiment"], int(t)) for t in k["trials"]]
+        return [paths.trial_dir(Path(k["out"]), k["experiment"], int(t)) for t in k["trials"]]
     except (TypeError, ValueError):
-        return None
-    found = [(int(r.get("round", 0)), i, folder, r) for i, folder in enumerate(folders)
-             for r in _records(folder, 0, None)]  # fmt: skip
-    return [(folder, record) for _, _, folder, record in sorted(found, key=lambda f: f[:2])]
+        return []
 
 
 def _records(folder: Path | None, start: int, stop: int | None) -> list[dict[str, Any]]:
