@@ -8,7 +8,6 @@ by its run, when the command's report prints rows.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -80,7 +79,7 @@ class ProgressLine:
             if unit.key not in self.seen:  # first seen as it starts (or, done, by its rounds)
                 ended = unit is event.unit and event.outcome is not None and event.outcome.ok
                 self.seen[unit.key] = max(0, now - unit.rounds) if ended else now
-                for run in lockstep_folders(unit):  # what its runs had before it started
+                for run in run_folders(unit):  # what its runs had before it started
                     self.run_rows[run] = 0 if ended else len(_records(run, 0, None))
             before = self.seen[unit.key]
             if now > before:
@@ -94,25 +93,16 @@ class ProgressLine:
             report.write(f"{name} failed: {outcome.error}")
 
     def print_rows(self, unit: Unit, start: int, stop: int, event: Event, report: Report) -> None:
-        folders = lockstep_folders(unit)
-        if folders:  # trials in lockstep: each run's rows not yet printed
+        folders = run_folders(unit)
+        if folders:  # several runs: each one's rows not yet printed
             self.print_new_rows(unit, folders, event, report)
             return
-        networks = network_folders(unit)
         folder = run_folder(unit)
         records = _records(folder, start, stop)
         for index in range(start, stop):
-            self.printed += 1
-            total = max(event.rounds_total, self.printed)
-            eta = estimate(self.printed, total, event.elapsed)
-            if networks:  # a batched unit: the index-th network to finish, its one row
-                done = finished(networks)
-                folder = done[index] if index < len(done) else None
-                record = (_records(folder, 0, 1) or [{}])[0]
-            else:
-                record = records[index - start] if index - start < len(records) else {}
+            record = records[index - start] if index - start < len(records) else {}
             name = (run_name(folder) if folder is not None else None) or unit.run
-            report.show(self.printed, total, event.elapsed, eta, name, record)
+            self.show(name, record, event, report)
 
     def print_new_rows(self, unit: Unit, folders: list[Path], event: Event, report: Report
                        ) -> None:  # fmt: skip
@@ -125,11 +115,14 @@ class ProgressLine:
             self.run_rows[folder] = self.run_rows.get(folder, 0) + len(records)
             found += [(int(r.get("round", 0)), position, folder, r) for r in records]
         for _, _, folder, record in sorted(found, key=lambda f: f[:2]):
-            self.printed += 1
-            total = max(event.rounds_total, self.printed)
-            eta = estimate(self.printed, total, event.elapsed)
-            report.show(self.printed, total, event.elapsed, eta, run_name(folder) or unit.run,
-                        record)  # fmt: skip
+            self.show(run_name(folder) or unit.run, record, event, report)
+
+    def show(self, name: str, record: dict[str, Any], event: Event, report: Report) -> None:
+        """One finished round's row, with the estimate for every unit."""
+        self.printed += 1
+        total = max(event.rounds_total, self.printed)
+        report.show(self.printed, total, event.elapsed, estimate(self.printed, total,
+                    event.elapsed), name, record)  # fmt: skip
 
     def clear(self) -> None:
         """Off the terminal's line, for a row to be printed there."""
@@ -180,15 +173,10 @@ def network_folders(unit: Unit) -> list[Path]:
         return []
 
 
-def finished(networks: list[Path]) -> list[Path]:
-    """The networks that have their row, in the order they were written."""
-    found = []
-    for folder in networks:
-        try:
-            found.append((os.stat(folder / paths.RESULTS).st_mtime_ns, folder))
-        except OSError:
-            continue
-    return [folder for _, folder in sorted(found, key=lambda f: f[0])]
+def run_folders(unit: Unit) -> list[Path]:
+    """The runs of a unit that brings several further (the trials in lockstep, a batched
+    unit's networks); empty for a unit of one run."""
+    return lockstep_folders(unit) or network_folders(unit)
 
 
 def lockstep_folders(unit: Unit) -> list[Path]:
