@@ -336,7 +336,8 @@ def run_stability(
     the linear path between them at ``alphas`` points. ``between_rounds``: also the barrier
     between successive rounds' trained networks (a run with ``keep_trained``). The rows land in
     ``run_dir/stability.csv``; the same call again continues it. ``batched``: each k x control's
-    copies train as one batched model (default: as the run's config says)."""
+    copies train as one batched model, in this process every set of one k together (default:
+    as the run's config says)."""
     from . import stability
 
     plugins = plugins or get_plugins()

@@ -102,8 +102,9 @@ def _continue(
                                       progress=progress)  # fmt: skip
             write_tables(out)
             group_runs.train_controls(out, list(trials), plugins, data=data, meta=meta)
-        for trial in trials:
-            for name in group_runs.series(meta):
+        later = group_runs.branch_kinds(meta) if config.batched else group_runs.series(meta)
+        for trial in trials:  # batched: the IMP runs are done, the sets' tables still to write
+            for name in later:
                 group_runs.advance(out, trial, name, plugins, data=data, meta=meta,
                                    progress=progress)  # fmt: skip
             write_tables(out)

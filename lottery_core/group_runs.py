@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from . import branch_runs, branches, files, paths, rundir, runs, seeds
-from .branch_batch import train_batched
 from .config import ResolvedConfig, config_of
 from .errors import LotteryError
 from .experiment import Experiment
@@ -167,25 +166,24 @@ def train_controls(
     meta: dict[str, Any] | None = None,
 ) -> None:
     """Every branch network of ``trials`` (each kind, each pruned round) whose trunk has
-    finished, trained as batched models across trials and kinds (``branch_batch``): with
-    equal settings, one model. The serial path then finds them done and writes the tables."""
+    finished, trained as batched models across trials and kinds
+    (``branch_runs.train_together``): with equal settings, one model. The serial path then
+    finds them done and writes the tables."""
     out = Path(out)
     meta = meta or rundir.read_group_meta(out)
     config = config_of(meta, f"{out}/{paths.CONFIG}")
     cache: dict[tuple, DatasetSplits] = {}
     if data is not None:
         cache[data_key(config)] = data  # the trials' seeds do not change the data
-    work = []
-    for trial in trials:
-        if rows(paths.trial_dir(out, MAIN, trial)) < config.rounds:
-            continue
-        for kind in branch_kinds(meta):
-            plan = control_plan(out, trial, kind, config.rounds, plugins)
-            if plan.rounds:
-                branches.preflight(plan, plugins, cache)
-                plan.branch.write()
-                work.append((plan.branch, plan.networks()))
-    train_batched(work, plugins, cache)
+    plans = [
+        plan
+        for trial in trials
+        if rows(paths.trial_dir(out, MAIN, trial)) >= config.rounds
+        for kind in branch_kinds(meta)
+        for plan in [control_plan(out, trial, kind, config.rounds, plugins)]
+        if plan.rounds
+    ]
+    branch_runs.train_together(plans, plugins, cache)
 
 
 def _run_or_resume(
